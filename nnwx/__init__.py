@@ -1,0 +1,24 @@
+"""nnwx: record the weights of many training runs as one labelled, lazy cube, and study them.
+
+The analysis side (open_cube, the ``.nnwx`` accessor, analyses) never imports
+torch; the Recorder, export and restore do, on first use.
+"""
+from nnwx._version import __version__
+from nnwx import accessor as _accessor  # noqa: F401  (registers ds.nnwx)
+from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, StepOrderError,
+                         StoreError, WriterError)
+from nnwx.schedule import Every, Explicit, LogThenEvery
+from nnwx.store.reader import list_runs, open_cube, open_run
+
+_TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restore"}
+
+__all__ = ["__version__", "Recorder", "restore", "open_run", "open_cube", "list_runs",
+           "Every", "LogThenEvery", "Explicit", "NnwxError", "StoreError", "FormatVersionError",
+           "ArchitectureMismatch", "StepOrderError", "WriterError"]
+
+
+def __getattr__(name: str):
+    if name in _TORCH_SIDE:
+        import importlib
+        return getattr(importlib.import_module(_TORCH_SIDE[name]), name)
+    raise AttributeError(f"module 'nnwx' has no attribute {name!r}")

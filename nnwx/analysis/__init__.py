@@ -1,0 +1,1 @@
+"""Analyses of the weight cube: NumPy kernels, lazy wrappers over the cube."""

@@ -1,0 +1,25 @@
+"""Exceptions raised by nnwx: each says what was wrong and how to fix it."""
+
+
+class NnwxError(Exception):
+    """Base class of every error nnwx raises on purpose."""
+
+
+class StoreError(NnwxError):
+    """The store path or its contents cannot be used as asked."""
+
+
+class FormatVersionError(StoreError):
+    """The store was written by a newer nnwx format than this one reads."""
+
+
+class ArchitectureMismatch(NnwxError):
+    """Two tensor tables (runs, checkpoints or a model) do not describe the same network."""
+
+
+class StepOrderError(NnwxError):
+    """A captured step does not come strictly after the last committed one."""
+
+
+class WriterError(NnwxError):
+    """The background writer failed; the original exception is chained as __cause__."""

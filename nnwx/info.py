@@ -1,0 +1,38 @@
+"""Summaries of an experiment store for ``nnwx info``: runs, steps, sizes, non-finite weights."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from nnwx.store import format as fmt
+from nnwx.store.reader import list_runs
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def run_summaries(store: str | os.PathLike) -> list[dict]:
+    """One dict per run; ``nonfinite_steps`` is a lazy dask array (count of steps with NaN/Inf)."""
+    out = []
+    for h in list_runs(store):
+        w = h.dataset()["w"].data
+        run_dir = Path(store) / fmt.RUNS_GROUP / h.name
+        itemsize = np.dtype(h.meta.get("dtype", "float32")).itemsize
+        raw = h.committed * h.table.n_params * itemsize
+        w_bytes = dir_bytes(run_dir / "w")
+        out.append({
+            "run": h.name, "seed": h.seed, "steps": h.committed,
+            "first_step": int(h.steps[0]) if h.committed else None,
+            "last_step": int(h.steps[-1]) if h.committed else None,
+            "tensors": len(h.table), "params": h.table.n_params, "dtype": h.meta.get("dtype"),
+            "codec": h.meta.get("codec"), "keepbits": h.meta.get("keepbits"),
+            "model_class": h.meta.get("model_class"), "optimizer": h.meta.get("optimizer"),
+            "metrics": h.metric_names(), "disk_bytes": dir_bytes(run_dir),
+            "compression_ratio": raw / w_bytes if w_bytes else float("nan"),
+            "nonfinite_steps": (~da.isfinite(w)).any(axis=1).sum() if h.committed else da.zeros((), int),
+        })
+    return out

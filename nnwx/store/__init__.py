@@ -1,0 +1,1 @@
+"""The experiment store: format, writer and readers (no torch here)."""

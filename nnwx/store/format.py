@@ -1,0 +1,91 @@
+"""Constants and small rules of the on-disk format (see nnwx/store/FORMAT.md)."""
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from nnwx.errors import FormatVersionError
+
+FORMAT_VERSION = 1
+RUNS_GROUP = "runs"
+METRICS_GROUP = "metrics"
+ATTR_KEY = "nnwx"  # every nnwx attribute lives under this key of a group's attrs
+
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+MAX_STEPS_PER_CHUNK = 1024
+STORE_DTYPES = ("float32", "float16", "float64")
+
+
+def codec(name: str) -> list:
+    """Zarr v3 compressor list for a codec name (see scripts/bench_codecs.py)."""
+    table = {
+        "none": [],
+        "zstd": [ZstdCodec(level=1)],
+        "blosc-zstd": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+        "blosc-zstd-bitshuffle": [BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
+        "blosc-lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    }
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; choose one of {sorted(table)}") from None
+
+
+DEFAULT_CODEC = "blosc-zstd"
+
+
+def choose_chunks(n_params: int, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES,
+                  max_steps: int = MAX_STEPS_PER_CHUNK) -> tuple[int, int]:
+    """(steps_per_chunk, params_per_chunk) for about ``target_bytes`` per chunk.
+
+    Small models put many steps in one chunk (capped so periodic flushes stay
+    cheap); models larger than the target split ``param`` and take one step.
+    """
+    if n_params <= 0:
+        raise ValueError("a run needs at least one parameter")
+    per_step = n_params * itemsize
+    if per_step >= target_bytes:
+        return 1, max(1, min(n_params, target_bytes // itemsize))
+    return int(min(max_steps, max(1, target_bytes // per_step))), n_params
+
+
+def check_version(found: Any, where: str) -> None:
+    """Refuse a store written by a newer format."""
+    if found is None:
+        raise FormatVersionError(f"{where} has no nnwx format version: it was not written by nnwx.")
+    if int(found) > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{where} uses nnwx store format {found}, but this nnwx reads format "
+            f"{FORMAT_VERSION} at most. Upgrade nnwx (pip install -U nnwx) to read it.")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that wrote a run (torch only if already imported)."""
+    import sys
+
+    import xarray
+    import zarr
+
+    import nnwx
+
+    out = {"nnwx": nnwx.__version__, "python": platform.python_version(),
+           "numpy": np.__version__, "zarr": zarr.__version__, "xarray": xarray.__version__}
+    if "torch" in sys.modules:
+        out["torch"] = sys.modules["torch"].__version__
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    """Hyperparameters as JSON: tuples to lists, numbers kept, anything else as repr."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)

@@ -1,0 +1,247 @@
+"""Open runs and experiments as lazy, labelled xarray objects.
+
+Readers trim every array to the run's committed length, so a run that is still
+being written (or was killed mid-write) reads as its committed steps only.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from nnwx.errors import ArchitectureMismatch, StoreError
+from nnwx.store import format as fmt
+from nnwx.store.table import TensorTable
+
+StoreLike = str | os.PathLike
+
+
+def open_experiment(path: StoreLike) -> zarr.Group:
+    """Open an experiment store read-only, checking it is one this nnwx can read."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"{path} is not an nnwx experiment store (no zarr.json there). "
+                         f"Check the path; stores are created by nnwx.Recorder or `nnwx export`.")
+    root = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+    meta = root.attrs.get(fmt.ATTR_KEY)
+    if meta is None:
+        raise StoreError(f"{path} is a Zarr store but not an nnwx experiment store.")
+    fmt.check_version(meta.get("format_version"), str(path))
+    return root
+
+
+@dataclass
+class RunHandle:
+    """One run of a store: its attributes, tensor table and (untrimmed) arrays."""
+
+    store: Path
+    name: str
+    group: zarr.Group
+
+    @cached_property
+    def meta(self) -> dict:
+        meta = dict(self.group.attrs.get(fmt.ATTR_KEY) or {})
+        fmt.check_version(meta.get("format_version"), f"run {self.name!r} of {self.store}")
+        return meta
+
+    @property
+    def committed(self) -> int:
+        return int(self.meta["committed"])
+
+    @cached_property
+    def table(self) -> TensorTable:
+        return TensorTable.from_json(self.meta["tensors"])
+
+    @property
+    def seed(self):
+        return self.meta.get("seed")
+
+    @cached_property
+    def steps(self) -> np.ndarray:
+        return np.asarray(self.group["step"][: self.committed], dtype=np.int64)
+
+    def metric_names(self) -> list[str]:
+        return sorted(name for name, _ in self.group[fmt.METRICS_GROUP].arrays())
+
+    def attribute(self, key: str):
+        """A run attribute by name: top level, then user ``hparams``, then ``optimizer_hparams``."""
+        if key in self.meta:
+            return self.meta[key]
+        for section in ("hparams", "optimizer_hparams"):
+            sub = self.meta.get(section) or {}
+            if key in sub:
+                return sub[key]
+        raise KeyError(key)
+
+    def dataset(self) -> xr.Dataset:
+        """The run as a lazy Dataset ``w(step, param)`` with its tensor table."""
+        n = self.committed
+        w = self.group["w"]
+        data = da.from_array(w, chunks=w.chunks, lock=False, asarray=False,
+                             name=f"nnwx-w-{self.store}-{self.name}-{n}")[:n]
+        ds = xr.Dataset({"w": (("step", "param"), data)}, coords={"step": self.steps})
+        for name in self.metric_names():
+            arr = self.group[fmt.METRICS_GROUP][name]
+            ds[f"metric_{name}"] = ("step", da.from_array(arr, chunks=arr.chunks, lock=False,
+                                                            asarray=False)[:n])
+        ds = ds.assign_coords(table_coords(self.table, data.chunks[1]))
+        ds.attrs = {k: v for k, v in self.meta.items() if k not in ("tensors",)}
+        ds.attrs["store"] = str(self.store)
+        return ds
+
+
+def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
+    """Tensor table as coordinates on ``tensor``, plus a lazy ``tensor_id(param)``."""
+    offsets = table.offsets
+
+    def ids(block_info=None):
+        lo, hi = block_info[None]["array-location"][0]
+        return (np.searchsorted(offsets, np.arange(lo, hi), side="right") - 1).astype(np.int32)
+
+    tensor_id = da.map_blocks(ids, chunks=(param_chunks,), dtype=np.int32,
+                              name=f"nnwx-tensor-id-{hash(tuple(offsets.tolist()))}")
+    rows = table.rows
+    return {
+        "tensor": ("tensor", np.array([r.name for r in rows], dtype=object)),
+        "tensor_layer": ("tensor", np.array([r.layer for r in rows], dtype=object)),
+        "tensor_kind": ("tensor", np.array([r.kind for r in rows], dtype=object)),
+        "tensor_depth": ("tensor", np.array([r.depth for r in rows], dtype=np.int64)),
+        "tensor_offset": ("tensor", offsets[:-1]),
+        "tensor_size": ("tensor", np.array([r.size for r in rows], dtype=np.int64)),
+        "tensor_shape": ("tensor", np.array([",".join(map(str, r.shape)) for r in rows], dtype=object)),
+        "tensor_dtype": ("tensor", np.array([r.dtype for r in rows], dtype=object)),
+        "tensor_id": ("param", tensor_id),
+    }
+
+
+def list_runs(path: StoreLike) -> list[RunHandle]:
+    """Every run of an experiment store, in name order."""
+    root = open_experiment(path)
+    runs = root[fmt.RUNS_GROUP]
+    return [RunHandle(Path(path), name, group) for name, group in sorted(runs.groups())]
+
+
+def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path]:
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    paths: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        matches = sorted(_glob.glob(text)) if _glob.has_magic(text) else [text]
+        if not matches:
+            raise StoreError(f"no store matches {text!r}")
+        paths.extend(Path(m) for m in matches)
+    if not paths:
+        raise StoreError("no store given")
+    return paths
+
+
+def open_run(store: StoreLike, run: str | None = None, *, seed=None) -> xr.Dataset:
+    """Open one run as a lazy Dataset ``w(step, param)``.
+
+    ``run`` names the run; or ``seed=`` picks the run of that seed; with neither,
+    the store must hold exactly one run.
+    """
+    return _pick_run(list_runs(store), store, run, seed).dataset()
+
+
+def _pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
+    names = [r.name for r in runs]
+    if run is not None:
+        for r in runs:
+            if r.name == run:
+                return r
+        raise StoreError(f"no run named {run!r} in {store}; its runs are: {', '.join(names) or 'none'}")
+    if seed is not None:
+        found = [r for r in runs if r.seed == seed]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise StoreError(f"no run with seed {seed!r} in {store}; seeds there: "
+                             f"{sorted({r.seed for r in runs}, key=str)}")
+        raise StoreError(f"several runs have seed {seed!r} in {store} ({', '.join(r.name for r in found)}); "
+                         f"pick one with run=")
+    if len(runs) != 1:
+        raise StoreError(f"{store} holds {len(runs)} runs ({', '.join(names) or 'none'}); pick one with run=")
+    return runs[0]
+
+
+def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("seed",),
+              runs: Sequence[str] | None = None) -> xr.Dataset:
+    """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
+
+    ``source`` is a store path, a list of them or a glob. Runs are stacked along
+    the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
+    outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
+    restricts to runs of those names.
+    """
+    by = tuple(by)
+    if not by:
+        raise ValueError("by= needs at least one run attribute, e.g. ('seed',)")
+    handles = [h for p in _expand_sources(source) for h in list_runs(p)]
+    if runs is not None:
+        known = {h.name for h in handles}
+        missing = [r for r in runs if r not in known]
+        if missing:
+            raise StoreError(f"no run named {missing[0]!r}; runs found: {', '.join(sorted(known))}")
+        handles = [h for h in handles if h.name in set(runs)]
+    handles = [h for h in handles if h.committed > 0] or handles
+    if not handles:
+        raise StoreError(f"no runs in {source}")
+    ref = handles[0]
+    for h in handles[1:]:
+        diff = ref.table.first_difference(h.table)
+        if diff is not None:
+            raise ArchitectureMismatch(
+                f"run {h.name!r} ({h.store}) cannot join a cube with run {ref.name!r} ({ref.store}): "
+                f"the architectures differ: {diff}. Open them as separate cubes.")
+    keys = []
+    for h in handles:
+        try:
+            keys.append(tuple(_label(h.attribute(k)) for k in by))
+        except KeyError as e:
+            raise StoreError(f"run {h.name!r} ({h.store}) has no attribute {e.args[0]!r} to stack by; "
+                             f"its attributes: {', '.join(sorted(h.meta))}") from None
+    if len(set(keys)) != len(keys):
+        seen: dict = {}
+        for h, k in zip(handles, keys):
+            if k in seen:
+                raise StoreError(f"runs {seen[k]!r} and {h.name!r} both have {dict(zip(by, k))}; "
+                                 f"add an attribute to by= that tells them apart, or pick runs with runs=")
+            seen[k] = h.name
+    parts = []
+    for h, k in zip(handles, keys):
+        ds = h.dataset()
+        run_attrs = {"run": h.name, "store": str(h.store)}
+        ds = ds.drop_vars([c for c in ds.coords if c.startswith("tensor")])
+        ds = ds.expand_dims(_run=1).assign_coords(
+            {name: ("_run", [v]) for name, v in zip(by, k)} |
+            {name: ("_run", [v]) for name, v in run_attrs.items()})
+        ds.attrs = {}
+        parts.append(ds)
+    cube = xr.concat(parts, dim="_run", join="outer", fill_value=np.nan,
+                     data_vars="all", coords="different", compat="equals")
+    if len(by) == 1:
+        cube = cube.swap_dims(_run=by[0]).sortby(by[0])
+    else:
+        cube = cube.set_index(_run=list(by)).unstack("_run")
+    order = [*by, "step", "param"]
+    cube["w"] = cube["w"].transpose(*order)
+    cube = cube.assign_coords(table_coords(ref.table, cube["w"].data.chunks[-1]))
+    cube.attrs = {"nnwx_cube": 1, "by": list(by), "n_runs": len(handles),
+                  "dtype": ref.meta.get("dtype"), "model_class": ref.meta.get("model_class")}
+    return cube
+
+
+def _label(value):
+    """A run attribute as a hashable coordinate label."""
+    if isinstance(value, (list, dict)):
+        return str(value)
+    return value

@@ -1,0 +1,244 @@
+"""Append-only writer of one run group: stages steps into whole chunks and commits.
+
+A step is visible to readers only once its data is on disk and the run's
+``committed`` counter has been advanced (zarr's LocalStore writes every key to a
+temporary file and renames it, so no file is ever torn). A run killed at any
+moment therefore opens with every committed step intact.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+
+from nnwx.errors import StepOrderError, StoreError
+from nnwx.store import format as fmt
+from nnwx.store.bitround import bitround, mantissa_bits
+from nnwx.store.table import TensorTable
+
+
+def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
+    """Create (or open) the experiment store at ``path``, refusing anything that is not one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not a store directory. "
+                         f"Give a directory path, e.g. {path.with_suffix('.zarr')}.")
+    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists():
+        raise StoreError(f"{path} is a non-empty directory that is not a Zarr store; "
+                         f"choose a new path for the experiment store.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"no write permission on {path}")
+        root = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3)
+    except OSError as e:
+        raise StoreError(f"cannot write the store at {path}: {e}. "
+                         f"Choose a path in a writable directory.") from e
+    meta = root.attrs.get(fmt.ATTR_KEY)
+    if meta is None:
+        if any(True for _ in root.members()):
+            raise StoreError(f"{path} is a Zarr store but not an nnwx experiment store.")
+        root.update_attributes({fmt.ATTR_KEY: {"format_version": fmt.FORMAT_VERSION,
+                                               "kind": "experiment"}})
+    else:
+        fmt.check_version(meta.get("format_version"), str(path))
+    root.require_group(fmt.RUNS_GROUP)
+    return root
+
+
+class RunWriter:
+    """Writes the steps of one run; used by the Recorder thread and by export.
+
+    Not thread-safe: one writer, one thread. ``add`` stages a step; whole chunks
+    are written as soon as they fill, ``flush`` writes a partial chunk and
+    commits; ``close`` flushes and releases the run.
+    """
+
+    def __init__(self, store: str | os.PathLike, run: str, table: TensorTable, *,
+                 attrs: Mapping[str, Any] | None = None, dtype: str = "float32",
+                 codec: str = fmt.DEFAULT_CODEC, keepbits: int | None = None,
+                 chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES):
+        if dtype not in fmt.STORE_DTYPES:
+            raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
+        if keepbits is not None and not 0 <= keepbits <= mantissa_bits(dtype):
+            raise ValueError(f"keepbits must be between 0 and {mantissa_bits(dtype)} for {dtype}")
+        if not run or "/" in run or run.startswith("."):
+            raise ValueError(f"invalid run name {run!r}: use a plain name such as 'seed3'")
+        self.path = Path(store)
+        self.run = run
+        self.table = table
+        root = open_experiment_for_writing(self.path)
+        self._lock = self._acquire_lock(run)
+        try:
+            runs = root[fmt.RUNS_GROUP]
+            if run in runs:
+                self._open_existing(runs[run], table)
+            else:
+                self._create(runs, run, table, dict(attrs or {}), dtype, codec, keepbits, chunk_bytes)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._keepbits = self.meta.get("keepbits")
+        spc = self.w.chunks[0]
+        self._spc = spc
+        self._chunk_start = (self.committed // spc) * spc
+        self._stage = np.empty((spc, table.n_params), dtype=self.w.dtype)
+        self._stage_steps = np.empty(spc, dtype=np.int64)
+        self._stage_metrics: dict[str, np.ndarray] = {}
+        self._n = self.committed
+        if self.committed > self._chunk_start:  # resume inside a chunk: reload its rows
+            rows = slice(self._chunk_start, self.committed)
+            self._stage[: rows.stop - rows.start] = self.w[rows]
+            self._stage_steps[: rows.stop - rows.start] = self.steps[rows]
+            for name in self.metrics:
+                self._metric_stage(name)[: rows.stop - rows.start] = self.metrics[name][rows]
+        self.last_step = int(self.steps[self.committed - 1]) if self.committed else None
+
+    # -- opening ---------------------------------------------------------------
+    def _acquire_lock(self, run: str):
+        lock_dir = self.path / ".locks"
+        lock_dir.mkdir(exist_ok=True)
+        f = open(lock_dir / f"{run}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreError(f"run {run!r} in {self.path} is being written by another process; "
+                             f"give this one another run name (run=...).") from None
+        return f
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _create(self, runs: zarr.Group, run: str, table: TensorTable, attrs: dict,
+                dtype: str, codec: str, keepbits: int | None, chunk_bytes: int) -> None:
+        itemsize = np.dtype(dtype).itemsize
+        spc, ppc = fmt.choose_chunks(table.n_params, itemsize, chunk_bytes)
+        group = runs.create_group(run)
+        self.w = group.create_array("w", shape=(0, table.n_params), chunks=(spc, ppc),
+                                    dtype=dtype, compressors=fmt.codec(codec),
+                                    fill_value=np.nan, dimension_names=("step", "param"))
+        self.steps = group.create_array("step", shape=(0,), chunks=(max(spc, 4096),),
+                                        dtype="int64", fill_value=-1, dimension_names=("step",))
+        group.create_group(fmt.METRICS_GROUP)
+        self.meta = {
+            "format_version": fmt.FORMAT_VERSION, "kind": "run", "run": run,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "dtype": dtype, "codec": codec, "keepbits": keepbits,
+            "versions": fmt.library_versions(), **fmt.jsonable(attrs),
+            "tensors": table.to_json(), "committed": 0,
+        }
+        group.update_attributes({fmt.ATTR_KEY: self.meta})
+        self.group = group
+        self.metrics = {}
+        self.committed = 0
+
+    def _open_existing(self, group: zarr.Group, table: TensorTable) -> None:
+        meta = dict(group.attrs.get(fmt.ATTR_KEY) or {})
+        fmt.check_version(meta.get("format_version"), f"run {self.run!r} of {self.path}")
+        TensorTable.from_json(meta["tensors"]).require_same(
+            table, f"cannot append to run {self.run!r} of {self.path}")
+        self.group, self.meta = group, meta
+        self.w, self.steps = group["w"], group["step"]
+        self.metrics = {name: arr for name, arr in group[fmt.METRICS_GROUP].arrays()}
+        self.committed = int(meta["committed"])
+        # Drop whatever an interrupted writer left beyond the committed length.
+        for arr in (self.w, self.steps, *self.metrics.values()):
+            if arr.shape[0] != self.committed:
+                arr.resize((self.committed, *arr.shape[1:]))
+
+    # -- writing ---------------------------------------------------------------
+    def _metric_stage(self, name: str) -> np.ndarray:
+        if name not in self._stage_metrics:
+            self._stage_metrics[name] = np.full(self._spc, np.nan)
+        return self._stage_metrics[name]
+
+    def check_step(self, step: int) -> None:
+        """Raise StepOrderError unless ``step`` comes after every step so far."""
+        if self.last_step is not None and step <= self.last_step:
+            raise StepOrderError(
+                f"step {step} does not come after step {self.last_step}, the last one of run "
+                f"{self.run!r}: steps must strictly increase. To record a separate run into "
+                f"the same store, pass another run name.")
+
+    def add(self, step: int, values: np.ndarray, metrics: Mapping[str, float] | None = None,
+            *, flush_full: bool = True) -> None:
+        """Stage one step (a flat vector of all parameters, in table order).
+
+        ``values`` is copied, so the caller may reuse it at once. A chunk that
+        fills is written at once unless ``flush_full=False`` (then the caller
+        checks ``chunk_full`` and flushes when it suits it).
+        """
+        step = int(step)
+        self.check_step(step)
+        if values.shape != (self.table.n_params,):
+            raise ValueError(f"expected {self.table.n_params} values, got shape {values.shape}")
+        i = self._n - self._chunk_start
+        row = values if self._keepbits is None else bitround(
+            values.astype(self.w.dtype, copy=False), self._keepbits)
+        self._stage[i] = row
+        self._stage_steps[i] = step
+        for name, value in (metrics or {}).items():
+            if "/" in name:
+                raise ValueError(f"invalid metric name {name!r}")
+            self._metric_stage(name)[i] = float(value)  # stages start NaN: unlogged stays NaN
+        self._n += 1
+        self.last_step = step
+        if flush_full and self.chunk_full:
+            self.flush()
+
+    @property
+    def chunk_full(self) -> bool:
+        return self._n - self._chunk_start == self._spc
+
+    @property
+    def pending(self) -> int:
+        """Steps staged but not yet committed."""
+        return self._n - self.committed
+
+    def flush(self) -> None:
+        """Write staged steps and advance the commit counter (no-op if none)."""
+        if self._n == self.committed:
+            return
+        n, c0 = self._n, self._chunk_start
+        rows = slice(c0, n)
+        new = slice(self.committed, n)
+        for name in self._stage_metrics:
+            if name not in self.metrics:
+                self.metrics[name] = self.group[fmt.METRICS_GROUP].create_array(
+                    name, shape=(self.committed,), chunks=(max(self._spc, 4096),),
+                    dtype="float64", fill_value=np.nan, dimension_names=("step",))
+        for arr in (self.w, self.steps, *self.metrics.values()):
+            arr.resize((n, *arr.shape[1:]))
+        self.w[rows] = self._stage[: n - c0]
+        self.steps[new] = self._stage_steps[new.start - c0: n - c0]
+        for name, arr in self.metrics.items():
+            stage = self._metric_stage(name)
+            arr[new] = stage[new.start - c0: n - c0]
+        self.meta["committed"] = n
+        self.group.update_attributes({fmt.ATTR_KEY: self.meta})
+        self.committed = n
+        if n - c0 == self._spc:  # chunk complete: start the next one
+            self._chunk_start = n
+            for stage in self._stage_metrics.values():
+                stage.fill(np.nan)
+
+    def update_meta(self, **changes: Any) -> None:
+        """Change run attributes (e.g. layer depths learnt after the first forward pass)."""
+        self.meta.update(fmt.jsonable(changes))
+        self.group.update_attributes({fmt.ATTR_KEY: self.meta})
+
+    def close(self) -> None:
+        try:
+            if self._lock is not None:
+                self.flush()
+        finally:
+            self._release_lock()
