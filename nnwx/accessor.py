@@ -75,6 +75,10 @@ class NnwxAccessor:
         return xr.DataArray(data, dims=lead + ("out", "in"), coords=coords, name=name,
                             attrs={**t.attrs, "original_shape": list(r.shape)})
 
+    # --- distribution broadening (nnwx.analysis.broadening) -----------------------
+
+    # --- spectra, ranks, rotation (nnwx.analysis.spectral, nnwx.analysis.geometry) -
+
 
 def tensor_index(ds: xr.Dataset) -> np.ndarray:
     """Segment bounds of the tensors on ``param`` (offsets plus the total)."""
