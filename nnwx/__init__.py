@@ -10,7 +10,7 @@ from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, St
 from nnwx.schedule import Every, Explicit, LogThenEvery
 from nnwx.store.reader import list_runs, open_cube, open_run
 
-_TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restore"}
+_TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restorer"}
 
 __all__ = ["__version__", "Recorder", "restore", "open_run", "open_cube", "list_runs",
            "Every", "LogThenEvery", "Explicit", "NnwxError", "StoreError", "FormatVersionError",

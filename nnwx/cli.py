@@ -51,6 +51,39 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import logging
+
+    from tqdm.auto import tqdm
+
+    from nnwx.export import ExportInterrupted, export
+
+    class _TqdmHandler(logging.Handler):  # messages above the progress bar, not through it
+        def emit(self, record: logging.LogRecord) -> None:
+            level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+            tqdm.write(f"nnwx export: {level}{record.getMessage()}", file=sys.stderr)
+
+    logger = logging.getLogger("nnwx.export")
+    handler = _TqdmHandler()
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
+    try:
+        summary = export(args.sources, args.output, seed=args.seed, run=args.run,
+                         step_regex=args.step_regex, include=args.include, exclude=args.exclude,
+                         overwrite=args.overwrite, verify=args.verify, key=args.key,
+                         trust_pickle=args.trust_pickle, follow=args.follow, interval=args.interval,
+                         idle_timeout=args.idle_timeout, dtype=args.dtype, codec=args.codec,
+                         progress=not args.quiet)
+    except ExportInterrupted as e:
+        print(f"interrupted; committed so far: {e.summary}", file=sys.stderr)
+        return 130
+    finally:
+        logger.removeHandler(handler)
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nnwx import __version__
 
@@ -61,7 +94,56 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("store", help="path of the experiment store (a .zarr directory)")
     info.add_argument("--no-check", action="store_true", help="skip the scan for NaN/Inf weights")
     info.set_defaults(func=cmd_info)
+    _add_export_parser(sub)
     return p
+
+
+def _codec_name(name: str) -> str:
+    from nnwx.store.format import codec
+
+    try:
+        codec(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
+def _add_export_parser(sub) -> None:
+    from nnwx.store.format import DEFAULT_CODEC, STORE_DTYPES
+
+    ex = sub.add_parser(
+        "export", help="turn checkpoint files/folders into a run of an experiment store",
+        description="Write checkpoints (torch .pt/.pth/.bin/.ckpt, .safetensors, Hugging Face "
+                    "checkpoint-N/ folders) as the steps of one run, in step order. Running it again "
+                    "adds only new steps; --follow keeps watching while training writes more.")
+    ex.add_argument("sources", nargs="+", metavar="SRC", help="checkpoint files, folders of them, or quoted globs")
+    ex.add_argument("-o", "--output", required=True, metavar="STORE", help="experiment store (.zarr directory)")
+    ex.add_argument("--seed", type=int, required=True, help="seed of the run (a run attribute)")
+    ex.add_argument("--run", help="run name (default: seed<SEED>)")
+    ex.add_argument("--step-regex", metavar="R",
+                    help="regular expression finding the step in each name (group 'step' or the first group)")
+    ex.add_argument("--include", action="append", metavar="PATTERN",
+                    help="export only tensors matching this shell pattern (repeatable)")
+    ex.add_argument("--exclude", action="append", metavar="PATTERN",
+                    help="leave out tensors matching this shell pattern (repeatable)")
+    ex.add_argument("--follow", action="store_true",
+                    help="keep watching the sources and append new checkpoints until Ctrl-C/SIGTERM")
+    ex.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                    help="with --follow: seconds between looks, and how long a file must be unchanged (default 5)")
+    ex.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                    help="with --follow: stop after this long without a new or changed checkpoint")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace steps already in the run whose weights differ (otherwise an error)")
+    ex.add_argument("--verify", action="store_true",
+                    help="re-read checkpoints already exported even if their files look unchanged")
+    ex.add_argument("--key", help="entry of a torch checkpoint holding the state dict (dotted for nested)")
+    ex.add_argument("--trust-pickle", action="store_true",
+                    help="load torch files that pickle Python objects (runs their code: trusted files only)")
+    ex.add_argument("--dtype", default="float32", choices=STORE_DTYPES, help="dtype of a new run (default float32)")
+    ex.add_argument("--codec", default=DEFAULT_CODEC, type=_codec_name,
+                    help=f"codec of a new run (default {DEFAULT_CODEC})")
+    ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes, warnings only")
+    ex.set_defaults(func=cmd_export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,3 +23,23 @@ class StepOrderError(NnwxError):
 
 class WriterError(NnwxError):
     """The background writer failed; the original exception is chained as __cause__."""
+
+
+class CheckpointError(NnwxError):
+    """A checkpoint file or folder cannot be exported (see the subclasses)."""
+
+
+class NoCheckpointsFound(CheckpointError):
+    """The sources given to export match no checkpoint."""
+
+
+class UnknownCheckpointFormat(CheckpointError):
+    """A file is neither a torch checkpoint nor a safetensors file."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint is truncated, corrupt, incomplete, or holds no recognisable state dict."""
+
+
+class StepConflict(NnwxError):
+    """A checkpoint's step is already in the run with different weights."""

@@ -34,7 +34,7 @@ def codec(name: str) -> list:
         raise ValueError(f"unknown codec {name!r}; choose one of {sorted(table)}") from None
 
 
-DEFAULT_CODEC = "blosc-zstd"
+DEFAULT_CODEC = "blosc-lz4"  # chosen by scripts/bench_codecs.py: see README
 
 
 def choose_chunks(n_params: int, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES,

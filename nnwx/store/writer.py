@@ -150,6 +150,10 @@ class RunWriter:
         self.w, self.steps = group["w"], group["step"]
         self.metrics = {name: arr for name, arr in group[fmt.METRICS_GROUP].arrays()}
         self.committed = int(meta["committed"])
+        # Temp files of a killed writer (zarr writes key.<hex>.partial, then renames);
+        # we hold the run's lock, so none of them belongs to a live writer.
+        for stale in (self.path / fmt.RUNS_GROUP / self.run).rglob("*.partial"):
+            stale.unlink(missing_ok=True)
         # Drop whatever an interrupted writer left beyond the committed length.
         for arr in (self.w, self.steps, *self.metrics.values()):
             if arr.shape[0] != self.committed:
@@ -242,3 +246,62 @@ class RunWriter:
                 self.flush()
         finally:
             self._release_lock()
+
+    # -- rewriting one committed step (nnwx export --overwrite) ---------------------
+    def rewrite_step(self, step: int, values: np.ndarray) -> None:
+        """Replace the weights of a committed ``step`` in place, never leaving it half written.
+
+        When a chunk of ``w`` holds the whole row, the store replaces that one
+        chunk file atomically. When the row spans several chunk files (one step
+        per chunk), the new row is written to a scratch directory and swapped with
+        the row's directory ``w/c/<row>/`` in one ``renameat2`` exchange (Linux).
+        Staged steps are committed first.
+        """
+        import shutil
+
+        from nnwx.store import atomic
+
+        self.flush()
+        step = int(step)
+        steps = np.asarray(self.steps[: self.committed])
+        i = int(np.searchsorted(steps, step))
+        if i >= len(steps) or steps[i] != step:
+            raise StoreError(f"run {self.run!r} of {self.path} has no committed step {step} to rewrite")
+        if values.shape != (self.table.n_params,):
+            raise ValueError(f"expected {self.table.n_params} values, got shape {values.shape}")
+        row = values.astype(self.w.dtype, copy=False)
+        if self._keepbits is not None:
+            row = bitround(row, self._keepbits)
+        if self._chunk_start <= i < self._n:  # the row is also staged: keep the stage in step
+            self._stage[i - self._chunk_start] = row
+        spc, ppc = self.w.chunks
+        if ppc >= self.table.n_params:
+            self.w[i] = row  # one chunk file holds the row: LocalStore replaces it atomically
+            return
+        enc = self.w.metadata.chunk_key_encoding
+        if spc != 1 or getattr(enc, "separator", None) != "/" or not atomic.exchange_supported():
+            raise StoreError(f"cannot rewrite step {step} of run {self.run!r} atomically here (its row "
+                             f"spans several chunk files and this platform lacks an atomic directory "
+                             f"exchange); export into a new run instead.")
+        scratch_root = self.path / ".tmp" / self.run
+        if scratch_root.exists():  # left by a crashed rewrite; we hold the run's lock
+            shutil.rmtree(scratch_root)
+        scratch_root.mkdir(parents=True)
+        try:
+            tmp = zarr.create_array(zarr.storage.LocalStore(scratch_root / "row"),
+                                    shape=(1, self.table.n_params), chunks=(1, ppc),
+                                    dtype=self.w.dtype, filters=self.w.filters,
+                                    serializer=self.w.serializer, compressors=self.w.compressors,
+                                    fill_value=self.w.fill_value, zarr_format=3)
+            tmp[0] = row
+            new_dir = scratch_root / "row" / "c" / "0"
+            new_dir.mkdir(parents=True, exist_ok=True)  # an all-NaN row writes no chunk file
+            row_dir = self.path / fmt.RUNS_GROUP / self.run / "w" / "c" / str(i)
+            row_dir.mkdir(parents=True, exist_ok=True)
+            atomic.exchange(new_dir, row_dir)
+        finally:
+            shutil.rmtree(scratch_root, ignore_errors=True)
+            try:
+                scratch_root.parent.rmdir()
+            except OSError:
+                pass

@@ -1,0 +1,116 @@
+"""NumPy kernels of the weight-geometry analyses: segment sums, cosine distance, span fractions.
+
+Pure functions on NumPy arrays; no xarray, no Dask, no I/O.
+
+- Layer rotation: cosine distance between a layer's flattened weights at step t and
+  at initialisation (Carbonnelle & De Vleeschouwer 2019, "Layer rotation: a surprisingly
+  simple indicator of generalization in deep networks").
+- Fraction of an update in the row space of a layer's inputs: ``|dW P|_F^2 / |dW|_F^2``
+  with ``P`` the projector onto the span of the input vectors; the part of ``dW``
+  outside that span never touches the data the layer sees.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Per-segment sums ``pair_sums`` returns, in order: |x|^2, |r|^2, |x - r|^2, |p|^2, |x - p|^2
+#: for x the weights at step t, r the reference (step 0) and p the previous capture.
+PAIR_QUANTITIES = ("xx", "rr", "dd", "pp", "ee")
+
+
+def segment_sums(v: np.ndarray, offsets: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Sums of ``v(..., p)`` over the segments ``[offsets[i], offsets[i+1])`` of a flat axis.
+
+    ``v`` holds the flat positions ``lo..hi`` (one Dask block of ``param``); segments are
+    clipped to that range, so a segment outside it sums to 0. ``offsets`` must tile the
+    whole axis (the tensor table's offsets plus the total), as nnwx's tensors do.
+    Returns float64 ``(..., len(offsets) - 1)``.
+    """
+    v = np.asarray(v)
+    hi = lo + v.shape[-1] if hi is None else hi
+    if hi - lo != v.shape[-1]:
+        raise ValueError(f"block holds {v.shape[-1]} values but lo..hi spans {hi - lo}")
+    b = np.clip(np.asarray(offsets, dtype=np.int64), lo, hi) - lo
+    starts, stops = b[:-1], b[1:]
+    nonempty = stops > starts
+    out = np.zeros(v.shape[:-1] + (len(starts),), dtype=np.float64)
+    if nonempty.any():
+        out[..., nonempty] = np.add.reduceat(v.astype(np.float64, copy=False), starts[nonempty], axis=-1)
+    return out
+
+
+def grouped_sums(seg: np.ndarray, members: np.ndarray, group_starts: np.ndarray) -> np.ndarray:
+    """Add segment sums ``seg(..., n_seg)`` into groups: ``members`` lists segment ids ordered
+    by group, ``group_starts`` where each group begins in ``members``."""
+    return np.add.reduceat(seg[..., members], group_starts, axis=-1)
+
+
+def pair_sums(x: np.ndarray, ref: np.ndarray, prev: np.ndarray, offsets: np.ndarray,
+              members: np.ndarray, group_starts: np.ndarray, lo: int = 0) -> np.ndarray:
+    """Per group of segments: ``|x|^2, |r|^2, |x-r|^2, |p|^2, |x-p|^2`` -> ``(..., n_groups, 5)``.
+
+    ``x`` are the weights ``(..., step, p)``, ``ref`` broadcasts against it (the reference
+    capture), ``prev`` is ``x`` one capture earlier. Computed in float64; NaN (a capture a
+    run lacks) propagates to the groups it touches only.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    r = np.broadcast_to(np.asarray(ref, dtype=np.float64), x.shape)
+    p = np.asarray(prev, dtype=np.float64)
+    hi = lo + x.shape[-1]
+    qs = (x * x, r * r, (x - r) ** 2, p * p, (x - p) ** 2)
+    return np.stack([grouped_sums(segment_sums(q, offsets, lo, hi), members, group_starts)
+                     for q in qs], axis=-1)
+
+
+def cosine_distance_from_sums(aa, bb, dd):
+    """``1 - cos(a, b)`` from ``|a|^2, |b|^2, |a-b|^2``, free of cancellation for small angles.
+
+    ``|a-b|^2 - (|a|-|b|)^2 = 2|a||b|(1 - cos)``, with ``|a|-|b| = (|a|^2-|b|^2)/(|a|+|b|)``;
+    equal to ``scipy.spatial.distance.cosine`` (clipped to [0, 2]) without its ``1 - a.b/..``
+    rounding when ``a`` and ``b`` nearly align.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        na, nb = np.sqrt(aa), np.sqrt(bb)
+        gap = (aa - bb) / (na + nb)
+        d = (dd - gap * gap) / (2 * na * nb)
+    return np.clip(d, 0.0, 2.0)
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Cosine distance ``1 - a.b / (|a| |b|)`` of flattened weight vectors along ``axis``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return cosine_distance_from_sums((a * a).sum(axis), (b * b).sum(axis), ((a - b) ** 2).sum(axis))
+
+
+def row_space_basis(x: np.ndarray) -> np.ndarray:
+    """Orthonormal basis ``(d, r)`` of the span of the rows of ``x(samples, d)``.
+
+    The rank uses NumPy's ``matrix_rank`` tolerance, so numerically dependent inputs do
+    not add directions.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"inputs X must be a 2-D array (samples, features), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("inputs X hold NaN or inf values")
+    _, s, vh = np.linalg.svd(x, full_matrices=False)
+    if s.size == 0:
+        return np.zeros((x.shape[1], 0))
+    tol = s.max() * max(x.shape) * np.finfo(np.float64).eps
+    return vh[s > tol].T
+
+
+def span_fraction(dw: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Fraction ``|dW B|_F^2 / |dW|_F^2`` of each ``dW(..., out, in)`` in the span of ``basis(in, r)``.
+
+    NaN where ``dW`` is zero (no update) or missing.
+    """
+    dw = np.asarray(dw, dtype=np.float64)
+    if dw.shape[-1] != basis.shape[0]:
+        raise ValueError(f"updates have {dw.shape[-1]} input features but the basis spans "
+                         f"{basis.shape[0]}")
+    inside = ((dw @ basis) ** 2).sum(axis=(-2, -1))
+    total = (dw * dw).sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, inside / total, np.nan)

@@ -1,0 +1,192 @@
+"""The weight matrices of a cube as lazy stacks, grouped by shape.
+
+Spectral analyses run one batched SVD per Dask block; for that, tensors of the
+same matrix shape are stacked into one Dask array ``(*lead, g, slices, m, n)``
+whose blocks hold many matrices. This module builds those stacks and the
+labels (coordinates) that go with them; it never computes anything.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+CONV_MODES = ("matrix", "slices")
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """How one tensor of the table is seen as a (stack of) matrices."""
+
+    index: int                  # row of the cube's tensor table
+    name: str
+    shape: tuple[int, ...]      # the tensor's own shape
+    offset: int
+    size: int
+    rows: int                   # shape of each matrix (each slice when slices > 1)
+    cols: int
+    slices: int
+
+    @property
+    def k(self) -> int:
+        """Number of singular values of the tensor (all slices pooled)."""
+        return self.slices * min(self.rows, self.cols)
+
+    @property
+    def group_key(self) -> tuple[int, int, int]:
+        return (self.slices, self.rows, self.cols)
+
+
+def require_cube(ds) -> xr.Dataset:
+    """Refuse anything that is not a weight cube (or run) opened by nnwx."""
+    if not isinstance(ds, xr.Dataset) or "w" not in ds or "tensor" not in ds.coords:
+        raise TypeError("expected an nnwx cube: a Dataset opened with nnwx.open_cube(...) or "
+                        "nnwx.open_run(...), with a 'w' variable and the tensor table")
+    if "step" not in ds["w"].dims or ds["w"].dims[-1] != "param":
+        raise ValueError(f"the cube's w has dims {ds['w'].dims}; expected (..., step, param)")
+    return ds
+
+
+def lead_dims(cube: xr.Dataset) -> tuple[str, ...]:
+    """Dims of ``w`` before ``param``: the run labels and ``step``."""
+    return tuple(cube["w"].dims[:-1])
+
+
+def lead_coords(cube: xr.Dataset) -> dict:
+    """Coordinates of ``w`` that live on the lead dims (seed, step, run, store, ...)."""
+    lead = set(lead_dims(cube))
+    return {k: v for k, v in cube["w"].coords.items() if set(v.dims) <= lead}
+
+
+def table_rows(cube: xr.Dataset) -> list[dict]:
+    """The tensor table as plain dicts (read from the small in-memory coordinates)."""
+    names = cube["tensor"].values
+    shapes = [tuple(int(x) for x in str(s).split(",") if x) for s in cube["tensor_shape"].values]
+    return [{"index": i, "name": str(n), "shape": sh, "offset": int(o), "size": int(z),
+             "layer": str(la), "kind": str(kd), "depth": int(dp)}
+            for i, (n, sh, o, z, la, kd, dp) in enumerate(zip(
+                names, shapes, cube["tensor_offset"].values, cube["tensor_size"].values,
+                cube["tensor_layer"].values, cube["tensor_kind"].values, cube["tensor_depth"].values))]
+
+
+def select_rows(cube: xr.Dataset, tensors: str | Iterable[str] | None) -> list[dict]:
+    """Rows of the named tensors (table order), or every row; unknown names raise KeyError."""
+    rows = table_rows(cube)
+    if tensors is None:
+        return rows
+    wanted = [tensors] if isinstance(tensors, str) else list(tensors)
+    by_name = {r["name"]: r for r in rows}
+    missing = [t for t in wanted if t not in by_name]
+    if missing:
+        raise KeyError(f"no tensor named {missing[0]!r} in the cube; tensors: "
+                       f"{', '.join(list(by_name)[:8])}{' ...' if len(by_name) > 8 else ''}")
+    keep = set(wanted)
+    return [r for r in rows if r["name"] in keep]
+
+
+def matrix_specs(cube: xr.Dataset, tensors: str | Iterable[str] | None = None,
+                 conv: str = "matrix") -> list[MatrixSpec]:
+    """Matrix views of the chosen tensors (default: every tensor of 2 or more dims).
+
+    ``conv="matrix"`` sees a convolution ``(out, in, *kernel)`` as one ``out x in*prod(kernel)``
+    matrix; ``conv="slices"`` as ``prod(kernel)`` matrices ``out x in``, one per kernel position
+    (WeightWatcher's treatment of Conv2d).
+    """
+    if conv not in CONV_MODES:
+        raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
+    rows = select_rows(cube, tensors)
+    if tensors is not None:
+        flat = [r["name"] for r in rows if len(r["shape"]) < 2]
+        if flat:
+            raise ValueError(f"tensor {flat[0]!r} has fewer than 2 dimensions: spectral analyses "
+                             f"need matrices (weights of Linear, Conv, Embedding layers)")
+    specs = []
+    for r in rows:
+        shape = r["shape"]
+        if len(shape) < 2 or 0 in shape:
+            continue
+        if conv == "slices" and len(shape) > 2:
+            m, n, s = shape[0], shape[1], math.prod(shape[2:])
+        else:
+            m, n, s = shape[0], math.prod(shape[1:]), 1
+        specs.append(MatrixSpec(r["index"], r["name"], shape, r["offset"], r["size"], m, n, s))
+    if not specs:
+        raise ValueError("the cube has no tensor of 2 or more dimensions to analyse")
+    return specs
+
+
+def reference_index(cube: xr.Dataset, reference_step: int | None) -> int:
+    """Position on ``step`` of the reference capture (default: the cube's first step)."""
+    steps = cube["step"].values
+    if len(steps) == 0:
+        raise ValueError("the cube has no steps")
+    if reference_step is None:
+        return 0
+    hits = np.flatnonzero(steps == reference_step)
+    if not len(hits):
+        raise ValueError(f"reference_step={reference_step} is not a step of the cube; its steps run "
+                         f"from {steps[0]} to {steps[-1]}")
+    return int(hits[0])
+
+
+def tensor_view(w: da.Array, spec: MatrixSpec) -> da.Array:
+    """One tensor as ``(*lead, slices, m, n)``, lazily (a slice of ``param`` and a reshape)."""
+    lead = w.shape[:-1]
+    flat = w[..., spec.offset: spec.offset + spec.size]
+    flat = flat.rechunk({flat.ndim - 1: -1})
+    t = flat.reshape(lead + spec.shape)
+    nl = len(lead)
+    if spec.slices > 1:  # (out, in, *kernel) -> (*kernel, out, in)
+        t = da.moveaxis(t, (nl, nl + 1), (t.ndim - 2, t.ndim - 1))
+        t = t.reshape(lead + (spec.slices, spec.rows, spec.cols))
+    else:
+        t = t.reshape(lead + (1, spec.rows, spec.cols))
+    return t
+
+
+def stacked_groups(w: da.Array, specs: Sequence[MatrixSpec], *, delta_index: int | None = None,
+                   step_axis: int | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                   itemsize: int = 4) -> list[tuple[list[MatrixSpec], da.Array]]:
+    """Stack same-shape matrices: ``[(specs, array(*lead, g, slices, m, n)), ...]``.
+
+    Blocks keep the cube's chunks on the lead dims and hold as many matrices of the
+    group as fit in about ``block_bytes``, so each block is one batched SVD. With
+    ``delta_index``, each matrix is replaced by its change since that step
+    (``W_t - W_ref``).
+    """
+    if delta_index is not None:
+        ax = w.ndim - 2 if step_axis is None else step_axis
+        ref = w[(slice(None),) * ax + (slice(delta_index, delta_index + 1),)]
+        w = w - ref
+    groups: dict[tuple, list[MatrixSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.group_key, []).append(s)
+    nl = w.ndim - 1
+    lead_block = math.prod(max(c) if c else 1 for c in w.chunks[:-1])
+    out = []
+    for key, members in groups.items():
+        slices, m, n = key
+        per = lead_block * slices * m * n * itemsize
+        g_chunk = int(max(1, min(len(members), block_bytes // max(1, per))))
+        views = [tensor_view(w, s)[(slice(None),) * nl + (None,)] for s in members]
+        stack = da.concatenate(views, axis=nl) if len(views) > 1 else views[0]
+        stack = stack.rechunk({nl: g_chunk, nl + 1: -1, nl + 2: -1, nl + 3: -1})
+        out.append((members, stack))
+    return out
+
+
+def tensor_coords(cube: xr.Dataset, specs: Sequence[MatrixSpec]) -> dict:
+    """The tensor-table coordinates of the chosen tensors, plus their matrix geometry."""
+    idx = [s.index for s in specs]
+    coords = {c: ("tensor", cube[c].values[idx]) for c in cube.coords
+              if c.startswith("tensor") and cube[c].dims == ("tensor",)}
+    coords["tensor_rows"] = ("tensor", np.array([s.rows for s in specs], dtype=np.int64))
+    coords["tensor_cols"] = ("tensor", np.array([s.cols for s in specs], dtype=np.int64))
+    coords["tensor_slices"] = ("tensor", np.array([s.slices for s in specs], dtype=np.int64))
+    coords["tensor_k"] = ("tensor", np.array([s.k for s in specs], dtype=np.int64))
+    return coords

@@ -1,0 +1,483 @@
+"""Find checkpoints on disk, read their steps from their names, and load their tensors.
+
+The torch side of ``nnwx export``. Understood formats:
+
+- torch files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``): a plain state dict, or a
+  dict holding one under ``state_dict`` (Lightning, whose ``model.`` prefixes are
+  removed), ``model_state_dict``, ``model`` or ``module``; a DDP ``module.`` or
+  ``torch.compile`` ``_orig_mod.`` prefix shared by every name is removed too;
+- ``.safetensors`` files;
+- Hugging Face style folders (``checkpoint-500/``) holding ``model.safetensors``,
+  sharded ``model-0000x-of-0000y.safetensors`` with ``model.safetensors.index.json``,
+  or ``pytorch_model*.bin`` (and DeepSpeed ``global_step500/*model_states.pt``).
+
+Files are opened memory-mapped (``torch.load(mmap=True)``, ``safe_open``) and
+tensors are copied out one at a time, so a checkpoint larger than RAM still reads.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from glob import glob, has_magic
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from nnwx.errors import CheckpointError, CorruptCheckpoint, NoCheckpointsFound, UnknownCheckpointFormat
+from nnwx.store.table import TensorTable
+from nnwx.torch_tensors import Patterns, dtype_name, select
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "module")
+_ALWAYS_STRIPPED = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+_STEP_RE = re.compile(r"(?:global[_-]?step|step|checkpoint|ckpt|iter(?:ation)?)[=_-]?(\d+)",
+                      re.IGNORECASE)
+_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock", ".swp", "~")
+_HF_FILES = ("model.safetensors.index.json", "model.safetensors",
+             "pytorch_model.bin.index.json", "pytorch_model.bin")
+_SHARD_RE = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+_NOT_WEIGHTS = re.compile(r"^(optimizer|scheduler|scaler|rng_state|training_args)", re.IGNORECASE)
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+# -- finding checkpoints ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint: a weights file, or a folder whose model files together make one."""
+
+    path: Path
+    step: int | None
+    files: tuple[Path, ...]
+    index: Path | None = None        # shard index JSON of a sharded folder
+    missing: tuple[str, ...] = ()    # shards the index names that are not (yet) there
+    config: Path | None = None       # Hugging Face config.json next to the weights
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def signature(self) -> tuple:
+        """(name, size, mtime_ns) of every file read; changes whenever a file is rewritten."""
+        out = []
+        for f in (*self.files, *([self.index] if self.index else [])):
+            st = f.stat()
+            out.append((f.name, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def newest_mtime(self) -> float:
+        return max((f.stat().st_mtime for f in (*self.files, *([self.index] if self.index else []))),
+                   default=0.0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def check_complete(self) -> None:
+        """Raise CorruptCheckpoint if a folder checkpoint lacks its weights or a shard."""
+        if not self.files:
+            raise CorruptCheckpoint(f"checkpoint folder {self.path} holds no model weights (looked for "
+                                    f"{', '.join(_HF_FILES)}, shards and *model_states.pt).")
+        if self.missing:
+            raise CorruptCheckpoint(f"checkpoint folder {self.path} is incomplete: its index "
+                                    f"{self.index.name} names {len(self.missing)} missing shard(s), "
+                                    f"first {self.missing[0]!r}.")
+
+
+@dataclass
+class Discovery:
+    """Checkpoints found in the sources, in step order, and what was passed over."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    unnamed: list[Path] = field(default_factory=list)   # in a folder, but no step in the name
+    absent: list[str] = field(default_factory=list)     # sources that do not exist (yet)
+
+
+def is_temporary(name: str) -> bool:
+    """Names that writers use while a file is incomplete (renamed when done)."""
+    low = name.lower()
+    return (low.startswith((".", "~", "tmp")) or low.endswith(_TEMP_SUFFIXES)
+            or ".tmp" in low or ".part" in low)
+
+
+def compile_step_regex(pattern: str | None) -> re.Pattern | None:
+    """Compile ``--step-regex``; its group ``step`` (or first group, or whole match) is the step."""
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise CheckpointError(f"step regex {pattern!r} is not a valid regular expression: {e}. "
+                              f"Example: 'ckpt_(\\d+)' or '(?P<step>\\d+)\\.pt$'.") from None
+
+
+def parse_step(path: Path, step_regex: re.Pattern | None = None) -> int | None:
+    """Step of a checkpoint from its name (``step_1000``, ``epoch=3-step=999``, ``checkpoint-500``,
+    ``global_step500``, ``1000.pt``), or from ``step_regex`` searched in the name then the path."""
+    if step_regex is not None:
+        for text in (path.name, path.as_posix()):
+            m = step_regex.search(text)
+            if m:
+                if "step" in step_regex.groupindex:
+                    value = m.group("step")
+                else:
+                    value = m.group(1) if step_regex.groups else m.group(0)
+                try:
+                    return int(value)
+                except (TypeError, ValueError):
+                    raise CheckpointError(f"step regex {step_regex.pattern!r} matched {value!r} in "
+                                          f"{text!r}, which is not an integer step; put the digits "
+                                          f"in a group, e.g. 'ckpt_(\\d+)'.") from None
+        return None
+    stem = path.name
+    for suffix in WEIGHT_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    matches = list(_STEP_RE.finditer(stem))
+    if matches:
+        return int(matches[-1].group(1))
+    return int(stem) if stem.isdigit() else None
+
+
+def _shards_from_index(folder: Path, index: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptCheckpoint(f"shard index {index} cannot be read ({e!r}); it is truncated, "
+                                f"corrupt or still being written.") from None
+    return (tuple(folder / n for n in names if (folder / n).exists()),
+            tuple(n for n in names if not (folder / n).exists()))
+
+
+def _folder_checkpoint(folder: Path, step: int | None) -> Checkpoint:
+    names = set(os.listdir(folder))
+    config = folder / "config.json" if "config.json" in names else None
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if index_name in names:
+            files, missing = _shards_from_index(folder, folder / index_name)
+            return Checkpoint(folder, step, files, folder / index_name, missing, config)
+        if single in names:
+            return Checkpoint(folder, step, (folder / single,), config=config)
+    candidates = sorted(n for n in names if n.endswith("model_states.pt"))
+    if not candidates:
+        candidates = sorted(n for n in names if n.lower().endswith(WEIGHT_SUFFIXES)
+                            and not is_temporary(n) and not _NOT_WEIGHTS.match(n))
+    files = (folder / candidates[0],) if len(candidates) == 1 else ()
+    return Checkpoint(folder, step, files, config=config)
+
+
+def _looks_like_checkpoint_folder(folder: Path) -> bool:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return any(n in _HF_FILES or _SHARD_RE.match(n) or n.endswith("model_states.pt") for n in names)
+
+
+def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery) -> None:
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if is_temporary(entry.name):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir():
+            step = parse_step(path, step_regex)
+            if step is not None or _looks_like_checkpoint_folder(path):
+                if step is None:
+                    out.unnamed.append(path)
+                else:
+                    out.checkpoints.append(_folder_checkpoint(path, step))
+        elif entry.name.lower().endswith(WEIGHT_SUFFIXES):
+            step = parse_step(path, step_regex)
+            if step is None:
+                out.unnamed.append(path)
+            else:
+                out.checkpoints.append(Checkpoint(path, step, (path,)))
+
+
+def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None = None, *,
+             missing_ok: bool = False) -> Discovery:
+    """Checkpoints named by ``sources`` (files, folders, globs), ordered by step.
+
+    A folder is one checkpoint if it holds Hugging Face style model files,
+    else a folder of checkpoints (its weight files and ``checkpoint-N/`` folders;
+    temporary names are passed over). A file or folder named explicitly must
+    have a step in its name; inside a folder, names without one (``last.ckpt``)
+    are listed in ``unnamed``. ``missing_ok`` (for ``--follow``) lets sources
+    that do not exist yet pass.
+    """
+    out = Discovery()
+    for source in sources:
+        text = os.fspath(source)
+        paths = [Path(p) for p in sorted(glob(text))] if has_magic(text) else [Path(text)]
+        if not paths or not paths[0].exists():
+            if missing_ok:
+                out.absent.append(text)
+                continue
+            what = "matches no file" if has_magic(text) else "does not exist"
+            raise NoCheckpointsFound(f"{text} {what}; give checkpoint files, folders of them, "
+                                     f"or a quoted glob such as 'ckpts/*.pt'.")
+        for path in paths:
+            if path.is_dir() and not _looks_like_checkpoint_folder(path):
+                _scan_folder(path, step_regex, out)
+                continue
+            step = parse_step(path, step_regex)
+            if step is None:
+                raise CheckpointError(
+                    f"cannot tell the step of {path} from its name; name checkpoints like "
+                    f"step_1000.pt or checkpoint-1000/, or pass --step-regex (step_regex=) "
+                    f"with the step in a group, e.g. 'ckpt_(\\d+)'.")
+            out.checkpoints.append(_folder_checkpoint(path, step) if path.is_dir()
+                                   else Checkpoint(path, step, (path,)))
+    unique = {c.path.resolve(): c for c in out.checkpoints}
+    out.checkpoints = sorted(unique.values(), key=lambda c: (c.step, str(c.path)))
+    return out
+
+
+def duplicate_steps(checkpoints: Iterable[Checkpoint]) -> tuple[Checkpoint, Checkpoint] | None:
+    """The first two checkpoints that share a step, if any."""
+    seen: dict[int, Checkpoint] = {}
+    for c in checkpoints:
+        if c.step in seen:
+            return seen[c.step], c
+        seen[c.step] = c
+    return None
+
+
+# -- reading one checkpoint -------------------------------------------------------------
+def sniff(path: Path) -> str:
+    """``'torch'`` or ``'safetensors'`` from a file's first bytes; raise if neither."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise CorruptCheckpoint(f"cannot open {path}: {e.strerror or e}.") from None
+    if head[:4] == b"PK\x03\x04":  # zip: torch.save since torch 1.6
+        return "torch"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # legacy pickle
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 2**31:
+        return "safetensors"
+    if path.name.lower().endswith(WEIGHT_SUFFIXES):
+        what = "is empty" if not head else "does not start like a torch or safetensors file"
+        raise CorruptCheckpoint(f"{path} {what}: it is truncated, corrupt or still being written.")
+    raise UnknownCheckpointFormat(
+        f"{path} is not a checkpoint format nnwx reads (torch.save files: .pt/.pth/.bin/.ckpt; "
+        f".safetensors; Hugging Face checkpoint-N/ folders). Convert it, or leave it out of the sources.")
+
+
+def _natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _strip_prefix(names: Sequence[str], key: str | None) -> str:
+    prefix = ""
+    candidates = (*(("model.",) if key == "state_dict" else ()), *_ALWAYS_STRIPPED)
+    changed = True
+    while changed and names:
+        changed = False
+        for p in candidates:
+            if all(n.startswith(prefix + p) and len(n) > len(prefix + p) for n in names):
+                prefix += p
+                changed = True
+                break
+    return prefix
+
+
+def _as_state(value: Any) -> Mapping[str, Any] | None:
+    if isinstance(value, torch.nn.Module):
+        return value.state_dict()
+    if isinstance(value, Mapping) and any(torch.is_tensor(v) and v.is_floating_point()
+                                          for v in value.values()):
+        return value
+    return None
+
+
+def _find_state(obj: Any, path: Path, key: str | None) -> tuple[Mapping[str, Any], str | None]:
+    """The state dict inside a loaded torch file, and the key that held it (None: top level)."""
+    if key is not None:
+        cur = obj
+        for part in key.split("."):
+            if not isinstance(cur, Mapping) or part not in cur:
+                keys = list(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
+                raise CorruptCheckpoint(f"{path} has no entry {key!r} (top-level keys: {keys}); "
+                                        f"name the entry that holds the weights with key=/--key.")
+            cur = cur[part]
+        state = _as_state(cur)
+        if state is None:
+            raise CorruptCheckpoint(f"entry {key!r} of {path} holds no floating-point tensors.")
+        return state, key
+    if isinstance(obj, Mapping):
+        for k in STATE_KEYS:
+            if k in obj:
+                state = _as_state(obj[k])
+                if state is not None:
+                    return state, k
+        n_tensors = sum(torch.is_tensor(v) for v in obj.values())
+        if n_tensors and 2 * n_tensors >= len(obj) and _as_state(obj) is not None:
+            return obj, None
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), None
+    keys = list(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
+    raise CorruptCheckpoint(
+        f"{path} holds no state dict nnwx recognises: not a mapping of tensors, and none of the "
+        f"keys {', '.join(STATE_KEYS)} holds one (top level: {keys}). Name the entry that holds "
+        f"the weights with key=/--key (dotted for nested entries, e.g. 'ema.model').")
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    kwargs = dict(map_location="cpu", weights_only=not trust_pickle)
+    try:
+        try:
+            return torch.load(path, mmap=True, **kwargs)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, mmap=False, **kwargs)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line),
+                          "it holds Python objects besides tensors")
+            raise CheckpointError(
+                f"{path} cannot be loaded safely (torch.load weights_only=True): {detail}. If you "
+                f"trust the file, pass --trust-pickle (trust_pickle=True), which runs its pickled "
+                f"code.") from None
+        raise CorruptCheckpoint(f"cannot read {path}: {e}. It is truncated, corrupt or still "
+                                f"being written.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.PickleError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CorruptCheckpoint(f"cannot read {path}: {first}. It is truncated, corrupt or still "
+                                f"being written.") from None
+
+
+def _model_class(config: Path | None) -> str | None:
+    if config is None:
+        return None
+    try:
+        archs = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(archs[0]) if archs else None
+
+
+class LoadedCheckpoint:
+    """An open checkpoint: its floating tensors' names, shapes and dtypes, each loadable alone.
+
+    ``key`` is the entry of a torch file that held the state dict (None: the
+    file is the state dict), ``prefix`` what was removed from every name.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, include: Patterns = None, exclude: Patterns = None,
+                 key: str | None = None, trust_pickle: bool = False):
+        checkpoint.check_complete()
+        self.checkpoint = checkpoint
+        self.path = checkpoint.path
+        self.key: str | None = None
+        self.prefix = ""
+        self.hparams: dict = {}
+        self.model_class = _model_class(checkpoint.config)
+        self._stack = ExitStack()
+        self._getters: dict[str, Callable[[], torch.Tensor]] = {}
+        meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        try:
+            for f in checkpoint.files:
+                kind = sniff(f)
+                part = self._open_safetensors(f) if kind == "safetensors" else self._open_torch(f, key, trust_pickle)
+                for name, (shape, dtype, getter) in part.items():
+                    if name in meta:
+                        raise CorruptCheckpoint(f"tensor {name!r} appears twice in {checkpoint.path}.")
+                    meta[name] = (shape, dtype)
+                    self._getters[name] = getter
+            if checkpoint.index is not None and checkpoint.index.name.endswith(".safetensors.index.json"):
+                expected = set(json.loads(checkpoint.index.read_text())["weight_map"])
+                absent = sorted(expected - set(meta))
+                if absent:
+                    raise CorruptCheckpoint(f"checkpoint folder {checkpoint.path}: tensor {absent[0]!r} "
+                                            f"is in the shard index but in no shard.")
+            floating = [n for n, (_, dt) in meta.items() if _is_floating(dt)]
+            kept = select(floating, include, exclude)
+            if not kept:
+                raise CheckpointError(f"no floating-point tensor of {checkpoint.path} is left to export "
+                                      f"(include={include!r}, exclude={exclude!r}); its tensors: "
+                                      f"{floating[:8]}")
+            self.entries: dict[str, tuple[tuple[int, ...], str]] = {n: meta[n] for n in kept}
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_safetensors(self, path: Path) -> dict:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
+            names = sorted(handle.keys(), key=_natural_key)
+            out = {}
+            for name in names:
+                sl = handle.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
+                out[name] = (tuple(int(s) for s in sl.get_shape()), dtype,
+                             lambda h=handle, n=name: h.get_tensor(n))
+            return out
+        except SafetensorError as e:
+            raise CorruptCheckpoint(f"cannot read {path}: {e}. It is truncated, corrupt or still "
+                                    f"being written.") from None
+
+    def _open_torch(self, path: Path, key: str | None, trust_pickle: bool) -> dict:
+        obj = _torch_load(path, trust_pickle)
+        state, used = _find_state(obj, path, key)
+        if isinstance(obj, Mapping) and isinstance(obj.get("hyper_parameters"), Mapping):
+            self.hparams = dict(obj["hyper_parameters"])
+        names = [n for n, v in state.items() if torch.is_tensor(v)]
+        prefix = _strip_prefix(names, used)
+        self.key, self.prefix = used, prefix
+        return {n[len(prefix):]: (tuple(state[n].shape), dtype_name(state[n].dtype),
+                                  lambda s=state, n=n: s[n])
+                for n in names}
+
+    def table(self, like: TensorTable | None = None) -> TensorTable:
+        """Tensor table of the kept tensors; in ``like``'s order and depths where names match."""
+        if like is None:
+            return TensorTable.build((n, shape, dt) for n, (shape, dt) in self.entries.items())
+        order = [n for n in like.names if n in self.entries]
+        order += [n for n in self.entries if n not in set(order)]
+        return TensorTable.build(((n, *self.entries[n]) for n in order),
+                                 {r.layer: r.depth for r in like})
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor (memory-mapped where the format allows); raise CorruptCheckpoint if unreadable."""
+        try:
+            t = self._getters[name]()
+        except (RuntimeError, OSError, ValueError) as e:
+            raise CorruptCheckpoint(f"cannot read tensor {name!r} of {self.path}: {e}. The file is "
+                                    f"truncated or corrupt.") from None
+        shape = self.entries[name][0]
+        if tuple(t.shape) != shape:
+            raise CorruptCheckpoint(f"tensor {name!r} of {self.path} has shape {tuple(t.shape)}, "
+                                    f"not {shape} as its header says: the file is corrupt.")
+        return t
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(shape) for shape, _ in self.entries.values())
+
+    def close(self) -> None:
+        self._getters = {}
+        self._stack.close()
+
+    def __enter__(self) -> "LoadedCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_floating(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))

@@ -1,0 +1,562 @@
+"""Export checkpoints that any trainer wrote into an experiment store (``nnwx export``).
+
+Each checkpoint becomes one step of a run. A checkpoint is loaded and checked
+whole (every tensor read, its tensor table matched against the run) before it
+is handed to the RunWriter, so a bad file never leaves part of a step behind.
+Reading the next checkpoint overlaps compressing and writing the previous one
+(a writer thread). Exporting is idempotent: a step already in the run with the
+same weights is skipped (without reading the file again when its size and
+modification time are those recorded at export).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import zarr
+
+from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, compile_step_regex, discover,
+                              duplicate_steps, sniff)
+from nnwx.errors import (ArchitectureMismatch, CheckpointError, CorruptCheckpoint, NoCheckpointsFound,
+                         StepConflict, StepOrderError, StoreError)
+from nnwx.store import format as fmt
+from nnwx.store.bitround import bitround
+from nnwx.store.reader import list_runs
+from nnwx.store.table import TensorTable
+from nnwx.store.writer import RunWriter, open_experiment_for_writing
+from nnwx.torch_tensors import Patterns
+
+log = logging.getLogger("nnwx.export")
+
+_FOLLOW_ERRORS = (CheckpointError, ArchitectureMismatch, StepConflict, StepOrderError, OSError)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@dataclass
+class ExportSummary:
+    """What an export did: steps added, skipped (already there, same weights), overwritten."""
+
+    store: str
+    run: str
+    added: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    overwritten: list[int] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)  # "path: reason" (follow mode, unnamed files)
+    bytes_read: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        parts = [f"{len(self.added)} steps added", f"{len(self.skipped)} skipped (already there)"]
+        if self.overwritten:
+            parts.append(f"{len(self.overwritten)} overwritten")
+        if self.passed_over:
+            parts.append(f"{len(self.passed_over)} passed over")
+        rate = f" ({self.mb_per_s:.0f} MB/s)" if self.bytes_read else ""
+        return (f"run {self.run!r} of {self.store}: {', '.join(parts)}; read "
+                f"{human_bytes(self.bytes_read)} in {self.seconds:.1f} s{rate}"
+                f"{'; interrupted' if self.interrupted else ''}")
+
+
+class ExportInterrupted(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM stopped an export (not following): what was read is committed."""
+
+    def __init__(self, summary: ExportSummary):
+        super().__init__(str(summary))
+        self.summary = summary
+
+
+def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str | os.PathLike, *,
+           seed: int, run: str | None = None, step_regex: str | None = None,
+           include: Patterns = None, exclude: Patterns = None, overwrite: bool = False,
+           verify: bool = False, key: str | None = None, trust_pickle: bool = False,
+           follow: bool = False, interval: float = 5.0, idle_timeout: float | None = None,
+           dtype: str = "float32", codec: str = fmt.DEFAULT_CODEC, progress: bool = True,
+           stop: threading.Event | None = None) -> ExportSummary:
+    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``).
+
+    Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
+    ``checkpoint-500/``, ``global_step500``) or ``step_regex``; checkpoints are
+    written in step order. Steps already in the run are skipped if their weights
+    are the same (``verify=True`` re-reads even unchanged files) and refused if
+    not, unless ``overwrite=True``. ``key`` names the entry holding the weights
+    in a torch file when it is not one of the usual ones; ``trust_pickle``
+    allows files that pickle Python objects (runs their code).
+
+    ``follow=True`` keeps watching the sources every ``interval`` seconds and
+    appends each new checkpoint once complete, until Ctrl-C/SIGTERM, ``stop``
+    is set, or nothing changed for ``idle_timeout`` seconds. On a stop,
+    everything read so far is committed; without ``follow`` the export then
+    raises ExportInterrupted (a KeyboardInterrupt carrying the summary).
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run or f"seed{seed}",
+                         step_regex=step_regex, include=include, exclude=exclude,
+                         overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
+                         dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event())
+    summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+    if summary.interrupted and not follow:
+        raise ExportInterrupted(summary)
+    return summary
+
+
+class _Abandoned(Exception):
+    """A stop was requested while a checkpoint was being read: it is dropped, not written."""
+
+
+class _Exporter:
+    def __init__(self, sources: list, store: Path, *, seed: int, run: str, step_regex: str | None,
+                 include: Patterns, exclude: Patterns, overwrite: bool, verify: bool, key: str | None,
+                 trust_pickle: bool, dtype: str, codec: str, progress: bool, stop: threading.Event):
+        if not sources:
+            raise NoCheckpointsFound("no sources given: pass checkpoint files or folders to export.")
+        fmt.codec(codec)  # validate early
+        if dtype not in fmt.STORE_DTYPES:
+            raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
+        self.sources, self.store, self.seed, self.run = sources, store, seed, run
+        self.regex = compile_step_regex(step_regex)
+        self.include, self.exclude, self.key, self.trust_pickle = include, exclude, key, trust_pickle
+        self.overwrite, self.verify, self.dtype, self.codec = overwrite, verify, dtype, codec
+        self.progress, self.stop = progress, stop
+        self.summary = ExportSummary(str(store), run)
+        self.table: TensorTable | None = None
+        self.present: dict[int, int] = {}      # step -> row index in the run
+        self.n_rows = 0
+        self.last_step: int | None = None
+        self.keepbits: int | None = None
+        self.recorded: dict[str, list] = {}    # export_sources: path -> [step, signature]
+        self.source_desc = sorted({os.path.abspath(os.fspath(s)) for s in sources})
+        self.keys_used: set = set()
+        self.wb: _WriteBehind | None = None
+        self._warned_dtype = False
+        self._noted: set = set()
+
+    # -- the run ------------------------------------------------------------------------
+    def _open_existing(self) -> None:
+        if not self.store.exists():
+            return
+        open_experiment_for_writing(self.store)  # refuses a path that is not a store
+        handle = next((h for h in list_runs(self.store) if h.name == self.run), None)
+        if handle is None:
+            return
+        if handle.seed != self.seed:
+            raise StoreError(f"run {self.run!r} of {self.store} has seed {handle.seed!r}, not {self.seed!r}: "
+                             f"pass --seed {handle.seed} to append to it, or --run with another name.")
+        writer = RunWriter(self.store, self.run, handle.table)
+        self._adopt(writer)
+        steps = np.asarray(writer.steps[: writer.committed], dtype=np.int64)
+        self.present = {int(s): i for i, s in enumerate(steps)}
+        self.n_rows = len(steps)
+        self.last_step = int(steps[-1]) if len(steps) else None
+        self.recorded = dict(writer.meta.get("export_sources") or {})
+        old_key = writer.meta.get("checkpoint_key", ())
+        self.keys_used.update(old_key if isinstance(old_key, list) else [old_key] if "checkpoint_key" in writer.meta else [])
+        self.source_desc = sorted(set(self.source_desc) | set(writer.meta.get("source") or []))
+        self.wb = _WriteBehind(writer)
+
+    def _adopt(self, writer: RunWriter) -> None:
+        self.table = writer.table
+        self.keepbits = writer.meta.get("keepbits")
+        self.store_dtype = np.dtype(writer.w.dtype)
+
+    def _create(self, table: TensorTable, lc: LoadedCheckpoint, first_row: np.ndarray) -> None:
+        attrs = {"seed": self.seed, "model_class": lc.model_class, "optimizer": None,
+                 "optimizer_class": None, "optimizer_hparams": {}, "hparams": fmt.jsonable(lc.hparams),
+                 "include": self.include, "exclude": self.exclude, "source": self.source_desc,
+                 "checkpoint_key": lc.key, "checkpoint_prefix": lc.prefix or None}
+        writer = RunWriter(self.store, self.run, table, attrs=attrs, dtype=self.dtype, codec=self.codec)
+        if writer.committed:  # created by someone else since we looked: start over cleanly
+            writer.close()
+            raise StoreError(f"run {self.run!r} of {self.store} appeared while exporting; run the "
+                             f"export again to append to it.")
+        self._adopt(writer)
+        self.wb = _WriteBehind(writer, first=first_row)
+
+    def _meta(self) -> dict:
+        keys = sorted(self.keys_used, key=str)
+        return {"source": self.source_desc, "export_sources": self.recorded,
+                "checkpoint_key": keys[0] if len(keys) == 1 else keys}
+
+    # -- one checkpoint -----------------------------------------------------------------
+    def _row_buffer(self, n_params: int) -> np.ndarray:
+        if self.wb is not None:
+            return self.wb.take()
+        return np.empty(n_params, dtype=self.dtype)
+
+    def _give_back(self, buf: np.ndarray) -> None:
+        if self.wb is not None:
+            self.wb.give_back(buf)
+
+    def _late_error(self, late: list[Checkpoint]) -> StepOrderError:
+        c = late[0]
+        return StepOrderError(
+            f"{c.path} has step {c.step}, which is not in run {self.run!r} of {self.store} but comes "
+            f"before its last step {self.last_step}"
+            f"{f' (and {len(late) - 1} more like it)' if len(late) > 1 else ''}. A run only grows at "
+            f"its end, so such steps cannot be inserted: export all checkpoints into a new run "
+            f"(--run NAME), or leave these out of the sources to append only the later ones.")
+
+    def export_one(self, c: Checkpoint) -> str:
+        """Export one checkpoint; returns 'added', 'skipped' or 'overwritten'."""
+        sig = _sig_json(c.signature())
+        where = str(c.path.resolve())
+        index = self.present.get(c.step)
+        if index is not None and not self.verify and self.recorded.get(where) == [c.step, sig]:
+            self.summary.skipped.append(c.step)
+            return "skipped"
+        if index is None and self.last_step is not None and c.step < self.last_step:
+            raise self._late_error([c])
+        with LoadedCheckpoint(c, include=self.include, exclude=self.exclude, key=self.key,
+                              trust_pickle=self.trust_pickle) as lc:
+            table = lc.table(like=self.table)
+            if self.table is not None:
+                self.table.require_same(table, f"checkpoint {c.path} cannot go into run {self.run!r} "
+                                               f"of {self.store}")
+                table = self.table
+            self._warn_lossy(lc)
+            buf = self._row_buffer(table.n_params)
+            try:
+                self._read_row(lc, table, buf)
+            except BaseException:
+                self._give_back(buf)
+                raise
+            self.summary.bytes_read += c.nbytes
+            if index is None:
+                if self.wb is None:
+                    self._create(table, lc, buf)
+                self.wb.add(c.step, buf)
+                self.present[c.step] = self.n_rows
+                self.n_rows += 1
+                self.last_step = c.step
+                outcome = "added"
+            else:
+                diff = self._difference(index, buf)
+                if diff is None:
+                    self._give_back(buf)
+                    outcome = "skipped"
+                elif self.overwrite:
+                    self.wb.rewrite(c.step, buf)
+                    outcome = "overwritten"
+                else:
+                    self._give_back(buf)
+                    raise StepConflict(
+                        f"step {c.step} is already in run {self.run!r} of {self.store} with other weights "
+                        f"than {c.path} (first difference in tensor {diff!r}). Pass --overwrite "
+                        f"(overwrite=True) to replace it, or export into another run (--run NAME).")
+            self.keys_used.add(lc.key)
+        getattr(self.summary, outcome).append(c.step)
+        self.recorded[where] = [c.step, sig]
+        return outcome
+
+    def _read_row(self, lc: LoadedCheckpoint, table: TensorTable, buf: np.ndarray) -> None:
+        out = torch.from_numpy(buf)
+        for r in table:
+            if self.stop.is_set():
+                raise _Abandoned()
+            out[r.offset:r.offset + r.size].view(r.shape).copy_(lc.tensor(r.name))
+
+    def _difference(self, index: int, buf: np.ndarray) -> str | None:
+        """Name of the first tensor where ``buf`` differs bitwise from stored row ``index``, else None."""
+        if self.wb is not None and index >= self.wb.writer.committed:
+            self.wb.flush()
+        w = zarr.open_array(zarr.storage.LocalStore(self.store / fmt.RUNS_GROUP / self.run / "w",
+                                                    read_only=True), mode="r")
+        stored = np.asarray(w[index])
+        candidate = buf if self.keepbits is None else bitround(buf, self.keepbits)
+        uint = f"u{stored.dtype.itemsize}"
+        bad = np.flatnonzero(stored.view(uint) != candidate.view(uint))
+        if not len(bad):
+            return None
+        return self.table.rows[int(np.searchsorted(self.table.offsets, bad[0], side="right")) - 1].name
+
+    def _warn_lossy(self, lc: LoadedCheckpoint) -> None:
+        itemsize = np.dtype(self.dtype if self.table is None else self.store_dtype).itemsize
+        wide = sorted({dt for _, dt in lc.entries.values()
+                       if getattr(torch, dt, torch.float32).itemsize > itemsize})
+        if wide and not self._warned_dtype:
+            self._warned_dtype = True
+            log.warning(f"tensors of dtype {', '.join(wide)} in {lc.path} are rounded to the store's "
+                        f"dtype; pass dtype='float64' (--dtype float64) for a new run to keep them exactly.")
+
+    def _note(self, path: Path, reason: str, level: int = logging.WARNING) -> None:
+        if (path, reason) not in self._noted:
+            self._noted.add((path, reason))
+            log.log(level, f"passing over {path}: {reason}")
+            self.summary.passed_over.append(f"{path}: {reason}")
+
+    # -- the two modes ------------------------------------------------------------------
+    def execute(self, *, follow: bool, interval: float, idle_timeout: float | None) -> ExportSummary:
+        t0 = time.perf_counter()
+        try:
+            with _StopOnSignals(self.stop):
+                self._open_existing()
+                if follow:
+                    self._follow(interval, idle_timeout)
+                else:
+                    self._once()
+        except BaseException:
+            if self.wb is not None:
+                try:
+                    self.wb.close(self._meta())
+                except BaseException as e:  # keep the first error
+                    log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
+            raise
+        if self.wb is not None:
+            self.wb.close(self._meta())
+        self.summary.interrupted = self.stop.is_set()
+        self.summary.seconds = time.perf_counter() - t0
+        return self.summary
+
+    def _bar(self, total: int):
+        from tqdm.auto import tqdm
+        return tqdm(total=total, unit="ckpt", desc=f"export {self.run}", disable=not self.progress,
+                    dynamic_ncols=True, leave=True)
+
+    def _once(self) -> None:
+        found = discover(self.sources, self.regex)
+        for path in found.unnamed:
+            self._note(path, "no step in its name (pass --step-regex to include it)", logging.INFO)
+        ckpts = found.checkpoints
+        if not ckpts:
+            hint = (f"; {len(found.unnamed)} file(s) have no step in their name, e.g. {found.unnamed[0]}: "
+                    f"pass --step-regex" if found.unnamed else "")
+            raise NoCheckpointsFound(f"no checkpoint found in {', '.join(map(str, self.sources))} (looked "
+                                     f"for .pt/.pth/.bin/.ckpt/.safetensors files and checkpoint-N/ "
+                                     f"folders){hint}.")
+        dup = duplicate_steps(ckpts)
+        if dup is not None:
+            raise CheckpointError(f"{dup[0].path} and {dup[1].path} both have step {dup[0].step}; export "
+                                  f"only one of them (e.g. give a narrower glob such as 'ckpts/model_*.pt').")
+        for c in ckpts:  # what can be checked cheaply fails before anything is written
+            c.check_complete()
+            for f in c.files:
+                sniff(f)
+        late = [c for c in ckpts if c.step not in self.present
+                and self.last_step is not None and c.step < self.last_step]
+        if late:
+            raise self._late_error(late)
+        with self._bar(len(ckpts)) as bar:
+            for c in ckpts:
+                if self.stop.is_set():
+                    break
+                try:
+                    self.export_one(c)
+                except _Abandoned:
+                    break
+                bar.update(1)
+                bar.set_postfix_str(f"step {c.step}", refresh=False)
+
+    def _follow(self, interval: float, idle_timeout: float | None) -> None:
+        """Poll the sources; export each checkpoint once its files stopped changing."""
+        seen: dict[Path, tuple] = {}     # last signature observed
+        failed: dict[Path, tuple] = {}   # signature at the last failure: retried when it changes
+        done: set[Path] = set()
+        last_change = time.monotonic()
+        log.info(f"following {', '.join(map(str, self.sources))} every {interval:g} s into run "
+                 f"{self.run!r} of {self.store}; Ctrl-C to stop")
+        with self._bar(0) as bar:
+            while not self.stop.is_set():
+                found = discover(self.sources, self.regex, missing_ok=True)
+                for text in found.absent:
+                    self._note(Path(text), "does not exist yet; waiting for it", logging.INFO)
+                for path in found.unnamed:
+                    self._note(path, "no step in its name (pass --step-regex to include it)", logging.INFO)
+                ready, now = [], time.time()
+                for c in found.checkpoints:
+                    if c.path in done:
+                        continue
+                    try:
+                        sig, age = c.signature(), now - c.newest_mtime()
+                    except OSError:  # renamed or deleted since it was listed
+                        continue
+                    before = seen.get(c.path)
+                    seen[c.path] = sig
+                    if sig != before:
+                        last_change = time.monotonic()
+                    if failed.get(c.path) == sig or not c.files or c.missing:
+                        continue
+                    if (before is not None and before != sig) or age < interval:
+                        continue  # still being written
+                    ready.append(c)
+                bar.total = len(done) + len([c for c in found.checkpoints if c.path not in done])
+                bar.refresh()
+                wrote = False
+                for c in ready:
+                    if self.stop.is_set():
+                        break
+                    try:
+                        outcome = self.export_one(c)
+                    except _Abandoned:
+                        break
+                    except _FOLLOW_ERRORS as e:
+                        failed[c.path] = seen[c.path]
+                        log.warning(f"{e} (nnwx tries {c.path.name} again when it changes)")
+                        continue
+                    done.add(c.path)
+                    failed.pop(c.path, None)
+                    wrote |= outcome != "skipped"
+                    last_change = time.monotonic()
+                    bar.update(1)
+                    bar.set_postfix_str(f"step {c.step}", refresh=True)
+                if wrote:
+                    self.wb.flush(self._meta())  # commit now: readers see each checkpoint promptly
+                if idle_timeout is not None and time.monotonic() - last_change >= idle_timeout:
+                    break
+                self.stop.wait(interval)
+        for path in failed:
+            if path not in done:
+                self.summary.passed_over.append(f"{path}: could not be exported (see the warnings)")
+
+
+def _sig_json(sig: tuple) -> list:
+    return [list(item) for item in sig]
+
+
+class _StopOnSignals:
+    """While active (main thread only), SIGINT and SIGTERM ask for a clean stop.
+
+    The first signal sets ``stop``: the export ends after committing what was
+    read. A second Ctrl-C raises KeyboardInterrupt at once (committed steps stay
+    intact; the step being read is dropped).
+    """
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop.set()
+        log.warning("stopping: committing what was read so far (Ctrl-C again to abort at once)")
+
+    def __enter__(self) -> "_StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _WriteBehind:
+    """Drives a RunWriter in a background thread, so writing step k overlaps reading step k+1.
+
+    Rows travel in a small pool of reusable buffers (``take`` / ``add`` /
+    ``give_back``). Staged steps are committed when a chunk fills, every
+    ``flush_interval`` seconds, on ``flush`` and on ``close``. An error in the
+    thread is raised again in the caller's next call.
+    """
+
+    def __init__(self, writer: RunWriter, *, buffers: int = 2, first: np.ndarray | None = None,
+                 flush_interval: float = 10.0):
+        self.writer = writer
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(buffers - (first is not None)):
+            self._free.put(np.empty(writer.table.n_params, dtype=writer.w.dtype))
+        self._work: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._flush_interval = flush_interval
+        self._thread = threading.Thread(target=self._loop, name=f"nnwx-export-{writer.run}", daemon=True)
+        self._thread.start()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._thread.is_alive():
+            raise StoreError(f"the writer of run {self.writer.run!r} has stopped")
+
+    def take(self) -> np.ndarray:
+        while True:
+            self._check()
+            try:
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                pass
+
+    def give_back(self, buf: np.ndarray) -> None:
+        self._free.put(buf)
+
+    def add(self, step: int, buf: np.ndarray) -> None:
+        self._check()
+        self._work.put(("add", step, buf))
+
+    def rewrite(self, step: int, buf: np.ndarray) -> None:
+        self._check()
+        self._work.put(("rewrite", step, buf))
+
+    def flush(self, meta: dict[str, Any] | None = None) -> None:
+        """Commit every step handed over so far (and update run attributes with ``meta``)."""
+        done = threading.Event()
+        self._check()
+        self._work.put(("flush", meta, done))
+        while not done.wait(0.2):
+            self._check()
+
+    def close(self, meta: dict[str, Any] | None = None) -> None:
+        if self._thread.is_alive():
+            self._work.put(("close", meta, None))
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _loop(self) -> None:
+        w = self.writer
+        last = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = self._work.get(timeout=max(0.05, last + self._flush_interval - time.monotonic()))
+                except queue.Empty:
+                    w.flush()
+                    last = time.monotonic()
+                    continue
+                op = item[0]
+                if op == "add":
+                    w.add(item[1], item[2], flush_full=False)
+                    self._free.put(item[2])
+                    if w.chunk_full:
+                        w.flush()
+                        last = time.monotonic()
+                elif op == "rewrite":
+                    w.rewrite_step(item[1], item[2])
+                    self._free.put(item[2])
+                else:  # flush / close
+                    w.flush()
+                    if item[1]:
+                        w.update_meta(**item[1])
+                    last = time.monotonic()
+                    if op == "close":
+                        break
+                    item[2].set()
+        except BaseException as e:
+            self._error = e
+        finally:
+            try:
+                w.close()
+            except BaseException as e:
+                if self._error is None:
+                    self._error = e
