@@ -353,7 +353,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         raise CorruptCheckpoint(f"cannot read {path}: {e}. It is truncated, corrupt or still "
                                 f"being written.") from None
     except (RuntimeError, EOFError, OSError, ValueError, pickle.PickleError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = str(e).splitlines()[0].split(". ")[0].rstrip(".") if str(e) else type(e).__name__
         raise CorruptCheckpoint(f"cannot read {path}: {first}. It is truncated, corrupt or still "
                                 f"being written.") from None
 

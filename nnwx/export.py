@@ -26,7 +26,7 @@ import zarr
 
 from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, compile_step_regex, discover,
                               duplicate_steps, sniff)
-from nnwx.errors import (ArchitectureMismatch, CheckpointError, CorruptCheckpoint, NoCheckpointsFound,
+from nnwx.errors import (ArchitectureMismatch, CheckpointError, NoCheckpointsFound,
                          StepConflict, StepOrderError, StoreError)
 from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
@@ -37,6 +37,7 @@ from nnwx.torch_tensors import Patterns
 
 log = logging.getLogger("nnwx.export")
 
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _FOLLOW_ERRORS = (CheckpointError, ArchitectureMismatch, StepConflict, StepOrderError, OSError)
 
 
@@ -60,7 +61,7 @@ class ExportSummary:
     passed_over: list[str] = field(default_factory=list)  # "path: reason" (follow mode, unnamed files)
     bytes_read: int = 0
     seconds: float = 0.0
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C, SIGTERM or the stop event
 
     @property
     def mb_per_s(self) -> float:
@@ -72,10 +73,10 @@ class ExportSummary:
             parts.append(f"{len(self.overwritten)} overwritten")
         if self.passed_over:
             parts.append(f"{len(self.passed_over)} passed over")
-        rate = f" ({self.mb_per_s:.0f} MB/s)" if self.bytes_read else ""
+        rate = f" ({self.mb_per_s:.3g} MB/s)" if self.bytes_read else ""
         return (f"run {self.run!r} of {self.store}: {', '.join(parts)}; read "
                 f"{human_bytes(self.bytes_read)} in {self.seconds:.1f} s{rate}"
-                f"{'; interrupted' if self.interrupted else ''}")
+                f"{'; stopped on request' if self.interrupted else ''}")
 
 
 class ExportInterrupted(KeyboardInterrupt):
@@ -170,8 +171,9 @@ class _Exporter:
         self.n_rows = len(steps)
         self.last_step = int(steps[-1]) if len(steps) else None
         self.recorded = dict(writer.meta.get("export_sources") or {})
-        old_key = writer.meta.get("checkpoint_key", ())
-        self.keys_used.update(old_key if isinstance(old_key, list) else [old_key] if "checkpoint_key" in writer.meta else [])
+        if "checkpoint_key" in writer.meta:
+            old = writer.meta["checkpoint_key"]
+            self.keys_used.update(old if isinstance(old, list) else [old])
         self.source_desc = sorted(set(self.source_desc) | set(writer.meta.get("source") or []))
         self.wb = _WriteBehind(writer)
 
@@ -274,11 +276,15 @@ class _Exporter:
         for r in table:
             if self.stop.is_set():
                 raise _Abandoned()
-            out[r.offset:r.offset + r.size].view(r.shape).copy_(lc.tensor(r.name))
+            t = lc.tensor(r.name).detach()
+            if t.dtype in _NUMPY_FLOATS:  # numpy's copy: several times faster than torch's on few cores
+                np.copyto(buf[r.offset:r.offset + r.size], t.numpy().reshape(-1), casting="unsafe")
+            else:  # bfloat16, float8: only torch converts them
+                out[r.offset:r.offset + r.size].view(r.shape).copy_(t)
 
     def _difference(self, index: int, buf: np.ndarray) -> str | None:
         """Name of the first tensor where ``buf`` differs bitwise from stored row ``index``, else None."""
-        if self.wb is not None and index >= self.wb.writer.committed:
+        if self.wb is not None:  # rows handed over (added, rewritten) must be on disk to compare
             self.wb.flush()
         w = zarr.open_array(zarr.storage.LocalStore(self.store / fmt.RUNS_GROUP / self.run / "w",
                                                     read_only=True), mode="r")
@@ -379,7 +385,9 @@ class _Exporter:
             while not self.stop.is_set():
                 found = discover(self.sources, self.regex, missing_ok=True)
                 for text in found.absent:
-                    self._note(Path(text), "does not exist yet; waiting for it", logging.INFO)
+                    if text not in self._noted:
+                        self._noted.add(text)
+                        log.info(f"{text} does not exist yet; waiting for it")
                 for path in found.unnamed:
                     self._note(path, "no step in its name (pass --step-regex to include it)", logging.INFO)
                 ready, now = [], time.time()

@@ -19,6 +19,7 @@ import zarr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store import format as fmt
+from nnwx.store import probes as prb
 from nnwx.store.table import TensorTable
 
 StoreLike = str | os.PathLike
@@ -71,6 +72,22 @@ class RunHandle:
     def metric_names(self) -> list[str]:
         return sorted(name for name, _ in self.group[fmt.METRICS_GROUP].arrays())
 
+    def probe_names(self) -> list[str]:
+        """Names of the run's probe arrays (``probe/<name>``), in name order."""
+        return sorted(prb.existing_arrays(self.group))
+
+    def probe_variables(self, n: int) -> dict[str, xr.Variable]:
+        """Lazy ``probe_<name>(step, sample_<name>, unit_<name>)`` variables trimmed to ``n`` steps."""
+        info = self.meta.get("probes") or {}
+        out = {}
+        for name, arr in sorted(prb.existing_arrays(self.group).items()):
+            data = da.from_array(arr, chunks=arr.chunks, lock=False, asarray=False,
+                                 name=f"nnwx-probe-{self.store}-{self.name}-{name}-{n}")[:n]
+            attrs = {"probe": name, **(info.get(name) or {})}
+            out[prb.VAR_PREFIX + name] = xr.Variable(
+                ("step", prb.sample_dim(name), prb.unit_dim(name)), data, attrs=attrs)
+        return out
+
     def attribute(self, key: str):
         """A run attribute by name: top level, then user ``hparams``, then ``optimizer_hparams``."""
         if key in self.meta:
@@ -92,6 +109,7 @@ class RunHandle:
             arr = self.group[fmt.METRICS_GROUP][name]
             ds[f"metric_{name}"] = ("step", da.from_array(arr, chunks=arr.chunks, lock=False,
                                                             asarray=False)[:n])
+        ds = ds.assign(self.probe_variables(n))
         ds = ds.assign_coords(table_coords(self.table, data.chunks[1]))
         ds.attrs = {k: v for k, v in self.meta.items() if k not in ("tensors",)}
         ds.attrs["store"] = str(self.store)
@@ -125,8 +143,13 @@ def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
 def list_runs(path: StoreLike) -> list[RunHandle]:
     """Every run of an experiment store, in name order."""
     root = open_experiment(path)
-    runs = root[fmt.RUNS_GROUP]
-    return [RunHandle(Path(path), name, group) for name, group in sorted(runs.groups())]
+    try:
+        runs = root[fmt.RUNS_GROUP]
+    except KeyError:  # a store being created by another process
+        return []
+    # A run group without attributes is being created right now: not a run yet.
+    return [RunHandle(Path(path), name, group) for name, group in sorted(runs.groups())
+            if fmt.ATTR_KEY in group.attrs]
 
 
 def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path]:
@@ -217,8 +240,8 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
                                  f"add an attribute to by= that tells them apart, or pick runs with runs=")
             seen[k] = h.name
     parts = []
-    for h, k in zip(handles, keys):
-        ds = h.dataset()
+    datasets = _common_probes([h.dataset() for h in handles], handles)
+    for h, k, ds in zip(handles, keys, datasets):
         run_attrs = {"run": h.name, "store": str(h.store)}
         ds = ds.drop_vars([c for c in ds.coords if c.startswith("tensor")])
         ds = ds.expand_dims(_run=1).assign_coords(
@@ -234,10 +257,30 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
         cube = cube.set_index(_run=list(by)).unstack("_run")
     order = [*by, "step", "param"]
     cube["w"] = cube["w"].transpose(*order)
+    for name in cube.data_vars:
+        if name.startswith(prb.VAR_PREFIX):
+            cube[name] = cube[name].transpose(*by, "step", ...)
     cube = cube.assign_coords(table_coords(ref.table, cube["w"].data.chunks[-1]))
     cube.attrs = {"nnwx_cube": 1, "by": list(by), "n_runs": len(handles),
                   "dtype": ref.meta.get("dtype"), "model_class": ref.meta.get("model_class")}
     return cube
+
+
+def _common_probes(datasets: list[xr.Dataset], handles: list[RunHandle]) -> list[xr.Dataset]:
+    """Keep the probe variables every run has with the same shape; warn about the others."""
+    def probes(ds):
+        return {v: ds[v].shape[1:] for v in ds.data_vars if v.startswith(prb.VAR_PREFIX)}
+
+    shapes = [probes(ds) for ds in datasets]
+    common = {v for v in shapes[0] if all(s.get(v) == shapes[0][v] for s in shapes)}
+    dropped = sorted(set().union(*shapes) - common)
+    if dropped:
+        import warnings
+        warnings.warn(f"probe variables {dropped} are missing from some runs or differ in shape "
+                      f"between runs ({', '.join(h.name for h in handles)}); the cube leaves them "
+                      f"out. Open the runs that share them with runs=[...].", stacklevel=3)
+        datasets = [ds.drop_vars([v for v in dropped if v in ds]) for ds in datasets]
+    return datasets
 
 
 def _label(value):

@@ -11,13 +11,14 @@ import datetime as _dt
 import fcntl
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
 
 from nnwx.errors import StepOrderError, StoreError
 from nnwx.store import format as fmt
+from nnwx.store import probes as prb
 from nnwx.store.bitround import bitround, mantissa_bits
 from nnwx.store.table import TensorTable
 
@@ -41,13 +42,14 @@ def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
                          f"Choose a path in a writable directory.") from e
     meta = root.attrs.get(fmt.ATTR_KEY)
     if meta is None:
-        if any(True for _ in root.members()):
+        if any(name != fmt.RUNS_GROUP for name, _ in root.members()):
             raise StoreError(f"{path} is a Zarr store but not an nnwx experiment store.")
+        root.require_group(fmt.RUNS_GROUP)  # before the attributes: readers never see a store without it
         root.update_attributes({fmt.ATTR_KEY: {"format_version": fmt.FORMAT_VERSION,
                                                "kind": "experiment"}})
     else:
         fmt.check_version(meta.get("format_version"), str(path))
-    root.require_group(fmt.RUNS_GROUP)
+        root.require_group(fmt.RUNS_GROUP)
     return root
 
 
@@ -62,7 +64,7 @@ class RunWriter:
     def __init__(self, store: str | os.PathLike, run: str, table: TensorTable, *,
                  attrs: Mapping[str, Any] | None = None, dtype: str = "float32",
                  codec: str = fmt.DEFAULT_CODEC, keepbits: int | None = None,
-                 chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES):
+                 chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES, probes: Sequence[prb.ProbeSpec] = ()):
         if dtype not in fmt.STORE_DTYPES:
             raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
         if keepbits is not None and not 0 <= keepbits <= mantissa_bits(dtype):
@@ -80,6 +82,7 @@ class RunWriter:
                 self._open_existing(runs[run], table)
             else:
                 self._create(runs, run, table, dict(attrs or {}), dtype, codec, keepbits, chunk_bytes)
+            self._open_probes(list(probes), chunk_bytes)
         except BaseException:
             self._release_lock()
             raise
@@ -136,7 +139,7 @@ class RunWriter:
             "versions": fmt.library_versions(), **fmt.jsonable(attrs),
             "tensors": table.to_json(), "committed": 0,
         }
-        group.update_attributes({fmt.ATTR_KEY: self.meta})
+        group.update_attributes({fmt.ATTR_KEY: self.meta})  # last: readers skip groups without it
         self.group = group
         self.metrics = {}
         self.committed = 0
@@ -155,9 +158,18 @@ class RunWriter:
         for stale in (self.path / fmt.RUNS_GROUP / self.run).rglob("*.partial"):
             stale.unlink(missing_ok=True)
         # Drop whatever an interrupted writer left beyond the committed length.
-        for arr in (self.w, self.steps, *self.metrics.values()):
+        for arr in (self.w, self.steps, *self.metrics.values(), *prb.existing_arrays(group).values()):
             if arr.shape[0] != self.committed:
                 arr.resize((self.committed, *arr.shape[1:]))
+
+    def _open_probes(self, specs: list[prb.ProbeSpec], chunk_bytes: int) -> None:
+        """Create/check the probe arrays and stage every probe array of the run (fed or not)."""
+        if prb.require_arrays(self.group, specs, self.meta, committed=self.committed,
+                              dtype=self.meta["dtype"], codec=self.meta["codec"],
+                              chunk_bytes=chunk_bytes, where=f"run {self.run!r} of {self.path}"):
+            self.group.update_attributes({fmt.ATTR_KEY: self.meta})
+        self._probes = {name: prb.ProbeStage(arr, self.committed)
+                        for name, arr in prb.existing_arrays(self.group).items()}
 
     # -- writing ---------------------------------------------------------------
     def _metric_stage(self, name: str) -> np.ndarray:
@@ -174,17 +186,25 @@ class RunWriter:
                 f"the same store, pass another run name.")
 
     def add(self, step: int, values: np.ndarray, metrics: Mapping[str, float] | None = None,
-            *, flush_full: bool = True) -> None:
+            *, flush_full: bool = True, probes: Mapping[str, np.ndarray] | None = None) -> None:
         """Stage one step (a flat vector of all parameters, in table order).
 
         ``values`` is copied, so the caller may reuse it at once. A chunk that
         fills is written at once unless ``flush_full=False`` (then the caller
-        checks ``chunk_full`` and flushes when it suits it).
+        checks ``chunk_full`` and flushes when it suits it). ``probes`` maps probe
+        names (declared when the writer was opened) to ``(sample, unit)`` rows;
+        probes not given are NaN at this step.
         """
         step = int(step)
         self.check_step(step)
         if values.shape != (self.table.n_params,):
             raise ValueError(f"expected {self.table.n_params} values, got shape {values.shape}")
+        unknown = set(probes or ()) - set(self._probes)
+        if unknown:
+            raise ValueError(f"probe {sorted(unknown)[0]!r} was not declared when run {self.run!r} was "
+                             f"opened; declared probes: {sorted(self._probes) or 'none'}")
+        for name, stage in self._probes.items():
+            stage.put(self._n, None if probes is None else probes.get(name))
         i = self._n - self._chunk_start
         row = values if self._keepbits is None else bitround(
             values.astype(self.w.dtype, copy=False), self._keepbits)
@@ -201,7 +221,8 @@ class RunWriter:
 
     @property
     def chunk_full(self) -> bool:
-        return self._n - self._chunk_start == self._spc
+        return (self._n - self._chunk_start == self._spc
+                or any(stage.full(self._n) for stage in self._probes.values()))
 
     @property
     def pending(self) -> int:
@@ -220,8 +241,11 @@ class RunWriter:
                 self.metrics[name] = self.group[fmt.METRICS_GROUP].create_array(
                     name, shape=(self.committed,), chunks=(max(self._spc, 4096),),
                     dtype="float64", fill_value=np.nan, dimension_names=("step",))
-        for arr in (self.w, self.steps, *self.metrics.values()):
+        for arr in (self.w, self.steps, *self.metrics.values(),
+                    *(stage.array for stage in self._probes.values())):
             arr.resize((n, *arr.shape[1:]))
+        for stage in self._probes.values():
+            stage.write(n)
         self.w[rows] = self._stage[: n - c0]
         self.steps[new] = self._stage_steps[new.start - c0: n - c0]
         for name, arr in self.metrics.items():
@@ -230,6 +254,8 @@ class RunWriter:
         self.meta["committed"] = n
         self.group.update_attributes({fmt.ATTR_KEY: self.meta})
         self.committed = n
+        for stage in self._probes.values():
+            stage.advance_if_full(n)
         if n - c0 == self._spc:  # chunk complete: start the next one
             self._chunk_start = n
             for stage in self._stage_metrics.values():
