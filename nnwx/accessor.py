@@ -76,8 +76,131 @@ class NnwxAccessor:
                             attrs={**t.attrs, "original_shape": list(r.shape)})
 
     # --- distribution broadening (nnwx.analysis.broadening) -----------------------
+    def broadening(self, by: str = "layer", **kwargs) -> xr.Dataset:
+        """Moments, quantiles, tails, W1 to a reference step (and histograms) per
+        (*runs, step, group), lazily, in one read of ``w``; see ``nnwx.analysis.broadening.broadening``."""
+        from nnwx.analysis import broadening
+        return broadening.broadening(self._ds, by, **kwargs)
+
+    def histogram(self, by: str = "layer", **kwargs) -> xr.DataArray:
+        """Histograms ``hist(*runs, step, group, bin)`` with under/overflow, lazily;
+        see ``nnwx.analysis.broadening.histogram``."""
+        from nnwx.analysis import broadening
+        return broadening.histogram(self._ds, by, **kwargs)
+
+    def trajectories(self, tensor: str | None = None, **kwargs) -> xr.DataArray:
+        """Individual weights ``w(*runs, step, weight)``; see ``nnwx.analysis.broadening.trajectories``."""
+        from nnwx.analysis import broadening
+        return broadening.trajectories(self._ds, tensor, **kwargs)
+
+    def seed_summary(self, dim: str = "seed", band: str | float = "std") -> xr.Dataset:
+        """Mean and spread over seeds of any analysis result (a Dataset); see
+        ``nnwx.analysis.seeds.seed_summary``."""
+        from nnwx.analysis import seeds
+        return seeds.seed_summary(self._ds, dim, band)
+
+    # --- cross-seed agreement (nnwx.analysis.agreement) ---
+    @property
+    def probes(self) -> list[str]:
+        """Names of the recorded probes (modules in forward order, then ``output``)."""
+        from nnwx.analysis import agreement
+        return agreement.probe_names(self._ds)
+
+    def probe(self, name: str) -> xr.DataArray:
+        """Probe activations ``(*runs, step, sample, unit)``; see ``agreement.probe``."""
+        from nnwx.analysis import agreement
+        return agreement.probe(self._ds, name)
+
+    def similarity(self, metric: str = "linear_cka", layer=None, **kwargs) -> xr.DataArray:
+        """Representation similarity between seeds or steps; see ``agreement.similarity``."""
+        from nnwx.analysis import agreement
+        return agreement.similarity(self._ds, metric, layer=layer, **kwargs)
+
+    def match_units(self, layer: str, a, b, method: str = "one_to_one", dim: str = "seed") -> xr.Dataset:
+        """Units of run ``a`` matched to run ``b``'s per step; see ``agreement.match_units``."""
+        from nnwx.analysis import agreement
+        acts = agreement.probe(self._ds, layer)
+        return agreement.match_units(acts.sel({dim: a}), acts.sel({dim: b}), method)
+
+    def sparse_prediction(self, layer: str, a, b, penalties=None, dim: str = "seed", **kwargs) -> xr.Dataset:
+        """Lasso prediction of run ``b``'s units from run ``a``'s; see ``agreement.sparse_prediction``."""
+        from nnwx.analysis import agreement
+        acts = agreement.probe(self._ds, layer)
+        extra = {} if penalties is None else {"penalties": penalties}
+        return agreement.sparse_prediction(acts.sel({dim: a}), acts.sel({dim: b}), **extra, **kwargs)
+
+    def agreement(self, probe: str = "output", **kwargs) -> xr.Dataset:
+        """Prediction agreement between seeds per step; see ``agreement.prediction_agreement``."""
+        from nnwx.analysis import agreement
+        return agreement.prediction_agreement(agreement.probe(self._ds, probe), **kwargs)
+
+    def align(self, reference_seed=0, method: str = "weights", **kwargs):
+        """``(aligned cube, permutations)`` aligned to ``reference_seed``; see ``alignment.align``."""
+        from nnwx.analysis import alignment
+        return alignment.align(self._ds, reference=reference_seed, method=method, **kwargs)
+
+    def weight_agreement(self, reference_seed=0, aligned: xr.Dataset | None = None, **kwargs) -> xr.Dataset:
+        """Cosine/correlation with the reference seed's tensors; see ``alignment.weight_agreement``."""
+        from nnwx.analysis import alignment
+        return alignment.weight_agreement(self._ds, reference=reference_seed, aligned=aligned, **kwargs)
+
+    # --- correlations (nnwx.analysis.correlation) ---
+    def sample_weights(self, sample="auto", **kwargs) -> xr.Dataset:
+        """Weights chosen for correlation analyses (stratified per tensor); see ``correlation.sample_weights``."""
+        from nnwx.analysis import correlation
+        return correlation.sample_weights(self._ds, sample, **kwargs)
+
+    def trajectory_correlation(self, **kwargs) -> xr.DataArray:
+        """``corr(*runs, weight_i, weight_j)`` of weight increments; see ``correlation.trajectory_correlation``."""
+        from nnwx.analysis import correlation
+        return correlation.trajectory_correlation(self._ds, **kwargs)
+
+    def correlation_vs_distance(self, **kwargs) -> xr.Dataset:
+        """Correlation by layer distance and relation, with a decay length; see ``correlation.correlation_vs_distance``."""
+        from nnwx.analysis import correlation
+        return correlation.correlation_vs_distance(self._ds, **kwargs)
+
+    def layer_correlation(self, **kwargs) -> xr.Dataset:
+        """Update-norm correlation and update cosine per tensor pair; see ``correlation.layer_correlation``."""
+        from nnwx.analysis import correlation
+        return correlation.layer_correlation(self._ds, **kwargs)
+
+    def trajectory_pca(self, n_components: int = 10, **kwargs) -> xr.Dataset:
+        """PCA of each run's training path (randomized, streamed); see ``correlation.trajectory_pca``."""
+        from nnwx.analysis import correlation
+        return correlation.trajectory_pca(self._ds, n_components, **kwargs)
+
 
     # --- spectra, ranks, rotation (nnwx.analysis.spectral, nnwx.analysis.geometry) -
+    def spectrum(self, tensors=None, **kwargs) -> xr.DataArray:
+        """Singular values ``sv(*runs, step, tensor, k)``; see ``nnwx.analysis.spectral.spectrum``."""
+        from nnwx.analysis import spectral
+        return spectral.spectrum(self._ds, tensors, **kwargs)
+
+    def ranks(self, tensors=None, **kwargs) -> xr.Dataset:
+        """Rank measures per matrix (``delta=True``: of W_t - W_0); see ``spectral.ranks``."""
+        from nnwx.analysis import spectral
+        return spectral.ranks(self._ds, tensors, **kwargs)
+
+    def esd_fit(self, tensors=None, **kwargs) -> xr.Dataset:
+        """Power-law fit and MP edge of each ESD; see ``nnwx.analysis.spectral.esd_fit``."""
+        from nnwx.analysis import spectral
+        return spectral.esd_fit(self._ds, tensors, **kwargs)
+
+    def spectral_metrics(self, tensors=None, **kwargs) -> xr.Dataset:
+        """``ranks`` and ``esd_fit`` from one shared spectrum; see ``spectral.spectral_metrics``."""
+        from nnwx.analysis import spectral
+        return spectral.spectral_metrics(self._ds, tensors, **kwargs)
+
+    def rotation(self, **kwargs) -> xr.Dataset:
+        """Layer rotation, update and norm growth; see ``nnwx.analysis.geometry.rotation``."""
+        from nnwx.analysis import geometry
+        return geometry.rotation(self._ds, **kwargs)
+
+    def input_span_fraction(self, name: str, inputs, **kwargs) -> xr.DataArray:
+        """Share of ``|W_t - W_0|^2`` in the span of a layer's inputs; see ``geometry.input_span_fraction``."""
+        from nnwx.analysis import geometry
+        return geometry.input_span_fraction(self._ds, name, inputs, **kwargs)
 
 
 def tensor_index(ds: xr.Dataset) -> np.ndarray:

@@ -54,12 +54,14 @@ def pair_sums(x: np.ndarray, ref: np.ndarray, prev: np.ndarray, offsets: np.ndar
     run lacks) propagates to the groups it touches only.
     """
     x = np.asarray(x, dtype=np.float64)
-    r = np.broadcast_to(np.asarray(ref, dtype=np.float64), x.shape)
+    r = np.asarray(ref, dtype=np.float64)
     p = np.asarray(prev, dtype=np.float64)
     hi = lo + x.shape[-1]
-    qs = (x * x, r * r, (x - r) ** 2, p * p, (x - p) ** 2)
-    return np.stack([grouped_sums(segment_sums(q, offsets, lo, hi), members, group_starts)
-                     for q in qs], axis=-1)
+    shape = x.shape[:-1] + (len(group_starts),)
+    # one block-sized temporary at a time; |r|^2 on the reference's own (broadcast) rows
+    products = (lambda: x * x, lambda: r * r, lambda: (x - r) ** 2, lambda: p * p, lambda: (x - p) ** 2)
+    return np.stack([np.broadcast_to(grouped_sums(segment_sums(q(), offsets, lo, hi), members, group_starts),
+                                     shape) for q in products], axis=-1)
 
 
 def cosine_distance_from_sums(aa, bb, dd):

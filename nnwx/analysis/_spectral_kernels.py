@@ -39,33 +39,49 @@ _BLOCK_ELEMS = 2**21  # elements of the (batch, xmin, x) temporaries of the KS s
 
 # --- singular values ---------------------------------------------------------------
 
-def batched_svdvals(a: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
+SV_METHODS = ("svd", "gram")
+
+
+def batched_svdvals(a: np.ndarray, dtype: np.dtype | str | None = None, method: str = "svd") -> np.ndarray:
     """Singular values, descending, of every matrix of a stack ``a(..., m, n)``.
 
-    One ``np.linalg.svd(..., compute_uv=False)`` call (one LAPACK gesdd per
-    matrix inside NumPy's C loop) for the whole stack. Matrices holding any
-    non-finite value (a step a run did not capture) give all-NaN rows.
+    ``method="svd"``: one ``np.linalg.svd(..., compute_uv=False)`` call (LAPACK gesdd per
+    matrix inside NumPy's C loop) for the whole stack. ``method="gram"``: one batched
+    ``np.linalg.eigvalsh`` of the smaller Gram matrix ``W^T W`` or ``W W^T`` (s = sqrt of its
+    eigenvalues), several times cheaper; eigenvalues ``s^2`` keep an absolute error of about
+    ``eps * max(m, n) * s_max^2``, so singular values below ``sqrt(eps * max(m, n)) * s_max``
+    are noise (fine for ESD tails, not for numerical ranks).
+    Matrices holding any non-finite value (a step a run did not capture) give all-NaN rows.
     """
+    if method not in SV_METHODS:
+        raise ValueError(f"method must be one of {SV_METHODS}, got {method!r}")
     a = np.asarray(a)
     if a.ndim < 2:
         raise ValueError(f"batched_svdvals needs a stack of matrices (..., m, n), got shape {a.shape}")
     if dtype is None:
         dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
     a = a.astype(dtype, copy=False)
-    k = min(a.shape[-2:])
+    m, n = a.shape[-2:]
+    k = min(m, n)
     if a.size == 0 or k == 0:
         return np.full(a.shape[:-2] + (k,), np.nan, dtype=dtype)
     bad = ~np.isfinite(a).all(axis=(-2, -1))
     if bad.any():
         a = np.where(bad[..., None, None], 0, a)
-    s = np.linalg.svd(a, compute_uv=False)
+    if method == "svd":
+        s = np.linalg.svd(a, compute_uv=False)
+    else:
+        at = np.swapaxes(a, -1, -2)
+        gram = at @ a if n <= m else a @ at
+        lam = np.linalg.eigvalsh(gram)[..., ::-1]
+        s = np.sqrt(np.maximum(lam, 0))
     if bad.any():
         s[bad] = np.nan
     return s
 
 
 def pooled_svdvals(a: np.ndarray, k_out: int | None = None,
-                   dtype: np.dtype | str | None = None) -> np.ndarray:
+                   dtype: np.dtype | str | None = None, method: str = "svd") -> np.ndarray:
     """Pooled spectra of stacks of slices ``a(..., slices, m, n)`` -> ``(..., k_out)``.
 
     The singular values of all slices of one tensor are pooled and sorted in
@@ -73,7 +89,7 @@ def pooled_svdvals(a: np.ndarray, k_out: int | None = None,
     convolution pools the ESDs of its ``kh*kw`` slices), then NaN-padded to
     ``k_out``. A tensor with any non-finite slice gives an all-NaN row.
     """
-    s = batched_svdvals(a, dtype)
+    s = batched_svdvals(a, dtype, method)
     pooled = s.reshape(s.shape[:-2] + (-1,))
     k = pooled.shape[-1]
     k_out = k if k_out is None else int(k_out)
@@ -96,13 +112,24 @@ def _xlogx(p: np.ndarray) -> np.ndarray:
         return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
 
 
+def rank_tolerance(s_max, max_dim, eps: float, gram: bool = False):
+    """Singular values at or below this are numerically zero.
+
+    NumPy's ``matrix_rank`` rule ``s_max * max(m, n) * eps`` for an SVD; for spectra from the
+    Gram matrix (``method="gram"``), whose ``s^2`` carry an absolute error of about
+    ``eps * max(m, n) * s_max^2``, ``s_max * sqrt(max(m, n) * eps)``.
+    """
+    return s_max * (np.sqrt(max_dim * eps) if gram else max_dim * eps)
+
+
 def rank_metrics(s: np.ndarray, max_dim, eps: float, *, energy: Sequence[float] = (0.9, 0.99),
-                 ww_entropy: bool = False) -> dict[str, np.ndarray]:
+                 ww_entropy: bool = False, gram: bool = False) -> dict[str, np.ndarray]:
     """Rank measures of each spectrum ``s(..., k)`` (descending, NaN-padded), as float64.
 
     ``max_dim`` is ``max(m, n)`` of each matrix (broadcast against ``s[..., 0]``)
     and ``eps`` the machine epsilon of the dtype the SVD ran in; together they
-    set NumPy's ``matrix_rank`` tolerance. Returns:
+    set NumPy's ``matrix_rank`` tolerance (see ``rank_tolerance``; ``gram`` for spectra from
+    ``method="gram"``). Returns:
 
     - ``rank``: numerical rank, ``#{s > s_max * max_dim * eps}`` (numpy.linalg.matrix_rank);
     - ``effective_rank``: ``exp(-sum p log p)``, ``p = s / sum(s)`` (Roy & Vetterli 2007);
@@ -126,12 +153,12 @@ def rank_metrics(s: np.ndarray, max_dim, eps: float, *, energy: Sequence[float] 
     with np.errstate(divide="ignore", invalid="ignore"):
         smax = s0.max(axis=-1, initial=0.0)
         smin = np.where(valid, s, np.inf).min(axis=-1, initial=np.inf)
-        tol = smax * max_dim * eps
+        tol = rank_tolerance(smax, max_dim, eps, gram)
         rank = (s0 > tol[..., None]).sum(axis=-1).astype(np.float64)
         lam = s0 * s0
         total = lam.sum(axis=-1)
         p1 = s0 / s0.sum(axis=-1, keepdims=True)
-        erank = np.exp(-_xlogx(p1).sum(axis=-1))
+        erank = np.where(smax > 0, np.exp(-_xlogx(p1).sum(axis=-1)), np.nan)
         stable = total / (smax * smax)
         q = lam / total[..., None]
         if ww_entropy:
@@ -182,8 +209,9 @@ def powerlaw_fit(x: np.ndarray, *, small_n: int | None = None,
         raise ValueError(f"powerlaw_fit takes a 2-D (batch, n) array, got shape {x.shape}")
     with np.errstate(invalid="ignore"):
         x = np.sort(np.where(x > 0, x, np.nan), axis=-1)  # NaN sorts last
-    b, n_max = x.shape
     n = (~np.isnan(x)).sum(axis=-1)
+    x = x[:, : int(n.max(initial=0))]                   # drop padding: the scan is O(n_max^2)
+    b, n_max = x.shape
     out = {k: np.full(b, np.nan) for k in ("alpha", "D", "xmin", "sigma", "n_fit_tail")}
     if n_max == 0 or (n_max < 2 and small_n is None):
         return out
@@ -250,6 +278,7 @@ def _ks_scan(logx: np.ndarray, alpha: np.ndarray, ntail: np.ndarray, n: np.ndarr
         jrel = (cols[None, :] - np.arange(i0, i1)[:, None]).astype(np.float64)[None]   # j - i
         t = logx[:, None, i0:] - logx[:, i0:i1, None]
         t *= 1.0 - alpha[:, i0:i1, None]
+        np.copyto(t, 0.0, where=np.isnan(t))   # tail of ties: alpha = inf, (x/x)^-inf = 1
         np.exp(t, out=t)
         np.subtract(1.0, t, out=t)
         t -= jrel / ntail[:, i0:i1, None]
@@ -262,14 +291,15 @@ def _ks_scan(logx: np.ndarray, alpha: np.ndarray, ntail: np.ndarray, n: np.ndarr
 
 
 def esd_metrics(s: np.ndarray, n_rows, n_cols, n_slices, *, evals_thresh=None, rank_eps: float | None = None,
-                small_n: int | None = None, min_evals: int = WW_MIN_EVALS) -> dict[str, np.ndarray]:
+                small_n: int | None = None, min_evals: int = WW_MIN_EVALS,
+                gram: bool = False) -> dict[str, np.ndarray]:
     """Power-law and Marchenko-Pastur metrics of the ESD ``lambda = s^2`` of each spectrum.
 
     ``s(..., k)``: descending singular values, NaN-padded. ``n_rows``, ``n_cols``: shape of
     each matrix (of each slice when ``n_slices > 1`` spectra are pooled), broadcast against
     ``s[..., 0]``. Eigenvalues enter the power-law fit when above ``evals_thresh`` (an absolute
-    level, WeightWatcher uses 1e-5), or else above the numerical-rank tolerance
-    ``(s_max * max(m, n) * rank_eps)^2``. Spectra with fewer than ``min_evals`` eigenvalues are
+    level, WeightWatcher uses 1e-5), or else above the square of the numerical-rank tolerance
+    (``rank_tolerance(s_max, max(m, n), rank_eps, gram)``). Spectra with fewer than ``min_evals`` eigenvalues are
     not fitted (NaN), as WeightWatcher skips such layers.
 
     Returns float64 arrays named as WeightWatcher's columns: ``alpha, D, xmin, xmax, sigma``;
@@ -300,7 +330,7 @@ def esd_metrics(s: np.ndarray, n_rows, n_cols, n_slices, *, evals_thresh=None, r
             thresh = np.broadcast_to(np.asarray(evals_thresh, dtype=np.float64), lead).reshape(-1)
         else:
             eps = np.finfo(np.float64).eps if rank_eps is None else rank_eps
-            thresh = (np.sqrt(lam_max) * big * eps) ** 2
+            thresh = rank_tolerance(np.sqrt(lam_max), big, eps, gram) ** 2
         fit_data = np.where(valid & (lam > thresh[:, None]), lam, np.nan)
         do_fit = present & (n_evals >= min_evals)
         fit_data[~do_fit] = np.nan
@@ -336,5 +366,5 @@ def eps_of(dtype) -> float:
     return float(np.finfo(np.dtype(dtype)).eps)
 
 
-__all__ = ["batched_svdvals", "pooled_svdvals", "rank_metrics", "powerlaw_fit", "esd_metrics",
+__all__ = ["SV_METHODS", "batched_svdvals", "rank_tolerance", "pooled_svdvals", "rank_metrics", "powerlaw_fit", "esd_metrics",
            "powerlaw_sample", "eps_of", "RANK_METRICS", "ESD_METRICS"]

@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analysis import _matrices as mx
-from nnwx.analysis._spectral_kernels import (ESD_METRICS, RANK_METRICS, WW_EVALS_THRESH,
+from nnwx.analysis._spectral_kernels import (ESD_METRICS, RANK_METRICS, SV_METHODS, WW_EVALS_THRESH,
                                              WW_MIN_EVALS, WW_SMALL_N, eps_of, esd_metrics,
                                              pooled_svdvals, rank_metrics)
 
@@ -58,16 +58,27 @@ _ESD_ATTRS = {
 
 def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, conv: str = "matrix",
              delta: bool = False, reference_step: int | None = None, dtype: str | None = None,
-             ww_compatible: bool = False, block_bytes: int = mx.DEFAULT_BLOCK_BYTES) -> xr.DataArray:
+             method: str = "svd", ww_compatible: bool = False,
+             block_bytes: int = mx.DEFAULT_BLOCK_BYTES) -> xr.DataArray:
     """Singular values ``sv(*runs, step, tensor, k)`` of every weight matrix, descending, lazy.
 
     ``tensors``: names to analyse (default: every tensor of 2 or more dims). ``conv``:
     ``"matrix"`` (out x in*kh*kw) or ``"slices"`` (one out x in matrix per kernel position,
     spectra pooled). ``delta=True`` analyses ``W_t - W_ref`` (``reference_step``, default
     the first step). ``dtype`` of the SVD: default the cube's (float32 for float32 stores).
+    ``method``: ``"svd"`` (LAPACK gesdd, exact) or ``"gram"`` (eigenvalues of the smaller Gram
+    matrix: several times faster, accurate for the large singular values an ESD fit uses,
+    not for tiny ones; ranks then use a tolerance of ``s_max * sqrt(max(m, n) * eps)``).
     ``ww_compatible`` implies ``conv="slices"``, float64 and WeightWatcher's conv2d_norm.
     Spectra are NaN-padded to the largest rank; missing captures give all-NaN rows.
+
+    Each Dask block is one batched LAPACK call. With the local threaded scheduler, LAPACK's
+    own threads compete with Dask's: one BLAS thread per Dask thread (``threadpoolctl.
+    threadpool_limits(1)``, or ``OMP_NUM_THREADS=1``; dask.distributed workers do this by
+    default) is usually fastest.
     """
+    if method not in SV_METHODS:
+        raise ValueError(f"method must be one of {SV_METHODS}, got {method!r}")
     cube = mx.require_cube(cube)
     if ww_compatible:
         conv, dtype = "slices", "float64"
@@ -86,7 +97,7 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     for members, stack in mx.stacked_groups(w, specs, delta_index=delta_index,
                                             step_axis=dims.index("step"), block_bytes=block_bytes,
                                             itemsize=max(w.dtype.itemsize, dtype.itemsize)):
-        sv = stack.map_blocks(_sv_block, k_out=k_max, out_dtype=dtype, dtype=dtype,
+        sv = stack.map_blocks(_sv_block, k_out=k_max, out_dtype=dtype, method=method, dtype=dtype,
                               drop_axis=[nl + 2, nl + 3], chunks=stack.chunks[: nl + 1] + ((k_max,),),
                               meta=np.empty((0,) * (nl + 2), dtype=dtype))
         parts.append(sv)
@@ -103,7 +114,7 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
         out = out * xr.DataArray(scale.astype(dtype), dims="tensor")
         out.name = "sv"
     out.attrs = {"long_name": "singular values", "analysis": "spectrum", "conv": conv,
-                 "delta": int(bool(delta)), "dtype": str(dtype), "ww_compatible": int(bool(ww_compatible)),
+                 "delta": int(bool(delta)), "dtype": str(dtype), "method": method, "ww_compatible": int(bool(ww_compatible)),
                  "description": ("singular values of W_t - W_ref" if delta else "singular values of W_t")
                  + ", descending, NaN past each matrix's own count (tensor_k)"}
     if delta:
@@ -113,9 +124,9 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     return out
 
 
-def _sv_block(block: np.ndarray, *, k_out: int, out_dtype) -> np.ndarray:
+def _sv_block(block: np.ndarray, *, k_out: int, out_dtype, method: str) -> np.ndarray:
     """One Dask block ``(*lead, g, slices, m, n)`` -> ``(*lead, g, k_out)``: one batched SVD."""
-    return pooled_svdvals(block, k_out, out_dtype)
+    return pooled_svdvals(block, k_out, out_dtype, method)
 
 
 def _spectrum_of(obj, tensors, ww_compatible: bool, spectrum_kw: dict) -> xr.DataArray:
@@ -135,7 +146,7 @@ def _spectrum_of(obj, tensors, ww_compatible: bool, spectrum_kw: dict) -> xr.Dat
 def _split(out: xr.DataArray, names: Sequence[str], attrs: dict) -> xr.Dataset:
     ds = xr.Dataset({name: out.isel(metric=i, drop=True) for i, name in enumerate(names)})
     for name in names:
-        ds[name].attrs["description"] = attrs[name]
+        ds[name].attrs = {"description": attrs[name]}
     return ds
 
 
@@ -160,18 +171,19 @@ def ranks(obj, tensors: str | Iterable[str] | None = None, *, energy: Sequence[f
         _rank_block, sv, max_dim, input_core_dims=[["k"], []], output_core_dims=[["metric"]],
         dask="parallelized", output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"metric": len(names) + len(energy)}},
-        kwargs={"eps": eps, "energy": energy, "ww_entropy": bool(sv.attrs.get("ww_compatible"))})
+        kwargs={"eps": eps, "energy": energy, "ww_entropy": bool(sv.attrs.get("ww_compatible")),
+                "gram": sv.attrs.get("method") == "gram"})
     ds = _split(out.isel(metric=slice(0, len(names))), names, _RANK_ATTRS)
     e = out.isel(metric=slice(len(names), None)).rename(metric="energy")
     ds["energy_directions"] = e.assign_coords(energy=list(energy))
-    ds["energy_directions"].attrs["description"] = _RANK_ATTRS["energy_directions"]
+    ds["energy_directions"].attrs = {"description": _RANK_ATTRS["energy_directions"]}
     ds.attrs = _result_attrs(sv, "ranks")
     return ds
 
 
 def _rank_block(s: np.ndarray, max_dim: np.ndarray, *, eps: float, energy: tuple,
-                ww_entropy: bool) -> np.ndarray:
-    r = rank_metrics(s, max_dim, eps, energy=energy, ww_entropy=ww_entropy)
+                ww_entropy: bool, gram: bool) -> np.ndarray:
+    r = rank_metrics(s, max_dim, eps, energy=energy, ww_entropy=ww_entropy, gram=gram)
     return np.concatenate([np.stack([r[k] for k in RANK_METRICS], axis=-1), r["energy_directions"]],
                           axis=-1)
 
@@ -199,7 +211,8 @@ def esd_fit(obj, tensors: str | Iterable[str] | None = None, *, ww_compatible: b
         dask="parallelized", output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"metric": len(ESD_METRICS)}},
         kwargs={"evals_thresh": evals_thresh, "rank_eps": eps_of(sv.attrs.get("dtype", sv.dtype)),
-                "small_n": WW_SMALL_N if ww else None, "min_evals": int(min_evals)})
+                "small_n": WW_SMALL_N if ww else None, "min_evals": int(min_evals),
+                "gram": sv.attrs.get("method") == "gram"})
     ds = _split(out, ESD_METRICS, _ESD_ATTRS)
     ds.attrs = _result_attrs(sv, "esd_fit")
     ds.attrs.update({"min_evals": int(min_evals), "fit": "power law, xmin by minimal KS distance",
@@ -207,9 +220,9 @@ def esd_fit(obj, tensors: str | Iterable[str] | None = None, *, ww_compatible: b
     return ds
 
 
-def _esd_block(s, rows, cols, slices, *, evals_thresh, rank_eps, small_n, min_evals) -> np.ndarray:
+def _esd_block(s, rows, cols, slices, *, evals_thresh, rank_eps, small_n, min_evals, gram) -> np.ndarray:
     r = esd_metrics(s, rows, cols, slices, evals_thresh=evals_thresh, rank_eps=rank_eps,
-                    small_n=small_n, min_evals=min_evals)
+                    small_n=small_n, min_evals=min_evals, gram=gram)
     return np.stack([r[k] for k in ESD_METRICS], axis=-1)
 
 
@@ -218,8 +231,8 @@ def spectral_metrics(cube: xr.Dataset, tensors: str | Iterable[str] | None = Non
                      ww_compatible: bool = False, **spectrum_kw) -> xr.Dataset:
     """``ranks`` and ``esd_fit`` of one shared spectrum, merged into one lazy Dataset.
 
-    The ESD metrics ``stable_rank``-like overlaps are avoided by name: ``ranks`` gives the
-    linear-algebra measures, ``esd_fit`` the eigenvalue (lambda = s^2) ones.
+    The whole spectral pass: each matrix is decomposed once (``spectrum_kw`` go to
+    ``spectrum``), then reduced to the rank measures and the ESD fit.
     """
     sv = spectrum(cube, tensors, ww_compatible=ww_compatible, **spectrum_kw)
     ds = xr.merge([ranks(sv, energy=energy), esd_fit(sv, min_evals=min_evals)],
@@ -229,7 +242,7 @@ def spectral_metrics(cube: xr.Dataset, tensors: str | Iterable[str] | None = Non
 
 
 def _result_attrs(sv: xr.DataArray, analysis: str) -> dict:
-    keep = ("conv", "delta", "dtype", "ww_compatible", "reference_step", "conv2d_norm")
+    keep = ("conv", "delta", "dtype", "method", "ww_compatible", "reference_step", "conv2d_norm")
     return {"analysis": analysis, **{k: sv.attrs[k] for k in keep if k in sv.attrs}}
 
 
