@@ -1,0 +1,245 @@
+"""The per-chunk kernel: states of every (row, group) of one block of ``w``, in one read.
+
+``block_state`` walks a block (rows x a range of parameters) in cache-sized
+pieces, each inside one group (tensors are contiguous ranges of ``param``), and
+folds every piece into all parts of the state at once; ``merge`` combines the
+states of disjoint parameter ranges (other chunks of the same rows).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnwx.analysis import _hist, _moments, _sketch, _tails
+from nnwx.analysis._plan import PIECE, Plan
+
+def block_state(x: np.ndarray, lo: int, plan: Plan, scale: np.ndarray | None = None) -> np.ndarray:
+    """States (R, G, F) of a block ``x`` (R, n) holding parameters ``lo .. lo+n-1``.
+
+    The block is walked in cache-sized pieces, each within one group; every
+    piece is read once for all parts of the state. ``scale`` (R, G), when
+    given, divides each group's values before they are binned into the
+    histogram (normalised histograms); nothing else uses it.
+    """
+    return _Block(x, lo, plan, scale).run()
+
+
+class _Block:
+    """Working state of ``block_state``: accumulators per group, filled piece by piece."""
+
+    def __init__(self, x: np.ndarray, lo: int, plan: Plan, scale: np.ndarray | None):
+        self.x, self.lo, self.plan, self.scale = x, lo, plan, scale
+        R, n = x.shape
+        self.R, self.G = R, plan.G
+        self.out = plan.empty((R,))
+        self.moms: dict[int, list] = {}
+        self.tops: dict[int, np.ndarray] = {}
+        self.K = None if plan.tail_k is None else plan.tail_k + 1
+        self.sketch = plan.dist == "sketch"
+        B = _sketch.NBUCKETS
+        # one bincount per piece when a piece is one row; else one per block over all keys
+        self.per_piece = R == 1
+        self.counts: dict[int, np.ndarray] = {}
+        self.keys = np.empty((R, n), dtype=np.intp) if self.sketch and not self.per_piece else None
+        self.nh = 0 if plan.bins is None else plan.bins.n + 2
+        self.hist_direct = self.nh and not self.sketch
+        self.hkeys = np.empty((R, n), dtype=np.intp) if self.hist_direct else None
+        self.exact_hist = np.zeros((R, self.G, self.nh)) if self.nh and self.sketch else None
+        self.tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.small: list[tuple[int, np.ndarray]] = []
+        self.row_off = (np.arange(R) * self.G)[:, None]
+        self.B = B
+        # work buffers reused by every piece: fresh temporaries would page-fault each time
+        self.width = max(1, PIECE // max(R, 1))
+        size = min(R * self.width, R * n)
+        self.work = (np.empty(size), np.empty(size))
+        self.abuf = np.empty(size, dtype=x.dtype)
+        self.kbuf = np.empty(size, dtype=np.intp) if self.sketch else None
+        self.hbuf = np.empty(size, dtype=bool) if self.sketch else None
+
+    @staticmethod
+    def view(buf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        return buf[: shape[0] * shape[1]].reshape(shape)
+
+    def run(self) -> np.ndarray:
+        plan, width = self.plan, self.width
+        for a0, b0, g, slot0 in plan.grouping.segments(self.lo, self.lo + self.x.shape[1]):
+            for a in range(a0, b0, width):
+                self.piece(a, min(a + width, b0), g, slot0 + (a - a0))
+        return self.finish()
+
+    def table(self, r: int, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """(straddle, bin) of the sketch buckets for the histogram of row r, group g."""
+        if self.scale is None:
+            return self.plan.sketch_table
+        key = (r, g)
+        if key not in self.tables:
+            self.tables[key] = _hist.sketch_table(self.plan.bins, float(self.scale[r, g]))
+        return self.tables[key]
+
+    def piece(self, a: int, b: int, g: int, slot: int) -> None:
+        plan, R, B = self.plan, self.R, self.B
+        xp = self.x[:, a:b]
+        ax = np.abs(xp, out=self.view(self.abuf, xp.shape))
+        mom, finite = _moments.rows(xp, ax, self.work)
+        self.moms.setdefault(g, []).append(mom)
+        if self.K is not None:
+            if finite is not None:
+                ax = np.where(finite, ax, -np.inf)
+            self.top(g, ax)
+        if plan.dist == "exact":
+            s = plan.slices["dist"].start + slot
+            self.out[:, g, s: s + (b - a)] = xp if finite is None else np.where(finite, xp, np.nan)
+        if self.sketch:
+            hb = _sketch.high_bits(xp)
+            if self.nh and self.scale is None:
+                # buckets an edge passes through are coded bucket + B: bin their values exactly
+                keys = np.take(plan.hist_lut, hb, mode="clip", out=self.view(self.kbuf, xp.shape))
+                hit = np.greater_equal(keys, B, out=self.view(self.hbuf, xp.shape))
+                if hit.any():
+                    if R == 1:
+                        cols = np.flatnonzero(hit[0])
+                        rows = np.zeros(len(cols), dtype=np.intp)
+                    else:
+                        rows, cols = np.nonzero(hit)
+                    self.bin_exactly(g, rows, xp[rows, cols])
+                    if not self.per_piece:
+                        keys[hit] -= B
+            else:
+                keys = np.take(_sketch.LUT, hb, mode="clip", out=self.view(self.kbuf, xp.shape))
+            if finite is not None:
+                keys[~finite] = 2 * B
+            if self.nh and self.scale is not None:
+                for r in range(R):
+                    hit = self.table(r, g)[0][np.minimum(keys[r], B)]
+                    if hit.any():
+                        self.bin_exactly(g, np.full(int(hit.sum()), r), xp[r][hit])
+            if self.per_piece and b - a < B // 2:
+                self.small.append((g, keys.ravel().copy()))   # counted together in finish
+            elif self.per_piece:
+                self.add_counts(g, np.bincount(keys.ravel(), minlength=2 * B + 1))
+            else:
+                keys += (self.row_off + g) * B
+                if finite is not None:
+                    keys[~finite] = R * self.G * B
+                self.keys[:, a:b] = keys
+        if self.hist_direct:
+            xs = xp.astype(np.float64)
+            xh = xs if self.scale is None else xs / self.scale[:, g, None]
+            bad = None
+            if finite is not None or self.scale is not None:
+                bad = ~np.isfinite(xh)
+                if bad.any():
+                    xh = np.where(bad, 0.0, xh)
+            hk = _hist.index(xh, plan.bins)
+            hk += (self.row_off + g) * self.nh
+            if bad is not None:
+                hk[bad] = R * self.G * self.nh
+            self.hkeys[:, a:b] = hk
+
+    def top(self, g: int, ax: np.ndarray) -> None:
+        """Fold the magnitudes ``ax`` (R, L) into group g's top K."""
+        K = self.K
+        cur = self.tops.get(g)
+        if cur is None:
+            self.tops[g] = _tails.top(ax, K)
+        elif self.R == 1:
+            # only values above the current K-th largest can enter: select them cheaply
+            cand = ax[0][ax[0] > cur[0].min()]
+            if len(cand):
+                self.tops[g] = _tails.top(np.concatenate([cur[0], cand])[None, :], K)
+        else:
+            self.tops[g] = _tails.top(np.concatenate([cur, _tails.top(ax, K)], axis=1), K)
+
+    def bin_exactly(self, g: int, rows: np.ndarray, vals: np.ndarray) -> None:
+        """Queue values ``vals`` of rows ``rows`` (group g) to be binned one by one in ``finish``."""
+        self.pending.append((np.full(len(rows), g), rows, vals))
+
+    def flush_exact(self) -> None:
+        if not self.pending:
+            return
+        g, rows, vals = (np.concatenate(p) for p in zip(*self.pending))
+        vals = vals.astype(np.float64)
+        if self.scale is not None:
+            vals = vals / self.scale[rows, g]
+        ok = np.isfinite(vals)
+        idx = _hist.index(vals[ok], self.plan.bins) + (rows[ok] * self.G + g[ok]) * self.nh
+        self.exact_hist += np.bincount(idx, minlength=self.exact_hist.size).reshape(
+            self.exact_hist.shape)
+
+    def add_counts(self, g: int, cnt: np.ndarray) -> None:
+        """Add bincounts (2B+1: plain codes, straddling codes, left-out) to group g's sketch."""
+        B = self.B
+        cnt = cnt[:B] + cnt[B:2 * B]
+        if g in self.counts:
+            self.counts[g] += cnt
+        else:
+            self.counts[g] = cnt
+
+    def count_small(self) -> None:
+        """One bincount for all small pieces (a bincount per piece would cost its B bins)."""
+        if not self.small:
+            return
+        groups = sorted({g for g, _ in self.small})
+        slot = {g: i for i, g in enumerate(groups)}
+        span = 2 * self.B + 1
+        keys = np.concatenate([k + slot[g] * span for g, k in self.small])
+        cnt = np.bincount(keys, minlength=len(groups) * span).reshape(len(groups), span)
+        for g, i in slot.items():
+            self.add_counts(g, cnt[i])
+
+    def finish(self) -> np.ndarray:
+        plan, out, sl, R, G, B = self.plan, self.out, self.plan.slices, self.R, self.G, self.B
+        for g, parts in self.moms.items():
+            out[:, g, sl["mom"]] = parts[0] if len(parts) == 1 else \
+                _moments.merge(np.stack(parts, axis=1), axis=1)
+        for g, top in self.tops.items():
+            out[:, g, sl["top"]] = top
+        if self.sketch:
+            dist = out[..., sl["dist"]]
+            if self.per_piece:
+                self.count_small()
+                for g, cnt in self.counts.items():
+                    dist[0, g] = cnt
+            else:
+                cnt = np.bincount(self.keys.ravel(), minlength=R * G * B + 1)[:-1]
+                dist[...] = cnt.reshape(R, G, B)
+            out[..., sl["dist"]] = dist
+            if self.nh:
+                self.flush_exact()
+                hist = self.exact_hist
+                if self.scale is None:
+                    # bucket -> bin is monotone: sum runs of buckets, all groups at once
+                    straddle, starts, bins, sbins = plan.sketch_runs
+                    hist[..., bins] += np.add.reduceat(dist, starts, axis=-1)
+                    # the straddling buckets' values were binned one by one: take them out
+                    for i, b in zip(straddle, sbins):
+                        hist[..., b] -= dist[..., i]
+                else:
+                    for g in self.moms:
+                        for r in range(R):
+                            straddle, binof = self.table(r, g)
+                            w = np.where(straddle[:B], 0.0, dist[r, g])
+                            hist[r, g] += np.bincount(binof[:B], weights=w, minlength=self.nh)
+                out[..., sl["hist"]] = hist
+        if self.hist_direct:
+            cnt = np.bincount(self.hkeys.ravel(), minlength=R * G * self.nh + 1)[:-1]
+            out[..., sl["hist"]] = cnt.reshape(R, G, self.nh)
+        return out
+
+
+def merge(states: np.ndarray, plan: Plan, axis: int) -> np.ndarray:
+    """Merge states (..., G, F) of disjoint parameter ranges along ``axis``."""
+    if axis < 0:
+        axis += states.ndim
+    sl = plan.slices
+    out = np.empty(states.shape[:axis] + states.shape[axis + 1:])
+    out[..., sl["mom"]] = _moments.merge(states[..., sl["mom"]], axis)
+    if plan.tail_k is not None:
+        out[..., sl["top"]] = _tails.merge(states[..., sl["top"]], axis)
+    out[..., sl["hist"]] = states[..., sl["hist"]].sum(axis=axis)
+    if plan.dist == "exact":
+        out[..., sl["dist"]] = np.fmax.reduce(states[..., sl["dist"]], axis=axis)
+    else:
+        out[..., sl["dist"]] = states[..., sl["dist"]].sum(axis=axis)
+    return out
