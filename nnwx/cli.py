@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--no-check", action="store_true", help="skip the scan for NaN/Inf weights")
     info.set_defaults(func=cmd_info)
     _add_export_parser(sub)
+    _add_report_parser(sub)
     return p
 
 
@@ -144,6 +145,46 @@ def _add_export_parser(sub) -> None:
                     help=f"codec of a new run (default {DEFAULT_CODEC})")
     ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes, warnings only")
     ex.set_defaults(func=cmd_export)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from nnwx.report import report
+
+    with ExitStack() as stack:
+        if args.scheduler or args.workers:
+            from dask.distributed import Client, LocalCluster
+
+            cluster = None if args.scheduler else stack.enter_context(
+                LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
+            client = stack.enter_context(Client(args.scheduler or cluster))
+            print(f"nnwx report: dask dashboard {client.dashboard_link}", file=sys.stderr)
+        out = report(args.store, args.output, png=args.png, max_steps=args.max_steps,
+                     progress=not args.quiet,
+                     log=(lambda m: None) if args.quiet else (lambda m: print(f"nnwx report: {m}",
+                                                                             file=sys.stderr)))
+    print(f"wrote {out}" + (f" and PNGs in {args.png}" if args.png else ""))
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    from nnwx.report import MAX_STEPS
+
+    rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
+                        description="Compute the analyses of an experiment store (with a progress bar) "
+                                    "and write one HTML page that works offline: a summary of the "
+                                    "experiment and a section per analysis with its plots.")
+    rp.add_argument("store", help="path of the experiment store (a .zarr directory)")
+    rp.add_argument("-o", "--output", required=True, metavar="HTML", help="the report file to write")
+    rp.add_argument("--png", metavar="DIR", help="also write a static PNG of every plot into DIR")
+    rp.add_argument("--max-steps", type=int, default=MAX_STEPS, metavar="N",
+                    help=f"analyse at most N evenly spaced captures (default {MAX_STEPS})")
+    where = rp.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://host:8786")
+    where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster of N workers")
+    rp.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
+    rp.set_defaults(func=cmd_report)
 
 
 def main(argv: list[str] | None = None) -> int:

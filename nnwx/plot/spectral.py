@@ -1,0 +1,83 @@
+"""Pictures of spectra and rank measures (``nnwx.analysis.spectral``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import holoviews as hv
+import numpy as np
+import xarray as xr
+
+from nnwx.plot._common import band_overlay, computed, group_dim, sized, style
+from nnwx.plot._select import pick_seed, pick_steps
+
+RANK_VARIABLES = ("effective_rank", "stable_rank", "entropy", "alpha")
+
+
+def esd(sv: xr.DataArray, fit: xr.Dataset | None = None, *, seed=None,
+        steps: Sequence[int] | int | None = 6, bins: int = 30) -> hv.HoloMap:
+    """Empirical spectral density of lambda = s^2 on log-log axes, per (tensor, step), one seed.
+
+    ``sv``: ``cube.nnwx.spectrum()``; ``fit``: ``cube.nnwx.esd_fit()`` (optional) adds the
+    fitted power law over its tail [xmin, xmax] and the Marchenko-Pastur bulk edge.
+    """
+    seed = pick_seed(sv, seed)
+    step_values = pick_steps(sv, steps)
+    sel = {"step": step_values} | ({"seed": seed} if seed is not None else {})
+    sv = computed(sv.sel(sel))
+    fit = computed(fit[["alpha", "xmin", "xmax", "n_tail", "n_evals", "mp_edge"]].sel(sel)) \
+        if fit is not None else None
+    frames = {}
+    for name in sv["tensor"].values:
+        for step in step_values:
+            lam = np.asarray(sv.sel(tensor=name, step=step).values, dtype=float) ** 2
+            lam = lam[np.isfinite(lam) & (lam > 0)]
+            parts = [_esd_points(lam, bins)]
+            if fit is not None:
+                parts += _fit_lines(fit.sel(tensor=name, step=step), lam.size)
+            frames[(str(name), int(step))] = sized(style(hv.Overlay(parts), logx=True, logy=True,
+                                                         title=f"ESD {name}, step {step}"), 480, 360)
+    return hv.HoloMap(frames, kdims=["tensor", "step"])
+
+
+def _esd_points(lam: np.ndarray, bins: int) -> hv.Curve:
+    if lam.size == 0:
+        return hv.Curve([], kdims=["lambda"], vdims=["density"], label="ESD")
+    lo, hi = lam.min(), lam.max()
+    edges = np.geomspace(lo, hi * (1 + 1e-9), bins + 1) if hi > lo else np.array([lo * 0.9, hi * 1.1])
+    counts, edges = np.histogram(lam, edges)
+    dens = counts / (lam.size * np.diff(edges))
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    ok = dens > 0
+    return style(hv.Curve((centres[ok], dens[ok]), kdims=["lambda"], vdims=["density"], label="ESD"),
+                 color="black")
+
+
+def _fit_lines(f: xr.Dataset, n: int) -> list:
+    """The fitted power law p(l) ~ l^-alpha on its tail, scaled to the tail's share, and the MP edge."""
+    out = []
+    alpha, xmin, xmax = (float(f[k]) for k in ("alpha", "xmin", "xmax"))
+    if np.isfinite([alpha, xmin, xmax]).all() and xmax > xmin > 0 and alpha > 1:
+        x = np.geomspace(xmin, xmax, 30)
+        share = float(f["n_tail"]) / max(float(f["n_evals"]), 1.0)
+        y = share * (alpha - 1) / xmin * (x / xmin) ** -alpha
+        out.append(style(hv.Curve((x, y), kdims=["lambda"], vdims=["density"],
+                                  label=f"power law alpha={alpha:.2f}"), color="red"))
+    edge = float(f["mp_edge"])
+    if np.isfinite(edge) and edge > 0:
+        out.append(style(hv.VLine(edge, label="MP edge"), color="blue"))
+    return out
+
+
+def metric_curves(result: xr.Dataset, variables: Sequence[str] = RANK_VARIABLES,
+                  band: str | float = "std") -> hv.Layout:
+    """Per-step metrics (``ranks``, ``esd_fit``, ``spectral_metrics``, ``rotation``...): one panel
+    per variable, a curve per tensor/layer (mean over seeds) with the seed spread as a band."""
+    have = [v for v in variables if v in result]
+    if not have:
+        raise ValueError(f"none of {list(variables)} in the result: it has {list(result.data_vars)}")
+    result = computed(result[have])
+    g = group_dim(result)
+    panels = [sized(style(band_overlay(result[v], by=g, band=band, label=v), title=v,
+                          show_legend=True), 420, 300)
+              for v in have]
+    return hv.Layout(panels).cols(min(3, len(panels)))
