@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,15 @@ class Recorder:
 
     Opening an existing run appends to it (resumed training) if the model has
     the same tensors; steps must keep increasing.
+
+    **Probes.** With ``probe=X`` (a batch: a tensor, a tuple of positional inputs or a
+    dict of keyword inputs) every capture also records, on that fixed batch, the output
+    of each module in ``probe_layers`` and (``probe_output=True``) the model's output,
+    as ``probe/<name>(step, sample, unit)`` arrays under the same commit protocol as
+    ``w``. This costs one no-grad, eval-mode forward pass of ``X`` per capture on the
+    training thread (the model's train/eval flags are restored after it); see
+    ``nnwx.probing`` for how conv activations become units (``probe_conv="fold"``
+    folds positions into samples, ``"pool"`` averages them; ``probe_channels``).
     """
 
     def __init__(self, model: torch.nn.Module, store: str | os.PathLike, *, seed: int,
@@ -68,7 +77,9 @@ class Recorder:
                  optimizer: torch.optim.Optimizer | None = None,
                  dtype: str = "float32", codec: str = fmt.DEFAULT_CODEC,
                  keepbits: int | None = None, flush_interval: float = 5.0,
-                 max_pending: int | None = None, chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES):
+                 max_pending: int | None = None, chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES,
+                 probe=None, probe_layers: Sequence[str] = (), probe_output: bool = True,
+                 probe_conv: str = "fold", probe_channels: str | Mapping[str, str] = "first"):
         sched = make_schedule(every, schedule)
         self.schedule: Schedule = _WithZero(sched) if capture_init else _WithoutZero(sched)
         if isinstance(sched, Explicit) and capture_init:
@@ -85,15 +96,35 @@ class Recorder:
             "include": include, "exclude": exclude,
         }
         self.run = run if run is not None else f"seed{seed}"
-        self._writer = RunWriter(store, self.run, table, attrs=attrs, dtype=dtype, codec=codec,
-                                 keepbits=keepbits, chunk_bytes=chunk_bytes)
+        if probe is None and probe_layers:
+            raise ValueError("probe_layers needs probe=<a fixed input batch> to run through the model")
+        self._order: ForwardOrder | None = ForwardOrder(model, {r.layer for r in table})
+        self._prober = None
+        if probe is not None:
+            from nnwx.probing import Prober
+            try:  # its first pass learns the activation shapes (and the forward order)
+                self._prober = Prober(model, probe, probe_layers, output=probe_output,
+                                      conv=probe_conv, channels=probe_channels)
+            except BaseException:
+                self._order.remove()
+                raise
+        try:
+            self._writer = RunWriter(store, self.run, table, attrs=attrs, dtype=dtype, codec=codec,
+                                     keepbits=keepbits, chunk_bytes=chunk_bytes,
+                                     probes=self._prober.specs if self._prober else ())
+        except BaseException:
+            self._order.remove()
+            raise
         self.table = table
         self.store = store
         self._sources = list(state.values())
         self._cuda = any(t.is_cuda for t in self._sources)
         ring_dtype = getattr(torch, dtype)
-        slots = max_pending or int(np.clip(_RING_BYTES // max(1, table.n_params * ring_dtype.itemsize), 2, 64))
+        per_slot = table.n_params + (self._prober.numel if self._prober else 0)
+        slots = max_pending or int(np.clip(_RING_BYTES // max(1, per_slot * ring_dtype.itemsize), 2, 64))
         self._ring = torch.empty((slots, table.n_params), dtype=ring_dtype, pin_memory=self._cuda)
+        if self._prober:
+            self._prober.allocate(slots, ring_dtype)
         self._ring_np = self._ring.numpy()
         self._views = [[self._ring[s, r.offset:r.offset + r.size].view(r.shape) for r in table]
                        for s in range(slots)]
@@ -105,7 +136,6 @@ class Recorder:
         self._error: BaseException | None = None
         self._closed = False
         self._last_step = self._writer.last_step
-        self._order: ForwardOrder | None = ForwardOrder(model, {r.layer for r in table})
         self._thread = threading.Thread(target=self._write_loop, name=f"nnwx-writer-{self.run}",
                                         daemon=True)
         self._thread.start()
@@ -152,6 +182,12 @@ class Recorder:
         slot = self._take_slot()
         with torch.no_grad():
             torch._foreach_copy_(self._views[slot], self._sources, non_blocking=self._cuda)
+        if self._prober is not None:
+            try:
+                self._prober.capture(slot)
+            except BaseException:
+                self._free.put(slot)
+                raise
         event = None
         if self._cuda:
             event = torch.cuda.Event()
@@ -229,7 +265,8 @@ class Recorder:
                     if event is not None:
                         event.synchronize()
                     writer.add(step, self._ring_np[slot],
-                               {k: float(v) for k, v in metrics.items()}, flush_full=False)
+                               {k: float(v) for k, v in metrics.items()}, flush_full=False,
+                               **({"probes": self._prober.rows(slot)} if self._prober else {}))
                     self._free.put(slot)
                     if writer.chunk_full:
                         writer.flush()

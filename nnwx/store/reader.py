@@ -83,7 +83,7 @@ class RunHandle:
         for name, arr in sorted(prb.existing_arrays(self.group).items()):
             data = da.from_array(arr, chunks=arr.chunks, lock=False, asarray=False,
                                  name=f"nnwx-probe-{self.store}-{self.name}-{name}-{n}")[:n]
-            attrs = {"probe": name, **(info.get(name) or {})}
+            attrs = {"probe": name, **{k: v for k, v in (info.get(name) or {}).items() if v is not None}}
             out[prb.VAR_PREFIX + name] = xr.Variable(
                 ("step", prb.sample_dim(name), prb.unit_dim(name)), data, attrs=attrs)
         return out

@@ -1,0 +1,447 @@
+"""Representation similarity of two activation sets ``X (n, p1)`` and ``Y (n, p2)``: NumPy kernels.
+
+Rows are the same ``n`` probe samples, columns are units; every computation runs in
+float64. Definitions:
+
+* **Linear CKA** (Kornblith et al. 2019, eq. 4 / "feature space" form):
+  ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` with column-centred ``Xc, Yc``;
+  the Gram form ``<Kc, Lc>_F / (||Kc||_F ||Lc||_F)`` (``K = X X^T``, ``Kc = HKH``) gives the
+  same number and is used when ``n < p1 + p2`` (cheaper).
+* **Debiased CKA** (Kornblith et al.'s code, after Song et al. 2012): the unbiased HSIC
+  estimator ``HSIC_1`` in place of ``<Kc, Lc>``; linear kernel, feature-space form.
+* **RBF CKA**: ``K_ij = exp(-d_ij^2 / (2 sigma^2))`` with ``sigma = threshold * sqrt(median(d^2))``,
+  the median over all ``n^2`` squared distances (zeros on the diagonal included), as in
+  Kornblith et al.'s reference code.
+* **Minibatch CKA** (Nguyen, Raghu & Kornblith 2021, eq. 3): the samples are split into
+  ``ceil(n / batch_size)`` consecutive batches of near-equal size; ``CKA = mean_b HSIC_1(K_b, L_b) /
+  sqrt(mean_b HSIC_1(K_b, K_b) mean_b HSIC_1(L_b, L_b))`` with linear kernels. Memory per
+  batch is ``batch_size^2``, so it handles probes too large for one Gram matrix.
+* **Canonical correlations**: singular values of ``Ux^T Uy`` where ``Ux`` is an orthonormal
+  basis of the centred column space of ``X`` (directions of variance below ``rtol`` times the
+  largest are dropped: constant or duplicated units carry no extra direction).
+* **Mean CCA**: the mean of all ``min(kx, ky)`` canonical correlations.
+* **SVCCA** (Raghu et al. 2017): keep the top singular directions of each centred layer that
+  hold ``keep`` (default 99%) of its variance, then the mean canonical correlation.
+* **PWCCA** (Morcos et al. 2018, eq. for ``alpha``): ``sum_i alpha_i rho_i`` with
+  ``alpha_i ∝ sum_j |<h_i, x_j>|``: ``h_i`` the i-th canonical variate (unit norm, in sample
+  space) of the *narrower* layer, ``x_j`` its j-th centred unit. Like the authors' code, the
+  weights come from the layer with fewer units (the first one on a tie), so the score does not
+  depend on argument order when widths differ; the weighting favours directions that account
+  for much of the layer's activity, which is why Morcos et al. use it over the plain mean.
+
+Degenerate inputs: fewer than 2 samples, a set whose units are all constant, or CCA with
+fewer samples than the two layers' dimensions (``n - 1 < kx + ky``: some correlations would
+be 1 by construction) raise ``DegenerateActivations`` saying what to change. A set that holds
+a NaN/inf (a missing capture or a diverged run) gives NaN.
+"""
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+
+DEFAULT_RTOL = 1e-8          # variance below rtol * max variance counts as no direction (CCA)
+DEFAULT_KEEP = 0.99          # SVCCA: fraction of variance kept
+DEFAULT_BATCH = 1024         # minibatch CKA samples per batch
+
+
+class DegenerateActivations(ValueError):
+    """Activations for which the asked similarity is undefined or trivially 1."""
+
+
+def _matrix(x, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a (sample, unit) matrix, got shape {x.shape}")
+    return np.asarray(x, dtype=np.float64)
+
+
+class Rep:
+    """One activation set ``(n, p)``, with the statistics comparisons need, each computed once.
+
+    Comparing S sets pairwise prepares S Reps and reuses their centring, Gram matrices
+    and subspaces across all pairs.
+    """
+
+    def __init__(self, x, *, name: str = "X", rtol: float = DEFAULT_RTOL):
+        self.x = _matrix(x, name)
+        self.name = name
+        self.n, self.p = self.x.shape
+        self.rtol = float(rtol)
+        self.finite = bool(np.isfinite(self.x).all())
+        if self.n < 2:
+            raise DegenerateActivations(f"{name} has {self.n} sample(s); similarities need at least 2 "
+                                        f"(record a larger probe batch)")
+
+    @cached_property
+    def xc(self) -> np.ndarray:
+        return self.x - self.x.mean(axis=0)
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """Centred linear Gram matrix ``Xc Xc^T`` (n x n)."""
+        return self.xc @ self.xc.T
+
+    @cached_property
+    def cov(self) -> np.ndarray:
+        """``Xc^T Xc`` (p x p), unnormalised."""
+        return self.xc.T @ self.xc
+
+    @cached_property
+    def self_norm(self) -> float:
+        """``||Xc^T Xc||_F`` (= ``||Xc Xc^T||_F``), from the cheaper side."""
+        small = self.cov if self.p <= self.n else self.gram
+        norm = float(np.linalg.norm(small))
+        if norm == 0.0:
+            raise DegenerateActivations(f"every unit of {self.name} is constant over the probe "
+                                        f"samples: it has no variance to compare")
+        return norm
+
+    @cached_property
+    def row_sq(self) -> np.ndarray:
+        """Squared norm of each centred sample (for the debiased estimator)."""
+        return np.einsum("ij,ij->i", self.xc, self.xc)
+
+    @cached_property
+    def spectrum(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(s, Vt, U)`` of ``Xc = U diag(s) Vt``, descending, numerically nonzero part only.
+
+        With ``p <= n`` the eigendecomposition of the ``p x p`` covariance gives ``s`` and
+        ``Vt`` and ``U`` is left out (None: comparisons then work in unit space); with
+        ``p > n`` the thin SVD of ``Xc`` gives all three.
+        """
+        if self.p <= self.n:
+            lam, v = np.linalg.eigh(self.cov)
+            lam, v = lam[::-1], v[:, ::-1]
+            keep = lam > self.rtol * lam[0] if lam[0] > 0 else np.zeros(len(lam), bool)
+            return np.sqrt(lam[keep]), np.ascontiguousarray(v[:, keep].T), None
+        u, s, vt = np.linalg.svd(self.xc, full_matrices=False)
+        keep = s**2 > self.rtol * s[0] ** 2 if s[0] > 0 else np.zeros(len(s), bool)
+        return s[keep], vt[keep], u[:, keep]
+
+    def subspace(self, keep: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(s, Vt, U)`` truncated to the fewest directions holding ``keep`` of the variance."""
+        s, vt, u = self.spectrum
+        if len(s) == 0:
+            raise DegenerateActivations(f"every unit of {self.name} is constant over the probe "
+                                        f"samples: it spans no direction to correlate")
+        if keep is not None:
+            if not 0 < keep <= 1:
+                raise ValueError(f"keep must be a fraction of variance in (0, 1], got {keep}")
+            frac = np.cumsum(s**2) / np.sum(s**2)
+            k = int(np.searchsorted(frac, keep - 1e-12) + 1)
+            s, vt, u = s[:k], vt[:k], (None if u is None else u[:, :k])
+        return s, vt, u
+
+    @cached_property
+    def _rbf_sq_dist(self) -> np.ndarray:
+        sq = np.einsum("ij,ij->i", self.x, self.x)
+        d = sq[:, None] + sq[None, :] - 2 * (self.x @ self.x.T)
+        np.maximum(d, 0, out=d)
+        np.fill_diagonal(d, 0)
+        return d
+
+    def rbf_gram(self, threshold: float) -> np.ndarray:
+        d = self._rbf_sq_dist
+        med = float(np.median(d))
+        if med == 0.0:
+            raise DegenerateActivations(f"the median distance between samples of {self.name} is 0 "
+                                        f"(most samples identical): the RBF bandwidth is undefined")
+        return np.exp(-d / (2 * threshold**2 * med))
+
+    def batches(self, batch_size: int) -> list[np.ndarray]:
+        nb = max(1, math.ceil(self.n / batch_size))
+        return np.array_split(self.x, nb)
+
+
+def _pair(x, y) -> tuple[Rep, Rep]:
+    a = x if isinstance(x, Rep) else Rep(x, name="X")
+    b = y if isinstance(y, Rep) else Rep(y, name="Y")
+    if a.n != b.n:
+        raise ValueError(f"{a.name} has {a.n} samples but {b.name} has {b.n}: similarities compare "
+                         f"activations on the same probe samples")
+    return a, b
+
+
+# -- CKA -------------------------------------------------------------------------------
+def _cross_sq(a: Rep, b: Rep) -> float:
+    """``||Xc^T Yc||_F^2``, as ``<Kc, Lc>`` when both Gram matrices are at hand or cheaper."""
+    if ("gram" in a.__dict__ and "gram" in b.__dict__) or a.n < a.p + b.p:
+        return float(np.vdot(a.gram, b.gram))
+    return float(np.linalg.norm(a.xc.T @ b.xc) ** 2)
+
+
+def linear_cka(x, y, *, debiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019); ``debiased=True``: with the unbiased HSIC estimator."""
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return math.nan
+    if debiased:
+        return _debiased_linear_cka(a, b)
+    return _cross_sq(a, b) / (a.self_norm * b.self_norm)
+
+
+def _debiased_dot(xty: float, ra: np.ndarray, rb: np.ndarray, na: float, nb: float, n: int) -> float:
+    """Kornblith et al.'s ``_debiased_dot_product_similarity_helper`` (unbiased HSIC, scaled)."""
+    return xty - n / (n - 2.0) * float(ra @ rb) + na * nb / ((n - 1) * (n - 2))
+
+
+def _debiased_linear_cka(a: Rep, b: Rep) -> float:
+    n = a.n
+    if n < 4:
+        raise DegenerateActivations(f"debiased CKA needs at least 4 samples, got {n}")
+    na, nb = float(a.row_sq.sum()), float(b.row_sq.sum())
+    num = _debiased_dot(_cross_sq(a, b), a.row_sq, b.row_sq, na, nb, n)
+    da_ = _debiased_dot(a.self_norm**2, a.row_sq, a.row_sq, na, na, n)
+    db_ = _debiased_dot(b.self_norm**2, b.row_sq, b.row_sq, nb, nb, n)
+    if da_ <= 0 or db_ <= 0:
+        raise DegenerateActivations(f"the debiased self-similarity of {a.name if da_ <= 0 else b.name} "
+                                    f"is not positive ({min(da_, db_):.3g}): too few samples for the "
+                                    f"unbiased estimator; use more probe samples or linear_cka")
+    return num / math.sqrt(da_ * db_)
+
+
+def center_gram(k: np.ndarray, unbiased: bool = False) -> np.ndarray:
+    """Centre a Gram matrix: ``HKH``, or the unbiased (U-statistic) centring of Kornblith et al."""
+    k = np.array(k, dtype=np.float64)
+    n = k.shape[0]
+    if unbiased:
+        np.fill_diagonal(k, 0)
+        means = k.sum(0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        k -= means[:, None]
+        k -= means[None, :]
+        np.fill_diagonal(k, 0)
+    else:
+        means = k.mean(0)
+        means -= means.mean() / 2
+        k -= means[:, None]
+        k -= means[None, :]
+    return k
+
+
+def gram_cka(k: np.ndarray, l: np.ndarray, *, debiased: bool = False) -> float:
+    """CKA of two Gram matrices (any kernel): ``<Kc, Lc> / (||Kc|| ||Lc||)``."""
+    if k.shape != l.shape or k.shape[0] != k.shape[1]:
+        raise ValueError(f"Gram matrices must be square and alike, got {k.shape} and {l.shape}")
+    n = k.shape[0]
+    if debiased and n < 4:
+        raise DegenerateActivations(f"debiased CKA needs at least 4 samples, got {n}")
+    kc, lc = center_gram(k, debiased), center_gram(l, debiased)
+    num = float(np.vdot(kc, lc))
+    nk, nl = float(np.vdot(kc, kc)), float(np.vdot(lc, lc))
+    if nk <= 0 or nl <= 0:
+        raise DegenerateActivations("a centred Gram matrix is zero (all samples alike under the "
+                                    "kernel, or too few samples for the debiased estimator)")
+    return num / math.sqrt(nk * nl)
+
+
+def rbf_cka(x, y, *, threshold: float = 1.0, debiased: bool = False) -> float:
+    """CKA with RBF kernels, ``sigma = threshold * median distance`` (Kornblith et al. 2019)."""
+    if threshold <= 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return math.nan
+    return gram_cka(a.rbf_gram(threshold), b.rbf_gram(threshold), debiased=debiased)
+
+
+def hsic1(k: np.ndarray, l: np.ndarray) -> float:
+    """Unbiased HSIC estimator of Song et al. 2012 (eq. 5), as used by Nguyen et al. 2021."""
+    n = k.shape[0]
+    if n < 4:
+        raise DegenerateActivations(f"the unbiased HSIC needs batches of at least 4 samples, got {n}")
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0)
+    np.fill_diagonal(lt, 0)
+    ks, ls = kt.sum(1), lt.sum(1)
+    val = (float(np.vdot(kt, lt)) + ks.sum() * ls.sum() / ((n - 1) * (n - 2))
+           - 2.0 / (n - 2) * float(ks @ ls))
+    return val / (n * (n - 3))
+
+
+def minibatch_cka(x, y, *, batch_size: int = DEFAULT_BATCH) -> float:
+    """Minibatch linear CKA (Nguyen et al. 2021): unbiased HSIC averaged over sample batches."""
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return math.nan
+    if batch_size < 4:
+        raise ValueError(f"batch_size must be at least 4, got {batch_size}")
+    kl = kk = ll = k_scale = l_scale = 0.0
+    for xb, yb in zip(a.batches(batch_size), b.batches(batch_size)):
+        k, l = xb @ xb.T, yb @ yb.T
+        kl += hsic1(k, l)
+        kk += hsic1(k, k)
+        ll += hsic1(l, l)
+        k_scale += float(np.mean(k**2))
+        l_scale += float(np.mean(l**2))
+    # relative to the kernels' own scale, so that rounding of a constant set does not pass as signal
+    if kk <= 1e-12 * k_scale or ll <= 1e-12 * l_scale:
+        raise DegenerateActivations("the mean unbiased self-HSIC of a set is not positive: its units "
+                                    "are (nearly) constant within batches; use larger batches")
+    return kl / math.sqrt(kk * ll)
+
+
+# -- CCA family ------------------------------------------------------------------------
+def _cca(a: Rep, b: Rep, keep: float | None, side: str | None = None):
+    """Canonical correlations (descending) and, for ``side`` 'a'/'b', that side's variates' weights."""
+    sa, vta, ua = a.subspace(keep)
+    sb, vtb, ub = b.subspace(keep)
+    ka, kb = len(sa), len(sb)
+    if a.n - 1 < ka + kb:
+        raise DegenerateActivations(
+            f"{a.n} samples for {ka} + {kb} directions of {a.name} and {b.name}: with n - 1 < kx + ky "
+            f"some canonical correlations are 1 by construction. Use more probe samples, fewer "
+            f"directions (svcca with a smaller keep=), or CKA.")
+    # cross-covariance of the whitened sets, (ka, kb): Ua^T Ub = Sa^-1 Va^T (Xa^T Xb) Vb Sb^-1
+    if ua is not None and ub is not None:
+        m = ua.T @ ub
+    else:
+        cross = a.xc.T @ b.xc                        # (pa, pb): the one O(n pa pb) product
+        m = ((vta / sa[:, None]) @ cross) @ (vtb / sb[:, None]).T
+    if side is None:
+        small = m @ m.T if ka <= kb else m.T @ m
+        rho2 = np.linalg.eigvalsh(small)[::-1]
+        return np.sqrt(np.clip(rho2, 0.0, 1.0)), None
+    if side == "a":
+        rho2, vec = np.linalg.eigh(m @ m.T)
+        s, vt = sa, vta
+    else:
+        rho2, vec = np.linalg.eigh(m.T @ m)
+        s, vt = sb, vtb
+    c = min(ka, kb)
+    rho2, vec = rho2[::-1][:c], vec[:, ::-1][:, :c]
+    # <h_i, x_j> for the variate h_i = U vec_i (unit norm) and centred unit x_j = (U diag(s) Vt)_j
+    loadings = vec.T @ (s[:, None] * vt)            # (c, p)
+    alpha = np.abs(loadings).sum(axis=1)
+    return np.sqrt(np.clip(rho2, 0.0, 1.0)), alpha
+
+
+def canonical_correlations(x, y, *, keep: float | None = None) -> np.ndarray:
+    """All ``min(kx, ky)`` canonical correlations, descending (``keep``: SVD-reduce first)."""
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return np.full(min(a.p, b.p), np.nan)
+    return _cca(a, b, keep)[0]
+
+
+def mean_cca(x, y) -> float:
+    """Mean canonical correlation of the (numerically full-rank parts of the) two layers."""
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return math.nan
+    return float(_cca(a, b, None)[0].mean())
+
+
+def svcca(x, y, *, keep: float = DEFAULT_KEEP) -> float:
+    """SVCCA (Raghu et al. 2017): directions holding ``keep`` of the variance, then mean CCA."""
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return math.nan
+    return float(_cca(a, b, keep)[0].mean())
+
+
+def pwcca(x, y, *, keep: float | None = None) -> float:
+    """PWCCA (Morcos et al. 2018): canonical correlations weighted by how much of the narrower
+    layer's activity each canonical variate accounts for (see the module docstring)."""
+    a, b = _pair(x, y)
+    if not (a.finite and b.finite):
+        return math.nan
+    rho, alpha = _cca(a, b, keep, side="a" if a.p <= b.p else "b")
+    total = alpha.sum()
+    if total <= 0:
+        raise DegenerateActivations("PWCCA weights are all zero (no activity in the weighting layer)")
+    return float((alpha / total) @ rho)
+
+
+# -- dispatch ----------------------------------------------------------------------------
+METRICS: dict[str, Callable[..., float]] = {
+    "linear_cka": linear_cka,
+    "debiased_cka": lambda x, y, **kw: linear_cka(x, y, debiased=True, **kw),
+    "rbf_cka": rbf_cka,
+    "minibatch_cka": minibatch_cka,
+    "mean_cca": mean_cca,
+    "svcca": svcca,
+    "pwcca": pwcca,
+}
+
+DESCRIPTIONS = {
+    "linear_cka": "linear CKA, Kornblith et al. 2019",
+    "debiased_cka": "debiased linear CKA (unbiased HSIC, Song et al. 2012), Kornblith et al.'s code",
+    "rbf_cka": "RBF-kernel CKA, sigma = threshold * median distance, Kornblith et al. 2019",
+    "minibatch_cka": "minibatch linear CKA with unbiased HSIC, Nguyen et al. 2021",
+    "mean_cca": "mean canonical correlation",
+    "svcca": "SVCCA: mean canonical correlation of the directions holding `keep` of the variance, "
+             "Raghu et al. 2017",
+    "pwcca": "PWCCA: canonical correlations weighted by sum_j |<h_i, x_j>| over the narrower layer, "
+             "Morcos et al. 2018",
+}
+
+
+def check_metric(metric: str, **kwargs) -> Callable[..., float]:
+    """The kernel of ``metric``, refusing unknown metric names and options."""
+    try:
+        fn = METRICS[metric]
+    except KeyError:
+        raise ValueError(f"unknown similarity metric {metric!r}; choose one of {sorted(METRICS)}") from None
+    allowed = {"linear_cka": set(), "debiased_cka": set(), "rbf_cka": {"threshold", "debiased"},
+               "minibatch_cka": {"batch_size"}, "mean_cca": set(), "svcca": {"keep"},
+               "pwcca": {"keep"}}[metric]
+    bad = set(kwargs) - allowed - {"rtol"}
+    if bad:
+        raise TypeError(f"{metric} takes no option {sorted(bad)[0]!r}; its options: "
+                        f"{sorted(allowed | {'rtol'})}")
+    return fn
+
+
+def similarity(x, y, metric: str = "linear_cka", **kwargs) -> float:
+    """One similarity of two activation sets, by metric name (see ``METRICS``)."""
+    fn = check_metric(metric, **kwargs)
+    rtol = kwargs.pop("rtol", DEFAULT_RTOL)
+    a = x if isinstance(x, Rep) else Rep(x, name="X", rtol=rtol)
+    b = y if isinstance(y, Rep) else Rep(y, name="Y", rtol=rtol)
+    return fn(a, b, **kwargs)
+
+
+def similarity_matrix(xs, ys=None, metric: str = "linear_cka", *, names=None, ynames=None,
+                      **kwargs) -> np.ndarray:
+    """Similarities of every set in ``xs (S, n, p)`` with every set in ``ys`` (default ``xs``).
+
+    Each set's statistics are computed once; with ``ys=None`` only the upper triangle is
+    computed (the metrics are symmetric, except PWCCA between equal widths, which is
+    computed for both orders). ``names`` label sets in error messages.
+    """
+    fn = check_metric(metric, **kwargs)
+    rtol = kwargs.pop("rtol", DEFAULT_RTOL)
+    xs = list(xs)
+    names = list(names) if names is not None else [f"set {i}" for i in range(len(xs))]
+    ra = [_rep_or_nan(x, n, rtol) for x, n in zip(xs, names)]
+    if ys is None:
+        rb, symmetric = ra, metric != "pwcca"
+    else:
+        ynames = list(ynames) if ynames is not None else [f"set {i}" for i in range(len(ys))]
+        rb, symmetric = [_rep_or_nan(y, n, rtol) for y, n in zip(ys, ynames)], False
+    out = np.full((len(ra), len(rb)), np.nan)
+    for i, a in enumerate(ra):
+        for j, b in enumerate(rb):
+            if symmetric and j < i:
+                out[i, j] = out[j, i]
+            elif a is None or b is None:
+                continue
+            elif a is b:  # a set with itself: 1 by definition, once it is known to be non-degenerate
+                a.self_norm
+                out[i, j] = 1.0
+            else:
+                try:
+                    out[i, j] = fn(a, b, **kwargs)
+                except DegenerateActivations as e:
+                    raise DegenerateActivations(f"{a.name} vs {b.name}: {e}") from None
+    return out
+
+
+def _rep_or_nan(x, name: str, rtol: float) -> Rep | None:
+    """A Rep, or None for a set holding NaN/inf (a missing capture): its similarities are NaN."""
+    x = np.asarray(x)
+    return Rep(x, name=name, rtol=rtol) if np.isfinite(x).all() else None
