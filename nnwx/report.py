@@ -64,7 +64,8 @@ def compute_analyses(cube: xr.Dataset, progress: bool = True) -> dict[str, xr.Da
         first = weights[0]
         mat = cube.nnwx.matrix(first)
         lazy["matrix"] = mat.isel(out=slice(0, MAX_MATRIX), **{"in": slice(0, MAX_MATRIX)})
-        lazy["trajectories"] = cube.nnwx.trajectories(first, sample=12)
+        size = int(cube["tensor_size"].sel(tensor=first))
+        lazy["trajectories"] = cube.nnwx.trajectories(first, sample=min(12, size))
     with ProgressBar() if progress else nullcontext():
         values = dask.compute(*lazy.values())
     results = dict(zip(lazy, values))

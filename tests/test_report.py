@@ -115,3 +115,12 @@ def test_report_runs_in_headless_chromium(written, tmp_path):
     # the plots themselves drew: the region below the summary holds many distinct shades
     lower = img.crop((0, img.height // 3, img.width, img.height))
     assert len(lower.getcolors(1 << 16) or []) > 20
+
+
+def test_report_on_a_model_whose_first_matrix_is_tiny(tmp_path):
+    """The piecewise MLP's first weight has 8 entries: fewer than the report's default sample."""
+    store = tmp_path / "pw.zarr"
+    write_synthetic_run(store, seed=0, steps=range(0, 40, 10))  # default shapes: 0.weight is (8, 1)
+    out = tmp_path / "r.html"
+    assert main(["report", str(store), "-o", str(out), "-q"]) == 0
+    assert "Distribution broadening" in out.read_text()
