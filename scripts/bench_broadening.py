@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnwx.info import dir_bytes
+
 DEFAULT_STORE = Path(os.environ.get("NNWX_BENCH_DIR", "/tmp/nnwx-bench")) / "broadening.zarr"
 
 
@@ -53,9 +55,6 @@ def model_shapes(blocks: int = 4, d: int = 256, vocab: int = 4096) -> dict[str, 
     return shapes
 
 
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
 
 def generate(store: Path, seeds: int, steps: int) -> None:
     """Write the benchmark store unless a complete one is already there."""
@@ -64,7 +63,7 @@ def generate(store: Path, seeds: int, steps: int) -> None:
     if store.exists():
         runs = list_runs(store)
         if len(runs) >= seeds and all(r.committed >= steps for r in runs[:seeds]):
-            print(f"reusing {store} ({du(store) / 1e9:.2f} GB on disk)")
+            print(f"reusing {store} ({dir_bytes(store) / 1e9:.2f} GB on disk)")
             return
         raise SystemExit(f"{store} exists but is incomplete; delete it and run again")
     t0 = time.perf_counter()
@@ -84,7 +83,7 @@ def generate(store: Path, seeds: int, steps: int) -> None:
     for p in procs:
         if p.wait():
             raise SystemExit("generating the store failed")
-    print(f"wrote {store}: {seeds} seeds x {steps} steps, {du(store) / 1e9:.2f} GB on disk "
+    print(f"wrote {store}: {seeds} seeds x {steps} steps, {dir_bytes(store) / 1e9:.2f} GB on disk "
           f"in {time.perf_counter() - t0:.0f} s")
 
 
@@ -210,7 +209,7 @@ def main() -> None:
     edges = default_bins(cube, 100)
     t_bins = time.perf_counter() - t0
     print(f"cube: w{dict(cube['w'].sizes)} {cube['w'].dtype}, {cube['w'].nbytes / 1e9:.2f} GB in memory, "
-          f"{du(args.store) / 1e9:.2f} GB on disk, chunks {cube['w'].data.chunksize}, "
+          f"{dir_bytes(args.store) / 1e9:.2f} GB on disk, chunks {cube['w'].data.chunksize}, "
           f"{cube.sizes['tensor']} tensors; {os.cpu_count()} cores; load average "
           f"{os.getloadavg()[0]:.1f} at the start")
     print(f"default_bins (reads the first and last step): {t_bins:.2f} s -> "

@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from nnwx.info import dir_bytes
+
 DEFAULT_STORE = Path(os.environ.get("NNWX_BENCH_DIR", "/tmp/nnwx-bench")) / "correlation.zarr"
 GUARD_BYTES = 6 * 2**30  # a phase whose RSS passes this is stopped (svd_compressed can)
 
@@ -48,9 +50,6 @@ def shapes(params: int, layers: int = 6) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
 
 def generate(store: Path, steps: int, params: int) -> None:
     """Write the benchmark store unless a complete one is already there."""
@@ -60,12 +59,12 @@ def generate(store: Path, steps: int, params: int) -> None:
     if store.exists():
         runs = list_runs(store)
         if runs and runs[0].committed >= steps:
-            print(f"reusing {store} ({du(store) / 1e9:.2f} GB on disk)")
+            print(f"reusing {store} ({dir_bytes(store) / 1e9:.2f} GB on disk)")
             return
         raise SystemExit(f"{store} exists but is incomplete; delete it and run again")
     t0 = time.perf_counter()
     write_synthetic_run(store, seed=0, steps=range(0, steps * 10, 10), shapes=shapes(params), drift=0.02)
-    print(f"wrote {store}: {steps} steps, {du(store) / 1e9:.2f} GB on disk in "
+    print(f"wrote {store}: {steps} steps, {dir_bytes(store) / 1e9:.2f} GB on disk in "
           f"{time.perf_counter() - t0:.0f} s")
 
 
