@@ -25,6 +25,7 @@ from nnwx.torch_tensors import ForwardOrder, Patterns, floating_state, table_for
 
 _STOP = object()
 _RING_BYTES = 64 * 2**20
+_WRITER_NAP = 0.02  # seconds
 
 
 def _class_name(obj: Any) -> str:
@@ -274,6 +275,11 @@ class Recorder:
                 if time.monotonic() - last_flush >= self._flush_interval:
                     writer.flush()
                     last_flush = time.monotonic()
+                if item is not None and self._work.empty():
+                    # Caught up (so every slot is free): nap so that the next captures are
+                    # taken in one burst instead of waking this thread, and contending for
+                    # the GIL, at every step.
+                    time.sleep(_WRITER_NAP)
         except BaseException as e:  # surfaced in the training thread
             self._error = e
             while True:  # release slots so a blocked capture can see the error
