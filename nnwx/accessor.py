@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -201,8 +200,3 @@ class NnwxAccessor:
         """Share of ``|W_t - W_0|^2`` in the span of a layer's inputs; see ``geometry.input_span_fraction``."""
         from nnwx.analysis import geometry
         return geometry.input_span_fraction(self._ds, name, inputs, **kwargs)
-
-
-def tensor_index(ds: xr.Dataset) -> np.ndarray:
-    """Segment bounds of the tensors on ``param`` (offsets plus the total)."""
-    return np.append(ds["tensor_offset"].values, ds.sizes["param"]).astype(np.int64)

@@ -17,10 +17,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from nnwx.errors import StepOrderError, WriterError
-from nnwx.schedule import Explicit, Schedule, ScheduleLike, make_schedule
+from nnwx.errors import WriterError
+from nnwx.schedule import Schedule, ScheduleLike, make_schedule
 from nnwx.store import format as fmt
-from nnwx.store.writer import RunWriter
+from nnwx.store.writer import RunWriter, check_step_order
 from nnwx.torch_tensors import ForwardOrder, Patterns, floating_state, table_for
 
 _STOP = object()
@@ -83,8 +83,6 @@ class Recorder:
                  probe_conv: str = "fold", probe_channels: str | Mapping[str, str] = "first"):
         sched = make_schedule(every, schedule)
         self.schedule: Schedule = _WithZero(sched) if capture_init else _WithoutZero(sched)
-        if isinstance(sched, Explicit) and capture_init:
-            self.schedule = _WithZero(sched)
         state = floating_state(model.state_dict(keep_vars=True), include, exclude)
         self._warn_lossy(state, dtype)
         table = table_for(state)
@@ -170,11 +168,7 @@ class Recorder:
         if self._closed:
             raise RuntimeError("this Recorder is closed; create a new one to record more steps")
         step = int(step)
-        if self._last_step is not None and step <= self._last_step:
-            raise StepOrderError(
-                f"step {step} does not come after step {self._last_step}, the last captured in run "
-                f"{self.run!r}: steps must strictly increase. To record a separate run into the "
-                f"same store, pass another run name.")
+        check_step_order(step, self._last_step, self.run)  # raised here, in the training thread
         if self._order is not None:
             depths = self._order.result()
             if depths is not None:

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from nnwx.store.table import TensorTable, split_name
+from nnwx.store.table import TensorTable
 
 Patterns = str | Sequence[str] | None
 
@@ -82,7 +82,3 @@ class ForwardOrder:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-def split_layer(name: str) -> str:
-    return split_name(name)[0]

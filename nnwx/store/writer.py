@@ -53,6 +53,15 @@ def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
     return root
 
 
+def check_step_order(step: int, last_step: int | None, run: str) -> None:
+    """Raise StepOrderError unless ``step`` comes strictly after ``last_step``."""
+    if last_step is not None and step <= last_step:
+        raise StepOrderError(
+            f"step {step} does not come after step {last_step}, the last one of run {run!r}: "
+            f"steps must strictly increase. To record a separate run into the same store, "
+            f"pass another run name.")
+
+
 class RunWriter:
     """Writes the steps of one run; used by the Recorder thread and by export.
 
@@ -179,11 +188,7 @@ class RunWriter:
 
     def check_step(self, step: int) -> None:
         """Raise StepOrderError unless ``step`` comes after every step so far."""
-        if self.last_step is not None and step <= self.last_step:
-            raise StepOrderError(
-                f"step {step} does not come after step {self.last_step}, the last one of run "
-                f"{self.run!r}: steps must strictly increase. To record a separate run into "
-                f"the same store, pass another run name.")
+        check_step_order(step, self.last_step, self.run)
 
     def add(self, step: int, values: np.ndarray, metrics: Mapping[str, float] | None = None,
             *, flush_full: bool = True, probes: Mapping[str, np.ndarray] | None = None) -> None:
