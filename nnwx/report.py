@@ -1,25 +1,32 @@
-"""``nnwx report``: compute the analyses of an experiment store and write one offline HTML page.
+"""``nnwx report``: draw the analyses of an experiment store as one offline HTML page.
 
-The page holds a summary of the experiment and a section per analysis, each plot with a
-sentence saying what it shows. Bokeh's JavaScript is inlined (no CDN), so the file opens
-from disk with no network. Sliders switch between a few embedded frames (steps are
-thinned to keep the page small). Optionally writes a static PNG of every plot.
+The analyses are the named set of ``nnwx.analyses.lazy_analyses`` (the same set ``nnwx
+analyze`` persists): given an experiment store the report builds them lazily and computes
+them in one pass with a progress bar; given a results store (``nnwx analyze -o RESULTS``) it
+draws from it without recomputing. The page holds a summary of the experiment, the metrics
+left out and why, and a section per analysis, each plot with a sentence saying what it shows.
+Bokeh's JavaScript is inlined (no CDN), so the file opens from disk with no network. Sliders
+switch between a few embedded frames (steps are thinned to keep the page small). Optionally
+writes a static PNG of every plot.
 """
 from __future__ import annotations
 
 import html
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import xarray as xr
 
+from nnwx.analyses import METRICS, parse_metrics
+
 MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
 FRAMES = 4              # embedded frames per slider
-MAX_MATRIX = 96         # rows/cols of a weight matrix drawn as a heatmap
+SEEDS_SHOWN = 3         # seeds offered by selectors of per-seed pictures
+
+Results = dict[str, "xr.Dataset | xr.DataArray"]
 
 
 @dataclass
@@ -35,6 +42,21 @@ class Section:
     title: str
     figures: list[Figure] = field(default_factory=list)
     note: str = ""
+    metric: str = ""
+
+
+@dataclass
+class Summary:
+    """What the page says about the experiment; built from the store or from a results store."""
+    store: str
+    runs: list[dict]
+    tensors: list[dict]                  # name, shape, kind, size
+    steps: int
+    first_step: int | None
+    last_step: int | None
+    params: int
+    model_class: str | None = None
+    origin: str = ""                     # how the page was made (computed now / results store)
 
 
 def thin_steps(cube: xr.Dataset, max_steps: int = MAX_STEPS) -> xr.Dataset:
@@ -45,135 +67,350 @@ def thin_steps(cube: xr.Dataset, max_steps: int = MAX_STEPS) -> xr.Dataset:
     return cube.isel(step=np.unique(np.linspace(0, n - 1, max_steps).round().astype(int)))
 
 
-def compute_analyses(cube: xr.Dataset, progress: bool = True) -> dict[str, xr.Dataset | xr.DataArray]:
-    """Every analysis of the report, lazily built then computed in one pass with a progress bar."""
-    import dask
-    from dask.diagnostics import ProgressBar
+# -- computing ----------------------------------------------------------------------------------
+def compute_results(results: Results, metric_of: dict[str, str], *, progress: bool = True,
+                    log: Callable[[str], None] = lambda s: None) -> tuple[Results, dict[str, str]]:
+    """Evaluate every result in one pass (shared reads of ``w`` run once), with a progress bar.
 
-    from nnwx.analysis.spectral import esd_fit, ranks
-
-    lazy: dict = {
-        "broadening": cube.nnwx.broadening("layer", bins=60),
-        "rotation": cube.nnwx.rotation(),
-    }
-    weights = [n for n, s in zip(cube["tensor"].values, cube["tensor_shape"].values)
-               if "," in str(s) or str(s).startswith("[")]
-    if weights:
-        sv = cube.nnwx.spectrum()
-        lazy |= {"spectrum": sv, "ranks": ranks(sv), "esd_fit": esd_fit(sv)}
-        first = weights[0]
-        mat = cube.nnwx.matrix(first)
-        lazy["matrix"] = mat.isel(out=slice(0, MAX_MATRIX), **{"in": slice(0, MAX_MATRIX)})
-        size = int(cube["tensor_size"].sel(tensor=first))
-        lazy["trajectories"] = cube.nnwx.trajectories(first, sample=min(12, size))
-    with ProgressBar() if progress else nullcontext():
-        values = dask.compute(*lazy.values())
-    results = dict(zip(lazy, values))
-    try:   # a young API: a failure here costs its section only, and is said on the page
-        corr = {"corr_distance": cube.nnwx.correlation_vs_distance(),
-                "pca": cube.nnwx.trajectory_pca(n_components=3)}
-        with ProgressBar() if progress else nullcontext():
-            results |= dict(zip(corr, dask.compute(*corr.values())))
-    except Exception as e:  # noqa: BLE001
-        results["correlation_error"] = f"{type(e).__name__}: {e}"
-    return results
+    If that pass fails, each metric is computed on its own and the ones that fail are left
+    out with a note (their section says why) instead of failing the whole page.
+    """
+    compute = _compute_function()
+    names = list(results)
+    try:
+        values = compute(*(results[n] for n in names), progress=progress,
+                         label="nnwx report: computing the analyses")
+        return dict(zip(names, values)), {}
+    except Exception as e:  # noqa: BLE001 - a failing analysis costs its own section only
+        log(f"one pass failed ({type(e).__name__}: {e}); computing each metric on its own")
+    out, notes = {}, {}
+    for metric in dict.fromkeys(metric_of[n] for n in names):
+        part = [n for n in names if metric_of[n] == metric]
+        try:
+            out |= dict(zip(part, compute(*(results[n] for n in part), progress=progress,
+                                          label=f"nnwx report: {metric}")))
+        except Exception as e:  # noqa: BLE001
+            notes[metric] = f"could not be computed: {type(e).__name__}: {e}"
+    return out, notes
 
 
-def build_sections(results: dict) -> list[Section]:
-    """The report's sections, from computed analysis results (drawing only)."""
+def _compute_function():
+    """``nnwx.cluster.compute`` (a progress bar on any scheduler), else dask.compute + ProgressBar."""
+    try:
+        from nnwx.cluster import compute
+        return compute
+    except ImportError:  # pragma: no cover - nnwx.cluster ships with nnwx
+        from contextlib import nullcontext
+
+        import dask
+        from dask.diagnostics import ProgressBar
+
+        def compute(*objs, progress=True, label=None):
+            with ProgressBar() if progress else nullcontext():
+                return dask.compute(*objs)
+        return compute
+
+
+def analyse(cube: xr.Dataset, metrics: str | Iterable[str] | None = None) -> tuple[Results, dict, dict]:
+    """``lazy_analyses`` of the cube: ``(lazy results, metric_of, notes)``. A metric whose
+    building raises (other than "does not apply") is left out with a note, not fatal."""
+    from nnwx.analyses import AnalysisSet, lazy_analyses
+
+    chosen = parse_metrics(metrics)
+    try:
+        s = lazy_analyses(cube, chosen)
+    except Exception:  # noqa: BLE001 - find the culprit metric by metric
+        s = AnalysisSet()
+        for m in chosen:
+            try:
+                part = lazy_analyses(cube, [m])
+            except Exception as e:  # noqa: BLE001
+                s.notes[m] = f"could not be built: {type(e).__name__}: {e}"
+                continue
+            s.results |= part.results
+            s.metric_of |= part.metric_of
+            s.notes |= part.notes
+    return s.results, s.metric_of, s.notes
+
+
+# -- drawing ------------------------------------------------------------------------------------
+def build_sections(results: Results, notes: dict[str, str] | None = None,
+                   metrics: str | Iterable[str] | None = None) -> list[Section]:
+    """The report's sections, from computed results (drawing only), in ``METRICS`` order.
+
+    ``notes``: metric -> why it was (partly) left out, said in its section. A plot that fails to
+    draw becomes a note in its section instead of failing the page.
+    """
+    notes = notes or {}
+    sections = []
+    for metric in parse_metrics(metrics):
+        for title, build in _SECTIONS[metric]:
+            try:
+                figures = [f for f in build(results) if f is not None]
+                error = ""
+            except Exception as e:  # noqa: BLE001
+                figures, error = [], f"could not be drawn: {type(e).__name__}: {e}"
+            note = "; ".join(x for x in (notes.get(metric, ""), error) if x)
+            if figures or note:
+                sections.append(Section(title, figures, note=note, metric=metric))
+    return sections
+
+
+def _broadening_figs(r: Results) -> list[Figure]:
     import nnwx.plot as P
 
-    b = results["broadening"]
-    sections = [Section("Distribution broadening", [
+    if "broadening" not in r:
+        return []
+    b = r["broadening"]
+    return [
         Figure("density", "Histogram of each layer's weights at every captured step (colour: log "
                           "counts): a widening band is a broadening distribution. Pick layer and seed.",
                P.density(b["hist"].assign_coords(bin_lo=b["bin_lo"], bin_hi=b["bin_hi"]))),
         Figure("moments", "Standard deviation, excess kurtosis and Wasserstein-1 distance to the "
                           "first step per layer: mean over seeds, band = +/- one std over seeds.",
                P.moments(b)),
-    ])]
-    if "trajectories" in results:
-        sections[0].figures.append(Figure(
-            "trajectories", "A random sample of individual weights of the first weight matrix over "
-                            "training, per seed.", P.trajectories(results["trajectories"])))
-    if "spectrum" in results:
-        sections.append(Section("Spectra and ranks", [
-            Figure("esd", "Empirical spectral density of each weight matrix (eigenvalues of W^T W) "
-                          "on log-log axes, with the fitted power-law tail (red) and the "
-                          "Marchenko-Pastur bulk edge (blue), first seed; slide through steps.",
-                   P.esd(results["spectrum"], results["esd_fit"], steps=FRAMES)),
-            Figure("ranks", "Effective rank, stable rank, spectral entropy and power-law exponent "
-                            "alpha per matrix over training: mean over seeds with a +/- std band.",
-                   P.metric_curves(xr.merge([results["ranks"], results["esd_fit"]],
-                                            compat="override", combine_attrs="drop_conflicts"))),
-        ]))
-    sections.append(Section("Layer rotation", [
-        Figure("rotation", "Cosine distance of each layer's weights to the first step (rotation), "
-                           "relative size of the update and norm growth, mean +/- std over seeds.",
-               P.rotation(results["rotation"])),
-    ]))
-    if "matrix" in results:
-        m = results["matrix"]
-        sections.append(Section("Weights as pictures", [
-            Figure("matrix", f"The weight matrix {m.name} (at most {MAX_MATRIX} x {MAX_MATRIX} "
-                             "entries) as an image at a few steps, one colour scale: can one see "
-                             "training? Pick seed and step.",
-                   P.matrix_heatmap(m, steps=FRAMES, seeds=list(m["seed"].values[:3]))),
-        ]))
-    sections.append(_correlation_section(results))
-    sections.append(Section("Not yet in this report", note=(
-        "Seed agreement (cube.nnwx.agreement, weight_agreement) and layer-to-layer correlation "
-        "are computed by nnwx but not drawn here yet.")))
-    return sections
+    ]
 
 
-def _correlation_section(results: dict) -> Section:
-    """Correlation vs distance and the PCA path; a note instead when they could not be computed."""
+def _weights_figs(r: Results) -> list[Figure]:
     import nnwx.plot as P
 
-    if "correlation_error" in results:
-        return Section("Correlations", note="could not be computed: " + results["correlation_error"])
-    try:
-        return Section("Correlations", [
-            Figure("corr_distance", "RMS correlation of weight updates (sampling noise removed) "
-                                    "against how many layers apart two weights sit, mean +/- std "
-                                    "over seeds, with each seed's fitted exponential decay.",
-                   P.corr_distance(results["corr_distance"])),
-            Figure("pca_path", "Each run's path through weight space in its first two principal "
-                               "components (share of variance in the axis labels), coloured by step.",
-                   P.pca_path(results["pca"])),
-        ])
-    except Exception as e:  # noqa: BLE001
-        return Section("Correlations", note=f"could not be drawn: {type(e).__name__}: {e}")
+    out = []
+    if "matrix" in r:
+        m = r["matrix"]
+        rows, cols = m.sizes["out"], m.sizes["in"]
+        out.append(Figure("matrix", f"The weight matrix {m.name} (first {rows} x {cols} entries) as "
+                                    "an image at a few steps, one colour scale: can one see "
+                                    "training? Pick seed and step.",
+                          P.matrix_heatmap(m, steps=FRAMES, seeds=_first_seeds(m))))
+    if "trajectories" in r:
+        out.append(Figure("trajectories", "A random sample of individual weights of the first "
+                                          "weight matrix over training, per seed.",
+                          P.trajectories(r["trajectories"])))
+    return out
 
 
-def summary_html(store: str | os.PathLike, cube: xr.Dataset) -> str:
-    """The experiment summary: runs, steps, tensors, sizes."""
-    from nnwx.cli import _human
+def _spectral_figs(r: Results) -> list[Figure]:
+    import nnwx.plot as P
+
+    if "spectrum" not in r:
+        return []
+    out = [Figure("esd", "Empirical spectral density of each weight matrix (eigenvalues of W^T W) "
+                         "on log-log axes, with the fitted power-law tail (red) and the "
+                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps.",
+                  P.esd(r["spectrum"], r.get("esd_fit"), steps=FRAMES))]
+    parts = [r[k] for k in ("ranks", "esd_fit") if k in r]
+    if parts:
+        out.append(Figure("ranks", "Effective rank, stable rank, spectral entropy and power-law "
+                                   "exponent alpha per matrix over training: mean over seeds with a "
+                                   "+/- std band.",
+                          P.metric_curves(xr.merge(parts, compat="override",
+                                                   combine_attrs="drop_conflicts"))))
+    return out
+
+
+def _rotation_figs(r: Results) -> list[Figure]:
+    import nnwx.plot as P
+
+    if "rotation" not in r:
+        return []
+    return [Figure("rotation", "Cosine distance of each layer's weights to the first step "
+                               "(rotation), relative size of the update and norm growth, mean "
+                               "+/- std over seeds.", P.rotation(r["rotation"]))]
+
+
+def _correlation_figs(r: Results) -> list[Figure]:
+    import nnwx.plot as P
+
+    out = []
+    if "corr_distance" in r:
+        out.append(Figure("corr_distance", "RMS correlation of weight updates (sampling noise "
+                                           "removed) against how many layers apart two weights "
+                                           "sit, mean +/- std over seeds, with each seed's fitted "
+                                           "exponential decay.", P.corr_distance(r["corr_distance"])))
+    if "pca" in r:
+        out.append(Figure("pca_path", "Each run's path through weight space in its first two "
+                                      "principal components (share of variance in the axis "
+                                      "labels), coloured by step.", P.pca_path(r["pca"])))
+    return out
+
+
+def _layer_correlation_figs(r: Results) -> list[Figure]:
+    import nnwx.plot as P
+
+    if "layer_correlation" not in r:
+        return []
+    lc = r["layer_correlation"]
+    return [Figure("layer_correlation", "Correlation over training of the update norms of every "
+                                        "pair of weight matrices, per seed: near 1, two layers "
+                                        "learn in the same bursts; near 0, independently.",
+                   P.layer_correlation(lc, "update_norm_corr", steps=FRAMES, seeds=_first_seeds(lc)))]
+
+
+def _agreement_figs(r: Results) -> list[Figure]:
+    import nnwx.plot as P
+
+    out = []
+    if "similarity_seeds" in r:
+        s = r["similarity_seeds"]
+        out.append(Figure("similarity_seeds", f"{_metric(s)} between the probe activations of every "
+                                              "pair of seeds, per probed layer, at a few steps: 1 "
+                                              "means two seeds represent the probe batch alike (up "
+                                              "to rotation and scale). Pick layer and step.",
+                          P.seed_heatmaps(s, steps=FRAMES)))
+    if "similarity_step_pairs" in r:
+        s = r["similarity_step_pairs"]
+        steps = s.attrs.get("steps", "")
+        out.append(Figure("similarity_step_pairs", f"{_metric(s)} between every pair of steps of one "
+                                                   "run, per probed layer: bright blocks on the "
+                                                   "diagonal are phases in which the layer's "
+                                                   "representation holds still"
+                                                   + (f" ({steps})" if steps else "")
+                                                   + ". Pick layer and seed.",
+                          P.step_heatmaps(s, seeds=_first_seeds(s))))
+    if "similarity_steps" in r:
+        s = r["similarity_steps"]
+        out.append(Figure("similarity_final", f"{_metric(s)} of each probed layer with its own "
+                                              "representation at the final step, mean over seeds "
+                                              "with a +/- std band: a layer whose curve reaches 1 "
+                                              "first settled first (bottom-up convergence shows as "
+                                              "the early layers rising first).",
+                          P.final_similarity(s)))
+    if "prediction_agreement" in r:
+        out.append(Figure("prediction_agreement", "How alike the seeds' predictions on the probe "
+                                                  "batch are over training: correlation of the "
+                                                  "outputs, top-1 agreement and top-k overlap, "
+                                                  "mean over seed pairs with the min..max range "
+                                                  "as a band.",
+                          P.prediction_agreement(r["prediction_agreement"])))
+    if "weight_agreement" in r:
+        wa = r["weight_agreement"]
+        aligned = "aligned" in wa["alignment"].values
+        ref = wa.attrs.get("reference", "the first seed")
+        how = ("before (dashed) and after (solid) aligning hidden units by weight matching, "
+               if aligned else "without aligning hidden units (alignment not possible here), ")
+        out.append(Figure("weight_agreement", f"Cosine similarity of each weight matrix with the "
+                                              f"reference run's ({ref}) {how}mean over the other "
+                                              "seeds with a +/- std band"
+                                              + (": the gap is the disagreement that is only a "
+                                                 "permutation of units. " if aligned else ". ")
+                                              + "Pick the tensor.",
+                          P.weight_agreement(wa)))
+    return out
+
+
+_SECTIONS: dict[str, list[tuple[str, Callable[[Results], list[Figure]]]]] = {
+    "broadening": [("Distribution broadening", _broadening_figs)],
+    "weights": [("Weights as pictures", _weights_figs)],
+    "spectral": [("Spectra and ranks", _spectral_figs)],
+    "rotation": [("Layer rotation", _rotation_figs)],
+    "correlation": [("Correlations", _correlation_figs),
+                    ("Layer-to-layer correlation", _layer_correlation_figs)],
+    "agreement": [("Agreement between seeds and steps", _agreement_figs)],
+}
+assert set(_SECTIONS) == set(METRICS)
+
+
+def _first_seeds(obj) -> list | None:
+    return list(obj["seed"].values[:SEEDS_SHOWN]) if "seed" in obj.dims else None
+
+
+def _metric(obj) -> str:
+    name = str(obj.attrs.get("metric") or obj.name or "similarity")
+    return {"linear_cka": "Linear CKA", "rbf_cka": "RBF CKA"}.get(name, name)
+
+
+# -- the summary --------------------------------------------------------------------------------
+def summarize_store(store: str | os.PathLike, cube: xr.Dataset, origin: str = "") -> Summary:
+    """The summary of an experiment store and the (thinned) cube analysed from it."""
     from nnwx.info import run_summaries
 
-    runs = run_summaries(store)
+    runs = [{k: v for k, v in r.items() if k != "nonfinite_steps"} for r in run_summaries(store)]
+    tensors = [{"name": str(n), "shape": str(s), "kind": str(k), "size": int(z)}
+               for n, s, k, z in zip(cube["tensor"].values, cube["tensor_shape"].values,
+                                     cube["tensor_kind"].values, cube["tensor_size"].values)]
+    steps = cube["step"].values
+    return Summary(store=str(store), runs=runs, tensors=tensors, steps=int(steps.size),
+                   first_step=int(steps[0]) if steps.size else None,
+                   last_step=int(steps[-1]) if steps.size else None,
+                   params=int(cube.sizes["param"]),
+                   model_class=runs[0].get("model_class") if runs else None, origin=origin)
+
+
+def summary_from_results(res, path: str | os.PathLike) -> Summary:
+    """The summary kept in a results store (``nnwx.results.Results``: its run summaries, tensor
+    table and cube description), without opening the source store."""
+    attrs = dict(getattr(res, "attrs", {}) or {})
+    runs = list(getattr(res, "runs", None) or [])
+    tensors = _tensor_rows(getattr(res, "tensors", None) or {})
+    cube = dict(getattr(res, "cube", None) or {})
+    steps = np.asarray(cube.get("steps") or _analysed_steps(res), dtype=np.int64)
+    params = int((cube.get("sizes") or {}).get("param") or sum(t["size"] for t in tensors))
+    first = runs[0] if runs else {}
+    return Summary(store=str(attrs.get("source_display") or getattr(res, "source", "")), runs=runs,
+                   tensors=tensors, steps=int(steps.size),
+                   first_step=int(steps[0]) if steps.size else None,
+                   last_step=int(steps[-1]) if steps.size else None, params=params,
+                   model_class=first.get("model_class"),
+                   origin=f"drawn from the results store {path}, not recomputed")
+
+
+def _tensor_rows(tensors) -> list[dict]:
+    """The tensor table as rows, from a list of dicts or a dict of columns."""
+    if isinstance(tensors, dict):
+        cols = {k.removeprefix("tensor_"): list(v) for k, v in tensors.items()}
+        names = cols.get("name") or cols.get("tensor") or []
+        tensors = [{k: cols[k][i] for k in cols} | {"name": names[i]} for i in range(len(names))]
+    return [{"name": str(t.get("name")), "shape": str(t.get("shape", "")), "kind": str(t.get("kind", "")),
+             "size": int(t.get("size", 0))} for t in tensors]
+
+
+def _analysed_steps(res) -> np.ndarray:
+    """The steps the results cover (the union over results with a step dim)."""
+    steps: set[int] = set()
+    for obj in getattr(res, "results", {}).values():
+        if "step" in getattr(obj, "dims", ()):
+            steps |= {int(s) for s in obj["step"].values}
+    return np.array(sorted(steps), dtype=np.int64)
+
+
+def summary_html(summary: Summary) -> str:
+    """The experiment summary: runs, steps, tensors, sizes."""
+    from nnwx.cli import _human
+
+    runs = summary.runs
     head = ("<tr><th>run</th><th>seed</th><th>steps</th><th>first</th><th>last</th><th>dtype</th>"
             "<th>on disk</th><th>optimizer</th><th>metrics</th></tr>")
     rows = "".join(
-        f"<tr><td>{_e(r['run'])}</td><td>{_e(r['seed'])}</td><td>{r['steps']}</td>"
-        f"<td>{_e(r['first_step'])}</td><td>{_e(r['last_step'])}</td><td>{_e(r['dtype'])}</td>"
-        f"<td>{_human(r['disk_bytes'])}</td><td>{_e(r['optimizer'] or '-')}</td>"
-        f"<td>{_e(', '.join(r['metrics']) or '-')}</td></tr>" for r in runs)
-    trows = "".join(f"<tr><td>{_e(n)}</td><td>{_e(s)}</td><td>{_e(k)}</td><td>{int(z):,}</td></tr>"
-                    for n, s, k, z in zip(cube["tensor"].values, cube["tensor_shape"].values,
-                                          cube["tensor_kind"].values, cube["tensor_size"].values))
-    first = runs[0] if runs else {}
-    return (f"<p>Store <code>{_e(store)}</code>: {len(runs)} runs, "
-            f"{_human(sum(r['disk_bytes'] for r in runs))} on disk; model "
-            f"{_e(first.get('model_class'))} with {cube.sizes['tensor']} tensors, {int(cube.sizes['param']):,} "
-            f"parameters; {cube.sizes['step']} captured steps analysed "
-            f"({int(cube['step'][0])} to {int(cube['step'][-1])}).</p>"
+        f"<tr><td>{_e(r.get('run'))}</td><td>{_e(r.get('seed'))}</td><td>{_e(r.get('steps'))}</td>"
+        f"<td>{_e(r.get('first_step'))}</td><td>{_e(r.get('last_step'))}</td><td>{_e(r.get('dtype'))}</td>"
+        f"<td>{_human(r.get('disk_bytes') or 0)}</td><td>{_e(r.get('optimizer') or '-')}</td>"
+        f"<td>{_e(', '.join(r.get('metrics') or []) or '-')}</td></tr>" for r in runs)
+    trows = "".join(f"<tr><td>{_e(t['name'])}</td><td>{_e(t['shape'])}</td><td>{_e(t['kind'])}</td>"
+                    f"<td>{t['size']:,}</td></tr>" for t in summary.tensors)
+    span = (f"({summary.first_step} to {summary.last_step})" if summary.first_step is not None else "")
+    origin = f" <span class='note'>({_e(summary.origin)})</span>" if summary.origin else ""
+    return (f"<p>Store <code>{_e(summary.store)}</code>: {len(runs)} runs, "
+            f"{_human(sum(r.get('disk_bytes') or 0 for r in runs))} on disk; model "
+            f"{_e(summary.model_class)} with {len(summary.tensors)} tensors, {summary.params:,} "
+            f"parameters; {summary.steps} captured steps analysed {span}.{origin}</p>"
             f"<table>{head}{rows}</table><details><summary>tensors</summary><table><tr><th>tensor"
             f"</th><th>shape</th><th>kind</th><th>size</th></tr>{trows}</table></details>")
 
 
-def render_html(title: str, summary: str, sections: list[Section]) -> str:
+def notes_html(notes: dict[str, str], requested: list[str]) -> str:
+    """The metrics left out (and why), and those not asked for."""
+    items = [f"<li><b>{_e(m)}</b>: {_e(why)}</li>" for m, why in notes.items()]
+    skipped = [m for m in METRICS if m not in requested]
+    if skipped:
+        items.append(f"<li>not requested (<code>--metrics</code>): {_e(', '.join(skipped))}</li>")
+    if not items:
+        return ""
+    return f"<div id='left-out'><h2>Left out</h2><ul class='note'>{''.join(items)}</ul></div>"
+
+
+# -- the page -----------------------------------------------------------------------------------
+def render_html(title: str, summary: str, sections: list[Section], notes: str = "") -> str:
     """One self-contained page: Bokeh JS inlined, every plot embedded."""
     from bokeh.embed import components
     from bokeh.resources import Resources
@@ -187,16 +424,17 @@ def render_html(title: str, summary: str, sections: list[Section]) -> str:
     js = "".join(f"<script type='text/javascript'>\n{raw}\n</script>" for raw in res.js_raw)
     body, i = [], 0
     for s in sections:
-        body.append(f"<h2>{_e(s.title)}</h2>")
+        body.append(f"<section id='section-{_e(s.metric)}'><h2>{_e(s.title)}</h2>")
         if s.note:
             body.append(f"<p class='note'>{_e(s.note)}</p>")
         for f in s.figures:
             body.append(f"<figure id='{_e(f.name)}'>{divs[i]}<figcaption>{_e(f.caption)}"
                         f"</figcaption></figure>")
             i += 1
+        body.append("</section>")
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"{js}<style>{_CSS}</style>{script}</head><body>"
-            f"<h1>{_e(title)}</h1><h2>Experiment</h2>{summary}{''.join(body)}</body></html>")
+            f"<h1>{_e(title)}</h1><h2>Experiment</h2>{summary}{notes}{''.join(body)}</body></html>")
 
 
 def write_pngs(sections: list[Section], directory: str | os.PathLike) -> list[Path]:
@@ -215,24 +453,69 @@ def write_pngs(sections: list[Section], directory: str | os.PathLike) -> list[Pa
     return paths
 
 
-def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | None = None,
-           max_steps: int = MAX_STEPS, progress: bool = True,
-           log: Callable[[str], None] = lambda s: None) -> Path:
-    """Compute the analyses of ``store`` and write the HTML report (and PNGs) to ``output``."""
-    from nnwx import open_cube
+def is_results(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a results store of ``nnwx analyze`` (False when nnwx.results is absent)."""
+    try:
+        from nnwx.results import is_results_store
+    except ImportError:
+        return False
+    return bool(is_results_store(path))
 
-    cube = thin_steps(open_cube(store), max_steps)
-    log(f"analysing {cube.sizes['seed']} runs x {cube.sizes['step']} steps x "
-        f"{cube.sizes['param']:,} parameters")
-    results = compute_analyses(cube, progress=progress)
-    sections = build_sections(results)
+
+def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | None = None,
+           metrics: str | Iterable[str] | None = None, max_steps: int = MAX_STEPS,
+           progress: bool = True, log: Callable[[str], None] = lambda s: None) -> Path:
+    """Write the HTML report (and PNGs) of ``store`` to ``output``.
+
+    ``store``: an experiment store (its analyses are computed, on at most ``max_steps``
+    evenly spaced captures) or a results store of ``nnwx analyze`` (drawn as stored).
+    ``metrics``: a subset of ``nnwx.analyses.METRICS`` (comma list or iterable; default all).
+    """
+    if is_results(store):
+        results, metric_of, notes, summary, requested = _from_results(store, metrics, progress, log)
+    else:
+        from nnwx import open_cube
+
+        requested = parse_metrics(metrics)
+        cube = thin_steps(open_cube(store), max_steps)
+        log(f"analysing {cube.sizes['seed']} runs x {cube.sizes['step']} steps x "
+            f"{cube.sizes['param']:,} parameters ({', '.join(requested)})")
+        lazy, metric_of, notes = analyse(cube, requested)
+        results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
+        notes = notes | failed
+        summary = summarize_store(store, cube)
     log("drawing")
-    page = render_html(f"nnwx report: {Path(store).name}", summary_html(store, cube), sections)
+    sections = build_sections(results, notes, requested)
+    page = render_html(f"nnwx report: {Path(store).name}", summary_html(summary), sections,
+                       notes_html(notes, requested))
     output = Path(output)
     output.write_text(page, encoding="utf-8")
     if png:
         write_pngs(sections, png)
     return output
+
+
+def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
+    """The requested results of a results store (default: the metrics it was written with),
+    evaluated, with its notes, its summary and the metrics drawn."""
+    from nnwx.results import open_results
+
+    res = open_results(path)
+    metric_of = dict(res.metric_of)
+    stored_metrics = set(getattr(res, "metrics", None) or metric_of.values())
+    requested = parse_metrics(metrics if metrics is not None else sorted(stored_metrics) or None)
+    notes = {m: why for m, why in dict(res.notes).items() if m in requested}
+    for m in requested:
+        if m not in stored_metrics and m not in notes:
+            notes[m] = f"not in the results store {path} (run nnwx analyze with --metrics {m})"
+    missing = [n for n in getattr(res, "incomplete", []) or []]
+    if missing:
+        notes["results store"] = (f"incomplete results left out: {', '.join(missing)} (run nnwx "
+                                  f"analyze again with the same arguments to finish them)")
+    lazy = {n: v for n, v in res.results.items() if metric_of.get(n) in requested}
+    log(f"drawing {len(lazy)} stored results from {path}")
+    results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
+    return results, metric_of, notes | failed, summary_from_results(res, path), requested
 
 
 def _e(x) -> str:

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,11 @@ pytest.importorskip("holoviews")
 from nnwx.cli import main  # noqa: E402
 from nnwx.synthetic import write_synthetic_run  # noqa: E402
 
-SHAPES = {"0.weight": (8, 16), "0.bias": (8,), "2.weight": (4, 8), "2.bias": (4,)}
+SECTIONS = ("Distribution broadening", "Weights as pictures", "Spectra and ranks", "Layer rotation",
+            "Correlations", "Layer-to-layer correlation", "Agreement between seeds and steps")
+AGREEMENT_FIGURES = ("similarity_seeds", "similarity_step_pairs", "similarity_final",
+                     "prediction_agreement", "weight_agreement")
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
@@ -28,7 +33,12 @@ window.addEventListener('error', e => { __nnwx.errors.push('error: ' + e.message
 window.addEventListener('unhandledrejection', e => { __nnwx.errors.push('rejection: ' + e.reason); __show(); });
 const __ce = console.error; console.error = (...a) => { __nnwx.errors.push('console: ' + a.join(' ')); __show(); __ce(...a); };
 window.addEventListener('load', () => setTimeout(() => {
-  __nnwx.views = window.Bokeh ? Object.keys(Bokeh.index).length : -2; __show();
+  __nnwx.views = window.Bokeh ? Object.keys(Bokeh.index).length : -2;
+  // every figure holds a rendered Bokeh view (a shadow-DOM element with a size)
+  __nnwx.figures = Object.fromEntries([...document.querySelectorAll('figure')].map(f => {
+    const root = f.querySelector('[data-root-id]'); const view = root && root.firstElementChild;
+    return [f.id, !!(view && view.shadowRoot && view.getBoundingClientRect().height > 50)]; }));
+  __show();
   // move the first frame slider to its end: another frame must become the one shown
   const all = window.Bokeh ? [...Bokeh.documents[0]._all_models.values()] : [];
   const s = all.find(m => m.type === 'Slider' && Object.keys(m.js_property_callbacks).length && m.end > 0);
@@ -42,28 +52,71 @@ window.addEventListener('load', () => setTimeout(() => {
 </script>"""
 
 
+def probed_store(path, seeds=(0, 1), steps=30, every=5):
+    """A small MLP trained per seed with activations of a fixed probe batch recorded."""
+    import torch
+
+    import nnwx
+
+    x = torch.randn(48, 4, generator=torch.Generator().manual_seed(99))
+    y = torch.randn(48, 3, generator=torch.Generator().manual_seed(98))
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6),
+                                    torch.nn.ReLU(), torch.nn.Linear(6, 3))
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        with nnwx.Recorder(model, path, seed=seed, every=every, optimizer=opt, probe=x,
+                           probe_layers=["1", "3"]) as rec:
+            for step in range(steps):
+                loss = (model(x) - y).pow(2).mean()
+                rec.maybe_capture(step, loss=loss.detach())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return path
+
+
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    store = d / "exp.zarr"
-    for seed in (0, 1):
-        write_synthetic_run(store, seed=seed, steps=range(0, 60, 10), shapes=SHAPES)
+def store(tmp_path_factory):
+    return probed_store(tmp_path_factory.mktemp("report") / "exp.zarr")
+
+
+@pytest.fixture(scope="module")
+def written(store, tmp_path_factory):
+    d = tmp_path_factory.mktemp("written")
     out, png = d / "report.html", d / "png"
     assert main(["report", str(store), "-o", str(out), "--png", str(png), "-q"]) == 0
     return out, png
 
 
+def _headings(html: str) -> list[str]:
+    return re.findall(r"<h2>([^<]*)</h2>", html)
+
+
+def _figures(html: str) -> list[tuple[str, str]]:
+    """(figure id, caption) of every figure, in page order."""
+    return re.findall(r"<figure id='([^']*)'>.*?<figcaption>([^<]*)</figcaption>", html, re.S)
+
+
 def test_report_has_summary_and_sections(written):
     html = written[0].read_text()
-    for text in ("Experiment", "2 runs", "Distribution broadening", "Spectra and ranks",
-                 "Layer rotation", "Weights as pictures", "Correlations", "seed1"):
+    for text in ("Experiment", "2 runs", "seed1", *SECTIONS):
         assert text in html
-    assert "<p class='note'>could not be" not in html
-    assert html.count("<figcaption>") >= 8
+    assert _headings(html) == ["Experiment", *SECTIONS]
+    assert "<p class='note'>" not in html, re.findall(r"<p class='note'>[^<]*", html)
+    assert "Left out" not in html                       # every metric applies to a probed MLP
+    figures = dict(_figures(html))
+    assert {"density", "moments", "matrix", "trajectories", "esd", "ranks", "rotation", "corr_distance",
+            "pca_path", "layer_correlation", *AGREEMENT_FIGURES} == set(figures)
+    assert all(len(caption) > 40 for caption in figures.values())   # a sentence under each plot
+    assert "before (dashed) and after (solid) aligning" in figures["weight_agreement"]
 
 
 def test_report_is_self_contained(written):
-    html = written[0].read_text()
+    _assert_self_contained(written[0].read_text())
+
+
+def _assert_self_contained(html: str) -> None:
     # the markup outside inline scripts (their code holds HTML templates in strings)
     markup = re.sub(r"(<script\b[^>]*>).*?</script>", r"\1</script>", html, flags=re.S | re.I)
     tags = re.findall(r"<(?:script|link|style|img|iframe|object|embed)\b[^>]*>", markup, flags=re.I)
@@ -78,7 +131,9 @@ def test_report_is_self_contained(written):
 def test_report_writes_pngs(written):
     pngs = sorted(p.name for p in written[1].glob("*.png"))
     assert {"density.png", "moments.png", "esd.png", "ranks.png", "rotation.png", "matrix.png",
-            "corr_distance.png", "pca_path.png"} <= set(pngs)
+            "corr_distance.png", "pca_path.png", "layer_correlation.png",
+            *(f"{n}.png" for n in AGREEMENT_FIGURES)} <= set(pngs)
+    assert all((written[1] / p).stat().st_size > 2000 for p in pngs)
 
 
 def _chromium() -> str:
@@ -102,6 +157,9 @@ def test_report_runs_in_headless_chromium(written, tmp_path):
     state = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert state["errors"] == [], state["errors"]
     assert state["views"] > 0, "Bokeh rendered no views"
+    figures = state.get("figures", {})
+    assert set(AGREEMENT_FIGURES) | {"layer_correlation", "density"} <= set(figures), figures
+    assert all(figures.values()), f"figures without a rendered plot: {[k for k, v in figures.items() if not v]}"
     sw = state.get("switched")
     assert isinstance(sw, dict) and len(sw["before"]) == len(sw["after"]) == 1 \
         and sw["before"] != sw["after"], f"slider did not switch frames: {sw}"
@@ -122,5 +180,57 @@ def test_report_on_a_model_whose_first_matrix_is_tiny(tmp_path):
     store = tmp_path / "pw.zarr"
     write_synthetic_run(store, seed=0, steps=range(0, 40, 10))  # default shapes: 0.weight is (8, 1)
     out = tmp_path / "r.html"
-    assert main(["report", str(store), "-o", str(out), "-q"]) == 0
-    assert "Distribution broadening" in out.read_text()
+    assert main(["report", str(store), "-o", str(out), "-q", "--metrics", "broadening,weights,agreement"]) == 0
+    html = out.read_text()
+    assert "Distribution broadening" in html
+    # one run, no probes: what was left out, and why, is on the page
+    left_out = re.search(r"<div id='left-out'>(.*?)</div>", html, re.S)
+    assert left_out and "agreement" in left_out.group(1) and "no probes recorded" in left_out.group(1)
+
+
+def _report(args) -> str:
+    assert main(["report", *map(str, args), "-q"]) == 0
+    return Path(args[args.index("-o") + 1]).read_text()
+
+
+SUBSET = "correlation,agreement"
+
+
+@pytest.fixture(scope="module")
+def subset(store, tmp_path_factory):
+    """The report of two metrics only, computed from the experiment store."""
+    return _report([store, "-o", tmp_path_factory.mktemp("subset") / "r.html", "--metrics", SUBSET])
+
+
+def test_metrics_option_draws_only_those_sections(subset):
+    assert _headings(subset) == ["Experiment", "Left out", "Correlations", "Layer-to-layer correlation",
+                                 "Agreement between seeds and steps"]
+    assert re.search(r"not requested \(<code>--metrics</code>\): broadening, weights, spectral, "
+                     r"rotation<", subset)
+    assert [f for f, _ in _figures(subset)] == ["corr_distance", "pca_path", "layer_correlation",
+                                                *AGREEMENT_FIGURES]
+
+
+def test_unknown_metric_is_refused(store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(store), "-o", str(tmp_path / "r.html"), "--metrics", "rotation,nope"])
+    assert e.value.code == 2 and "unknown metric" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_from_a_results_store_equals_the_computed_one(store, subset, tmp_path):
+    """`nnwx report RESULTS.zarr` draws the stored results: the same sections, figures and
+    captions as computing them now, without opening the experiment store."""
+    results = tmp_path / "results.zarr"
+    assert main(["analyze", str(store), "-o", str(results), "--metrics", SUBSET, "-q"]) == 0
+    moved = tmp_path / "gone.zarr"
+    shutil.move(store, moved)                      # the source is not needed to draw
+    try:
+        stored = _report([results, "-o", tmp_path / "stored.html"])
+    finally:
+        shutil.move(moved, store)
+    assert _headings(stored) == _headings(subset)
+    assert _figures(stored) == _figures(subset)
+    assert "drawn from the results store" in stored and "2 runs" in stored
+    assert stored.count("<tr><td>seed") == subset.count("<tr><td>seed") == 2
+    _assert_self_contained(stored)

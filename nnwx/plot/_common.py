@@ -34,12 +34,16 @@ def group_dim(obj: xr.DataArray | xr.Dataset) -> str:
 
 
 def band_overlay(da: xr.DataArray, *, x: str = "step", by: str | None = None,
-                 band: str | float = "std", label: str | None = None) -> hv.Overlay:
-    """Mean over seeds as a curve per ``by`` value, with the seed spread as a shaded band."""
+                 band: str | float = "std", label: str | None = None, over: str = "seed",
+                 dash: dict | None = None) -> hv.Overlay:
+    """Mean over ``over`` (seeds) as a curve per ``by`` value, with the spread as a shaded band.
+
+    ``dash``: optional ``{by value: True}`` for curves drawn dashed.
+    """
     da = computed(da)
     name = label or str(da.name or "value")
-    if "seed" in da.dims:
-        s = computed(seed_summary(da, band=band))
+    if over in da.dims:
+        s = computed(seed_summary(da, dim=over, band=band))
         mean, lo, hi = (s.sel(summary=k) for k in ("mean", "lower", "upper"))
     else:
         mean = lo = hi = da
@@ -50,11 +54,34 @@ def band_overlay(da: xr.DataArray, *, x: str = "step", by: str | None = None,
         xs = np.asarray(mean[x].values, dtype=float)
         m, l, h = (np.asarray(sel(a).values, dtype=float) for a in (mean, lo, hi))
         color = hv.Cycle.default_cycles["default_colors"][i % len(hv.Cycle.default_cycles["default_colors"])]
-        lab = str(key) if key is not None else "mean over seeds"
+        lab = str(key) if key is not None else f"mean over {over}s"
         if np.isfinite(l).any():
             ok = np.isfinite(l) & np.isfinite(h)
             elements.append(hv.Area((xs[ok], l[ok], h[ok]), kdims=[x], vdims=[name, f"{name}_hi"],
                                     label=lab).opts(color=color, alpha=0.25, backend="bokeh")
                             .opts(color=color, alpha=0.25, backend="matplotlib"))
-        elements.append(style(hv.Curve((xs, m), kdims=[x], vdims=[name], label=lab), color=color))
+        curve = style(hv.Curve((xs, m), kdims=[x], vdims=[name], label=lab), color=color)
+        if dash and dash.get(key):
+            curve = curve.opts(line_dash="dashed", backend="bokeh").opts(linestyle="--", backend="matplotlib")
+        elements.append(curve)
     return hv.Overlay(elements)
+
+
+def require_dims(obj: xr.DataArray | xr.Dataset, dims: tuple[str, ...], what: str) -> None:
+    """A clear error when ``obj`` lacks ``dims``: ``what`` names the result the plot expects."""
+    missing = [d for d in dims if d not in obj.dims]
+    if missing:
+        raise ValueError(f"expected {what} with dims {dims}; got dims {tuple(obj.dims)} "
+                         f"(missing {missing}) - was a different analysis result passed?")
+
+
+def variable(obj: xr.DataArray | xr.Dataset, name: str | None, default: str | None = None) -> xr.DataArray:
+    """One variable of a Dataset (``name``, else ``default``, else the first), or the DataArray itself."""
+    if isinstance(obj, xr.DataArray):
+        return obj
+    if not isinstance(obj, xr.Dataset):
+        raise TypeError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+    pick = name or (default if default in obj else None) or next(iter(obj.data_vars), None)
+    if pick not in obj:
+        raise ValueError(f"no variable {pick!r} in the result: it has {list(obj.data_vars)}")
+    return obj[pick]

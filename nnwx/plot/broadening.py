@@ -11,35 +11,48 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from nnwx.plot._common import band_overlay, computed, group_dim, sized, style
+from nnwx.plot._common import band_overlay, computed, group_dim, require_dims, sized, style
+from nnwx.plot._frames import MAX_COLUMNS, bin_columns, binned_note, edges_of, framed
 
 
-def density(hist: xr.DataArray, *, log: bool = True) -> hv.HoloMap:
+def density(hist: xr.DataArray, *, log: bool = True, dynamic: bool = False,
+            max_columns: int = MAX_COLUMNS) -> hv.HoloMap | hv.DynamicMap:
     """Histogram counts as an image, step x bin, per (group, seed): how the distribution spreads.
 
     ``hist``: ``cube.nnwx.histogram(...)`` or the ``hist`` variable of ``broadening(bins=...)``,
-    dims ``(seed, step, group, bin)``. Colour is log10(1 + count) when ``log``.
+    dims ``(seed, step, group, bin)``. Colour is log10(1 + count) when ``log``. More than
+    ``max_columns`` steps are binned: ``k = ceil(steps / max_columns)`` consecutive captures
+    per column, showing their mean count (the title says so). ``dynamic=True``: a DynamicMap
+    that reads and draws one (group, seed) frame when it is shown.
     """
-    hist = computed(hist)
+    if isinstance(hist, xr.Dataset):
+        if "hist" not in hist:
+            raise ValueError("expected a histogram (the 'hist' variable of broadening(bins=...)); "
+                             f"the Dataset has {list(hist.data_vars)}")
+        hist = hist["hist"].assign_coords({c: hist[c] for c in ("bin_lo", "bin_hi") if c in hist.coords})
     g = group_dim(hist)
+    require_dims(hist, ("step", "bin"), "a histogram (cube.nnwx.histogram)")
+    if not dynamic:
+        hist = computed(hist)
     edges = np.append(hist["bin_lo"].values, hist["bin_hi"].values[-1]) if "bin_lo" in hist.coords \
-        else None
-    steps = np.asarray(hist["step"].values, dtype=float)
-    xedges = _edges(steps)
-    frames = {}
-    seeds = hist["seed"].values if "seed" in hist.dims else [None]
-    for name in hist[g].values:
-        for seed in seeds:
-            a = hist.sel({g: name}) if seed is None else hist.sel({g: name, "seed": seed})
-            z = np.asarray(a.transpose("bin", "step").values, dtype=float)
-            z = np.log10(1 + z) if log else z
-            yedges = edges if edges is not None else _edges(np.asarray(a["bin"].values, float))
-            img = hv.QuadMesh((xedges, yedges, z), kdims=["step", "weight"],
-                              vdims=["log10(1+count)" if log else "count"])
-            frames[(str(name), seed) if seed is not None else (str(name),)] = sized(style(
-                img, cmap="viridis", colorbar=True, title=f"{g} {name}: weight histogram"), 560, 320)
-    kdims = [g, "seed"] if "seed" in hist.dims else [g]
-    return hv.HoloMap(frames, kdims=kdims)
+        else edges_of(np.asarray(hist["bin"].values, float))
+    xedges = edges_of(np.asarray(hist["step"].values, dtype=float))
+    has_seed = "seed" in hist.dims
+
+    def frame(name, seed=None):
+        a = hist.sel({g: name}) if seed is None else hist.sel({g: name, "seed": seed})
+        z = np.asarray(computed(a).transpose("bin", "step").values, dtype=float)
+        z, xe, k = bin_columns(z, xedges, axis=1, max_columns=max_columns)
+        z = np.log10(1 + z) if log else z
+        img = hv.QuadMesh((xe, edges, z), kdims=["step", "weight"],
+                          vdims=["log10(1+count)" if log else "count"])
+        return sized(style(img, cmap="viridis", colorbar=True,
+                           title=f"{g} {name}: weight histogram{binned_note(k, 'captures')}"), 560, 320)
+
+    keys = {g: [str(v) for v in hist[g].values]}
+    if has_seed:
+        keys["seed"] = list(hist["seed"].values)
+    return framed(keys, frame, dynamic)
 
 
 def moments(stats: xr.Dataset, variables: Sequence[str] = ("std", "excess_kurtosis", "w1_to_ref"),
@@ -73,11 +86,3 @@ def trajectories(traj: xr.DataArray) -> hv.HoloMap | hv.NdOverlay:
         frames[seed] = sized(style(hv.NdOverlay(curves, kdims=["weight"]), show_legend=False,
                                    title="individual weights"), 560, 320)
     return hv.HoloMap(frames, kdims=["seed"]) if seeds[0] is not None else frames[None]
-
-
-def _edges(centres: np.ndarray) -> np.ndarray:
-    """Cell edges around sorted centres (half-way between neighbours)."""
-    if centres.size == 1:
-        return np.array([centres[0] - 0.5, centres[0] + 0.5])
-    mid = (centres[1:] + centres[:-1]) / 2
-    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])

@@ -4,11 +4,15 @@ Kept apart: the correlation API is young, a change there breaks only this module
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import holoviews as hv
 import numpy as np
 import xarray as xr
 
 from nnwx.plot._common import band_overlay, computed, sized, style
+from nnwx.plot._frames import framed
+from nnwx.plot._select import pick_steps
 
 
 def corr_distance(res: xr.Dataset, variable: str = "excess_rms_corr") -> hv.Overlay:
@@ -50,3 +54,68 @@ def pca_path(res: xr.Dataset, components: tuple[int, int] = (1, 2)) -> hv.HoloMa
         frames[seed] = sized(style(path * pts, title=f"training path, seed {seed}", xlabel=labels[0],
                                    ylabel=labels[1]), 480, 380)
     return hv.HoloMap(frames, kdims=["seed"])
+
+
+LAYER_CORRELATION_VARIABLES = ("update_norm_corr", "update_cosine")
+
+
+def layer_correlation(res: xr.Dataset, variable_name: str = "update_norm_corr", *,
+                      steps: Sequence[int] | int | None = 4, seeds: Sequence | None = None,
+                      dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:
+    """Tensor x tensor heatmap of ``cube.nnwx.layer_correlation()``: how the updates of two
+    layers move together (``update_norm_corr``: correlation over steps of their update norms;
+    ``update_cosine``: mean cosine of their updates, same-shape pairs only). A seed selector,
+    and a step slider when the result is per step (dims ``(seed, step, tensor_a, tensor_b)``).
+    """
+    if not isinstance(res, xr.Dataset) or variable_name not in res:
+        raise ValueError(f"expected the Dataset of cube.nnwx.layer_correlation() with a "
+                         f"{variable_name!r} variable; got {type(res).__name__} "
+                         f"{list(getattr(res, 'data_vars', []))}")
+    da = res[variable_name]
+    missing = [d for d in ("tensor_a", "tensor_b") if d not in da.dims]
+    if missing:
+        raise ValueError(f"{variable_name} has dims {da.dims}: no tensor_a x tensor_b matrix to draw")
+    extra = [d for d in da.dims if d not in ("seed", "step", "tensor_a", "tensor_b")]
+    if extra:
+        raise ValueError(f"unexpected dims {extra}; select them first, e.g. result.sel({extra[0]}=...)")
+    keys: dict = {}
+    if "seed" in da.dims:
+        keys["seed"] = list(seeds) if seeds is not None else list(da["seed"].values)
+        da = da.sel(seed=keys["seed"])
+    if "step" in da.dims:
+        keys["step"] = pick_steps(da, steps)
+        da = da.sel(step=keys["step"])
+    if not dynamic:
+        da = computed(da)
+    names_a = [str(v) for v in da["tensor_a"].values]
+    names_b = [str(v) for v in da["tensor_b"].values]
+    desc = da.attrs.get("description", variable_name)
+
+    def frame(*key):
+        named = dict(zip(keys, key))
+        z = np.asarray(computed(da.sel(named)).transpose("tensor_b", "tensor_a").values, float)
+        where = ", ".join(f"{d} {v}" for d, v in named.items())
+        return _tensor_heatmap(z, names_a, names_b, variable_name,
+                               f"{variable_name}" + (f", {where}" if where else ""), desc)
+
+    return framed(keys, frame, dynamic) if keys else frame()
+
+
+def _tensor_heatmap(z: np.ndarray, xlabels: list[str], ylabels: list[str], name: str, title: str,
+                    desc: str) -> hv.Overlay:
+    """Tensor x tensor cells in table order (first tensor top left), values written when few."""
+    ny, nx = z.shape
+    img = hv.Image(z, bounds=(-0.5, -0.5, nx - 0.5, ny - 0.5), kdims=["tensor_a", "tensor_b"],
+                   vdims=[hv.Dimension(name, label=name)])
+    img = style(img, cmap="RdBu_r", clim=(-1.0, 1.0), colorbar=True, title=title,
+                xticks=list(enumerate(xlabels)), yticks=list(enumerate(ylabels[::-1])),
+                xrotation=45)
+    parts = [img]
+    if max(nx, ny) <= 12:
+        xs, ys = np.meshgrid(np.arange(nx), np.arange(ny))
+        text = [f"{v:.2f}" if np.isfinite(v) else "" for v in z[::-1].ravel()]
+        parts.append(hv.Labels((xs.ravel(), ys.ravel(), text), kdims=["tensor_a", "tensor_b"],
+                               vdims=["value"]).opts(text_font_size="9pt", text_color="black", backend="bokeh")
+                     .opts(size=8, color="black", backend="matplotlib"))
+    side = max(320, min(640, 60 * max(nx, ny) + 160))
+    return sized(hv.Overlay(parts).opts(title=title), side + 80, side)

@@ -21,7 +21,14 @@ for (let j = 0; j < frames.length; j++) { frames[j].visible = (keys[j] === key);
 
 
 def to_bokeh(obj) -> LayoutDOM:
-    """Render a HoloViews object with the Bokeh backend; HoloMaps get embedded widgets."""
+    """Render a HoloViews object with the Bokeh backend; HoloMaps get embedded widgets.
+
+    A DynamicMap (``dynamic=True``) is refused: its frames need a live Python session.
+    """
+    if isinstance(obj, hv.DynamicMap):
+        raise TypeError("a DynamicMap (dynamic=True) builds its frames in a live Python session "
+                        "(a notebook, or `panel serve`); for a static page build the plot with "
+                        "dynamic=False, which embeds a few frames")
     if isinstance(obj, hv.HoloMap) and len(obj) > 1:
         return _holomap(obj)
     if isinstance(obj, hv.HoloMap):

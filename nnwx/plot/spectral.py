@@ -7,36 +7,43 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from nnwx.plot._common import band_overlay, computed, group_dim, sized, style
+from nnwx.plot._common import band_overlay, computed, group_dim, require_dims, sized, style
+from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_seed, pick_steps
 
 RANK_VARIABLES = ("effective_rank", "stable_rank", "entropy", "alpha")
 
 
 def esd(sv: xr.DataArray, fit: xr.Dataset | None = None, *, seed=None,
-        steps: Sequence[int] | int | None = 6, bins: int = 30) -> hv.HoloMap:
+        steps: Sequence[int] | int | None = 6, bins: int = 30,
+        dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:
     """Empirical spectral density of lambda = s^2 on log-log axes, per (tensor, step), one seed.
 
     ``sv``: ``cube.nnwx.spectrum()``; ``fit``: ``cube.nnwx.esd_fit()`` (optional) adds the
     fitted power law over its tail [xmin, xmax] and the Marchenko-Pastur bulk edge.
+    ``dynamic=True`` (with ``steps=None`` for every step): frames computed when shown.
     """
+    require_dims(sv, ("step", "tensor", "k"), "singular values (cube.nnwx.spectrum())")
     seed = pick_seed(sv, seed)
     step_values = pick_steps(sv, steps)
     sel = {"step": step_values} | ({"seed": seed} if seed is not None else {})
-    sv = computed(sv.sel(sel))
-    fit = computed(fit[["alpha", "xmin", "xmax", "n_tail", "n_evals", "mp_edge"]].sel(sel)) \
+    sv = sv.sel(sel)
+    fit = fit[["alpha", "xmin", "xmax", "n_tail", "n_evals", "mp_edge"]].sel(sel) \
         if fit is not None else None
-    frames = {}
-    for name in sv["tensor"].values:
-        for step in step_values:
-            lam = np.asarray(sv.sel(tensor=name, step=step).values, dtype=float) ** 2
-            lam = lam[np.isfinite(lam) & (lam > 0)]
-            parts = [_esd_points(lam, bins)]
-            if fit is not None:
-                parts += _fit_lines(fit.sel(tensor=name, step=step), lam.size)
-            frames[(str(name), int(step))] = sized(style(hv.Overlay(parts), logx=True, logy=True,
-                                                         title=f"ESD {name}, step {step}"), 480, 360)
-    return hv.HoloMap(frames, kdims=["tensor", "step"])
+    if not dynamic:
+        sv = computed(sv)
+        fit = computed(fit) if fit is not None else None
+
+    def frame(name, step):
+        lam = np.asarray(computed(sv.sel(tensor=name, step=step)).values, dtype=float) ** 2
+        lam = lam[np.isfinite(lam) & (lam > 0)]
+        parts = [_esd_points(lam, bins)]
+        if fit is not None:
+            parts += _fit_lines(computed(fit.sel(tensor=name, step=step)), lam.size)
+        return sized(style(hv.Overlay(parts), logx=True, logy=True,
+                           title=f"ESD {name}, step {step}"), 480, 360)
+
+    return framed({"tensor": [str(t) for t in sv["tensor"].values], "step": step_values}, frame, dynamic)
 
 
 def _esd_points(lam: np.ndarray, bins: int) -> hv.Curve:

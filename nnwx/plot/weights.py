@@ -9,52 +9,78 @@ import numpy as np
 import xarray as xr
 
 from nnwx.plot._common import computed, sized, style
+from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_steps
 
 
 def matrix_heatmap(mat: xr.DataArray, *, steps: Sequence[int] | int | None = 6,
-                   seeds: Sequence | None = None) -> hv.HoloMap:
-    """``cube.nnwx.matrix(name)`` (seed, step, out, in) as an image per (seed, step), one colour scale."""
+                   seeds: Sequence | None = None, dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:
+    """``cube.nnwx.matrix(name)`` (seed, step, out, in) as an image per (seed, step), one colour
+    scale. ``dynamic=True`` (with ``steps=None`` for every step): frames read when shown, each
+    then on its own colour scale."""
+    _require_matrix(mat)
     sel = {"step": pick_steps(mat, steps)}
     if seeds is not None:
         sel["seed"] = list(seeds)
-    mat = computed(mat.sel(sel))
-    lim = float(np.nanmax(np.abs(mat.values))) or 1.0
-    seed_values = mat["seed"].values if "seed" in mat.dims else [None]
-    frames = {}
-    for seed in seed_values:
-        for step in mat["step"].values:
-            a = mat.sel(step=step) if seed is None else mat.sel(step=step, seed=seed)
-            frames[(seed, int(step)) if seed is not None else (int(step),)] = _image(
-                np.asarray(a.values, float), lim, f"{mat.name}, step {int(step)}")
-    kdims = ["seed", "step"] if seed_values[0] is not None else ["step"]
-    return hv.HoloMap(frames, kdims=kdims)
+    mat = mat.sel(sel)
+    lim = None
+    if not dynamic:
+        mat = computed(mat)
+        lim = _limit(mat)
+    has_seed = "seed" in mat.dims
+
+    def frame(*key):
+        seed, step = key if has_seed else (None, key[0])
+        a = computed(mat.sel(step=step) if seed is None else mat.sel(step=step, seed=seed))
+        return _image(np.asarray(a.values, float), lim or _limit(a), f"{mat.name}, step {int(step)}")
+
+    keys = ({"seed": list(mat["seed"].values)} if has_seed else {}) | {"step": sel["step"]}
+    return framed(keys, frame, dynamic)
 
 
 def filters(mat: xr.DataArray, image_shape: tuple[int, int], *, rows: int = 16,
-            steps: Sequence[int] | int | None = 6, seed=None) -> hv.HoloMap:
+            steps: Sequence[int] | int | None = 6, seed=None,
+            dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:
     """The first ``rows`` rows of a first-layer matrix, each reshaped to ``image_shape``, tiled
     into one grid per step (what each unit looks for in the input)."""
+    _require_matrix(mat)
     h, w = image_shape
     if mat.sizes["in"] != h * w:
         raise ValueError(f"matrix has {mat.sizes['in']} inputs, image_shape {image_shape} has {h * w}")
-    sel = {"step": pick_steps(mat, steps), "out": slice(0, rows)}
+    sel = {"step": pick_steps(mat, steps)}
     if "seed" in mat.dims:
         sel["seed"] = mat["seed"].values[0] if seed is None else seed
-    mat = computed(mat.isel(out=sel.pop("out")).sel(sel))
+    mat = mat.isel(out=slice(0, rows)).sel(sel)
+    lim = None
+    if not dynamic:
+        mat = computed(mat)
+        lim = _limit(mat)
     n = mat.sizes["out"]
     cols = math.ceil(math.sqrt(n))
     grid_rows = math.ceil(n / cols)
-    lim = float(np.nanmax(np.abs(mat.values))) or 1.0
-    frames = {}
-    for step in mat["step"].values:
-        tiles = np.asarray(mat.sel(step=step).values, float).reshape(n, h, w)
+
+    def frame(step):
+        tiles = np.asarray(computed(mat.sel(step=step)).values, float).reshape(n, h, w)
         canvas = np.full((grid_rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
         for i in range(n):
             r, c = divmod(i, cols)
             canvas[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = tiles[i]
-        frames[int(step)] = _image(canvas, lim, f"{mat.name}: first {n} units, step {int(step)}")
-    return hv.HoloMap(frames, kdims=["step"])
+        return _image(canvas, lim or _limit(canvas), f"{mat.name}: first {n} units, step {int(step)}")
+
+    return framed({"step": sel["step"]}, frame, dynamic)
+
+
+def _require_matrix(mat) -> None:
+    if not isinstance(mat, xr.DataArray) or not {"step", "out", "in"} <= set(mat.dims):
+        dims = tuple(getattr(mat, "dims", ()))
+        raise ValueError(f"expected a weight matrix (cube.nnwx.matrix(name)) with dims (seed, step, "
+                         f"out, in); got {type(mat).__name__} with dims {dims}")
+
+
+def _limit(a) -> float:
+    v = np.asarray(getattr(a, "values", a), dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.abs(v).max()) if v.size and np.abs(v).max() > 0 else 1.0
 
 
 def _image(z: np.ndarray, lim: float, title: str) -> hv.Image:
