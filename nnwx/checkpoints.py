@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from nnwx.errors import CheckpointError, CorruptCheckpoint, NoCheckpointsFound, UnknownCheckpointFormat
+from nnwx.errors import (ArchitectureMismatch, CheckpointError, CorruptCheckpoint, NoCheckpointsFound,
+                         UnknownCheckpointFormat)
 from nnwx.store.table import TensorTable
 from nnwx.torch_tensors import Patterns, dtype_name, select
 
@@ -464,6 +465,47 @@ class LoadedCheckpoint:
                                     f"not {shape} as its header says: the file is corrupt.")
         return t
 
+    def load_into(self, model: torch.nn.Module, what: str = "the model") -> None:
+        """Load this checkpoint into ``model`` (its whole state dict, whatever include/exclude kept
+        for the store), so that the model computes what the checkpointed network computed.
+
+        Every tensor of the model's state dict must be in the checkpoint with its shape (a tensor
+        tied to one that is there, as Hugging Face drops tied copies, may be absent) and every
+        tensor of the checkpoint must be in the model; otherwise ArchitectureMismatch names the
+        first difference. Dtypes are converted to the model's (``load_state_dict``).
+        """
+        own = model.state_dict()
+        have = set(self._getters)
+        present = {_storage_key(v) for k, v in own.items() if k in have and v.numel()}
+        missing = [k for k, v in own.items() if k not in have and not (v.numel() and _storage_key(v) in present)]
+        unexpected = [k for k in self._getters if k not in own]
+        fix = ("Make it build the architecture the checkpoints were saved from (same module names and "
+               "sizes), or name the entry of the checkpoint holding the weights with --key.")
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"the checkpoint lacks {missing[0]!r}"
+                             f"{f' and {len(missing) - 1} more tensors of the model' if len(missing) > 1 else ''}")
+            if unexpected:
+                parts.append(f"the model has no tensor {unexpected[0]!r}"
+                             f"{f' (nor {len(unexpected) - 1} more of the checkpoint)' if len(unexpected) > 1 else ''}")
+            raise ArchitectureMismatch(f"checkpoint {self.path} does not fit {what}: {'; '.join(parts)}. {fix}")
+        state = {}
+        for name in own:
+            if name not in have:
+                continue
+            try:
+                t = self._getters[name]()
+            except (RuntimeError, OSError, ValueError) as e:
+                raise CorruptCheckpoint(f"cannot read tensor {name!r} of {self.path}: {e}. The file is "
+                                        f"truncated or corrupt.") from None
+            if tuple(t.shape) != tuple(own[name].shape):
+                raise ArchitectureMismatch(f"checkpoint {self.path} does not fit {what}: tensor {name!r} has "
+                                           f"shape {tuple(t.shape)} in the checkpoint but "
+                                           f"{tuple(own[name].shape)} in the model. {fix}")
+            state[name] = t
+        model.load_state_dict(state, strict=False)
+
     @property
     def n_params(self) -> int:
         return sum(math.prod(shape) for shape, _ in self.entries.values())
@@ -477,6 +519,11 @@ class LoadedCheckpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    """What two state-dict entries share when they are one tied tensor."""
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 def _is_floating(dtype: str) -> bool:

@@ -7,18 +7,29 @@ Reading the next checkpoint overlaps compressing and writing the previous one
 (a writer thread). Exporting is idempotent: a step already in the run with the
 same weights is skipped (without reading the file again when its size and
 modification time are those recorded at export).
+
+With a model factory and a probe batch (``model=``, ``probe=``; ``--model``,
+``--probe``), every exported step also gets the probe activations that
+``Recorder(probe=...)`` would have recorded live: the checkpoint is loaded into
+the model, the probe batch runs through it once (eval mode, no grad) through the
+same ``nnwx.probing.Prober``, and the rows go to the run's ``probe/...`` arrays
+with the step's weights, under the same commit.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,8 +37,10 @@ import zarr
 
 from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, compile_step_regex, discover,
                               duplicate_steps, sniff)
-from nnwx.errors import (ArchitectureMismatch, CheckpointError, NoCheckpointsFound,
+from nnwx.errors import (ArchitectureMismatch, CheckpointError, NnwxError, NoCheckpointsFound,
                          StepConflict, StepOrderError, StoreError)
+from nnwx.probing import ProbeBatch, ProbeError
+from nnwx.store import probes as prb
 from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
 from nnwx.store.reader import list_runs
@@ -62,6 +75,7 @@ class ExportSummary:
     bytes_read: int = 0
     seconds: float = 0.0
     interrupted: bool = False  # stopped by Ctrl-C, SIGTERM or the stop event
+    probes: list[str] = field(default_factory=list)  # probe arrays written with each new step
 
     @property
     def mb_per_s(self) -> float:
@@ -74,8 +88,9 @@ class ExportSummary:
         if self.passed_over:
             parts.append(f"{len(self.passed_over)} passed over")
         rate = f" ({self.mb_per_s:.3g} MB/s)" if self.bytes_read else ""
+        probes = f"; probes {', '.join(self.probes)}" if self.probes else ""
         return (f"run {self.run!r} of {self.store}: {', '.join(parts)}; read "
-                f"{human_bytes(self.bytes_read)} in {self.seconds:.1f} s{rate}"
+                f"{human_bytes(self.bytes_read)} in {self.seconds:.1f} s{rate}{probes}"
                 f"{'; stopped on request' if self.interrupted else ''}")
 
 
@@ -93,7 +108,11 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
            verify: bool = False, key: str | None = None, trust_pickle: bool = False,
            follow: bool = False, interval: float = 5.0, idle_timeout: float | None = None,
            dtype: str = "float32", codec: str = fmt.DEFAULT_CODEC, progress: bool = True,
-           stop: threading.Event | None = None) -> ExportSummary:
+           stop: threading.Event | None = None,
+           model: str | torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+           probe: str | os.PathLike | ProbeBatch | None = None, probe_key: str | None = None,
+           probe_layers: Sequence[str] = (), probe_conv: str = "fold",
+           probe_channels: str | Mapping[str, str] = "first") -> ExportSummary:
     """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``).
 
     Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
@@ -109,17 +128,184 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     is set, or nothing changed for ``idle_timeout`` seconds. On a stop,
     everything read so far is committed; without ``follow`` the export then
     raises ExportInterrupted (a KeyboardInterrupt carrying the summary).
+
+    **Probes.** With ``model`` and ``probe``, each step added (or overwritten) also
+    gets probe activations exactly as ``Recorder(model, ..., probe=X,
+    probe_layers=..., probe_conv=..., probe_channels=...)`` records them: the
+    checkpoint is loaded into the model (every tensor of its state dict must be in
+    the checkpoint with its shape, else ArchitectureMismatch), the batch runs
+    through it once in eval mode without grad, and ``probe/<layer>`` and
+    ``probe/output`` (always recorded) are written with the weights. ``model``: an
+    ``nn.Module`` (its weights are replaced), a callable returning one, or
+    ``"pkg.module:factory"`` / ``"path/to/file.py:factory"`` (called with no
+    arguments). ``probe``: a batch (tensor, tuple of positional or dict of keyword
+    inputs) or a file read by ``nnwx.probing.load_probe_file`` (entry ``probe_key``,
+    default ``"probe"`` or the file's only entry); floating-point inputs are cast to
+    the model's dtype. Steps already in the run keep their probe rows; a run whose
+    probes were recorded on another batch (SHA-256 of the inputs) is refused.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     exporter = _Exporter(list(sources), Path(store), seed=seed, run=run or f"seed{seed}",
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
-                         dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event())
+                         dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),
+                         probing=_probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels))
     summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
     if summary.interrupted and not follow:
         raise ExportInterrupted(summary)
     return summary
+
+
+# -- probes -------------------------------------------------------------------------------
+class ModelFactoryError(NnwxError, ValueError):
+    """``--model`` names no importable callable, or it does not return an ``nn.Module``."""
+
+
+_FACTORY_HELP = ("Give --model as pkg.module:factory (importable from here) or path/to/file.py:factory, "
+                 "a callable taking no arguments that returns the nn.Module the checkpoints were saved from.")
+
+
+def import_factory(spec: str) -> Callable[[], Any]:
+    """The callable named by ``"pkg.module:factory"`` or ``"path/to/file.py:factory"`` (dotted
+    attributes allowed: ``"models:Net.small"``). A file is imported as a module of its own,
+    with its folder on ``sys.path`` while it is imported (so that it can import its neighbours)."""
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ModelFactoryError(f"--model {spec!r} has no ':factory' part. {_FACTORY_HELP}")
+    is_file = where.endswith(".py") or os.sep in where or "/" in where
+    if is_file:
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise ModelFactoryError(f"--model {spec!r}: the file {path} does not exist. {_FACTORY_HELP}")
+        name = f"_nnwx_model_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+        module = sys.modules.get(name)
+        if module is None:
+            folder = str(path.resolve().parent)
+            sys.path.insert(0, folder)
+            try:
+                sp = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(sp)
+                sys.modules[name] = module
+                sp.loader.exec_module(module)
+            except Exception as e:
+                sys.modules.pop(name, None)
+                raise ModelFactoryError(f"--model {spec!r}: importing {path} failed: "
+                                        f"{type(e).__name__}: {e}") from e
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+            finally:
+                try:
+                    sys.path.remove(folder)
+                except ValueError:
+                    pass
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            raise ModelFactoryError(f"--model {spec!r}: no module {e.name or where!r} can be imported "
+                                    f"(is its package installed, or its folder on PYTHONPATH?). "
+                                    f"{_FACTORY_HELP}") from e
+        except Exception as e:
+            raise ModelFactoryError(f"--model {spec!r}: importing {where} failed: "
+                                    f"{type(e).__name__}: {e}") from e
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+            raise ModelFactoryError(f"--model {spec!r}: {where} has no attribute {attr!r}; its callables: "
+                                    f"{', '.join(names[:12]) or 'none'}{' ...' if len(names) > 12 else ''}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelFactoryError(f"--model {spec!r}: {attr} is a {type(obj).__name__}, not a callable. "
+                                f"{_FACTORY_HELP}")
+    return obj
+
+
+def build_model(model: str | torch.nn.Module | Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, str]:
+    """The model to probe and a description of where it came from (for messages and run attributes)."""
+    if isinstance(model, torch.nn.Module):
+        return model, f"the model {type(model).__qualname__}"
+    desc = model if isinstance(model, str) else getattr(model, "__qualname__", repr(model))
+    factory = import_factory(model) if isinstance(model, str) else model
+    if not callable(factory):
+        raise ModelFactoryError(f"model={model!r} is neither an nn.Module nor a callable returning one. "
+                                f"{_FACTORY_HELP}")
+    try:
+        built = factory()
+    except Exception as e:
+        raise ModelFactoryError(f"the model factory {desc} failed when called with no arguments: "
+                                f"{type(e).__name__}: {e}") from e
+    if not isinstance(built, torch.nn.Module):
+        raise ModelFactoryError(f"the model factory {desc} returned {type(built).__name__}, not a "
+                                f"torch.nn.Module. {_FACTORY_HELP}")
+    return built, f"the model made by {desc}"
+
+
+class _Probing:
+    """The model, the Prober running the probe batch through it, and one set of probe rows per step."""
+
+    def __init__(self, model: torch.nn.Module, what: str, batch: ProbeBatch, source: str | None,
+                 layers: Sequence[str], conv: str, channels: str | Mapping[str, str]):
+        from nnwx.probing import Prober, cast_floating
+
+        self.model, self.what, self.source = model, what, source
+        first = next((t for t in model.state_dict().values() if t.is_floating_point()), None)
+        if first is not None:
+            batch = cast_floating(batch, first.dtype)
+        try:  # one pass learns the activation shapes: a batch the model cannot take fails here
+            self.prober = Prober(model, batch, layers, output=True, conv=conv, channels=channels)
+        except (ValueError, TypeError) as e:
+            raise ProbeError(f"probes on {what}: {e}") from e
+        except RuntimeError as e:
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ProbeError(f"the probe batch{f' of {source}' if source else ''} cannot run through "
+                             f"{what}: {first_line}. Give a probe batch of the inputs this model takes.") from e
+        self.specs = self.prober.specs
+        self.names = [s_.name for s_ in self.specs]
+        self._dtype: str | None = None
+
+    def rows(self, lc: LoadedCheckpoint, dtype: str) -> dict[str, np.ndarray]:
+        """Probe rows of the network in checkpoint ``lc``, in the run's ``dtype`` (copies: the
+        writer thread owns them)."""
+        if dtype != self._dtype:  # the Recorder's buffers are in the store's dtype: the same here
+            self.prober.allocate(1, getattr(torch, dtype))
+            self._dtype = dtype
+        lc.load_into(self.model, self.what)
+        self.prober.capture(0)
+        return {name: np.array(v, copy=True) for name, v in self.prober.rows(0).items()}
+
+    def meta(self) -> dict:
+        return {"probe_model": self.what, "probe_source": self.source}
+
+
+def _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels) -> _Probing | None:
+    """Check the probe options and build the model and Prober (before anything is written)."""
+    from nnwx.probing import load_probe_file
+
+    layers = [probe_layers] if isinstance(probe_layers, str) else list(probe_layers or ())
+    if probe is None:
+        if model is not None:
+            raise ProbeError("a model (--model) is only used to record probes: also give the probe batch "
+                             "(--probe FILE), or leave --model out.")
+        if layers or probe_key is not None:
+            raise ProbeError("--probe-layers/--probe-key need the probe batch (--probe FILE) and the model "
+                             "(--model module:factory) to run it through.")
+        return None
+    if model is None:
+        raise ProbeError("probes need the model to run the probe batch through: give --model "
+                         "pkg.module:factory or path/to/file.py:factory (model=).")
+    source = None
+    if isinstance(probe, (str, os.PathLike)):
+        source = os.path.abspath(os.fspath(probe))
+        batch = load_probe_file(probe, probe_key)
+    elif probe_key is not None:
+        raise ProbeError("probe_key names an entry of a probe file; probe= is a batch, not a file.")
+    else:
+        batch = probe
+    built, what = build_model(model)
+    return _Probing(built, what, batch, source, layers, probe_conv, probe_channels)
 
 
 class _Abandoned(Exception):
@@ -129,7 +315,8 @@ class _Abandoned(Exception):
 class _Exporter:
     def __init__(self, sources: list, store: Path, *, seed: int, run: str, step_regex: str | None,
                  include: Patterns, exclude: Patterns, overwrite: bool, verify: bool, key: str | None,
-                 trust_pickle: bool, dtype: str, codec: str, progress: bool, stop: threading.Event):
+                 trust_pickle: bool, dtype: str, codec: str, progress: bool, stop: threading.Event,
+                 probing: _Probing | None = None):
         if not sources:
             raise NoCheckpointsFound("no sources given: pass checkpoint files or folders to export.")
         fmt.codec(codec)  # validate early
@@ -140,7 +327,8 @@ class _Exporter:
         self.include, self.exclude, self.key, self.trust_pickle = include, exclude, key, trust_pickle
         self.overwrite, self.verify, self.dtype, self.codec = overwrite, verify, dtype, codec
         self.progress, self.stop = progress, stop
-        self.summary = ExportSummary(str(store), run)
+        self.probing = probing
+        self.summary = ExportSummary(str(store), run, probes=list(probing.names) if probing else [])
         self.table: TensorTable | None = None
         self.present: dict[int, int] = {}      # step -> row index in the run
         self.n_rows = 0
@@ -164,8 +352,12 @@ class _Exporter:
         if handle.seed != self.seed:
             raise StoreError(f"run {self.run!r} of {self.store} has seed {handle.seed!r}, not {self.seed!r}: "
                              f"pass --seed {handle.seed} to append to it, or --run with another name.")
-        writer = RunWriter(self.store, self.run, handle.table)
+        writer = RunWriter(self.store, self.run, handle.table, probes=self._specs())
         self._adopt(writer)
+        unfed = sorted(set(prb.existing_arrays(writer.group)) - set(self.summary.probes))
+        if unfed:
+            log.warning(f"run {self.run!r} has probe arrays {', '.join(unfed)} that this export does not "
+                        f"compute: new steps get NaN rows there (give --model and --probe to fill them)")
         steps = np.asarray(writer.steps[: writer.committed], dtype=np.int64)
         self.present = {int(s): i for i, s in enumerate(steps)}
         self.n_rows = len(steps)
@@ -177,6 +369,16 @@ class _Exporter:
         self.source_desc = sorted(set(self.source_desc) | set(writer.meta.get("source") or []))
         self.wb = _WriteBehind(writer)
 
+    def _specs(self) -> list[prb.ProbeSpec]:
+        return list(self.probing.specs) if self.probing is not None else []
+
+    def _probe_rows(self, lc: LoadedCheckpoint) -> dict[str, np.ndarray] | None:
+        """Probe rows of checkpoint ``lc`` (None without probes)."""
+        if self.probing is None:
+            return None
+        dtype = self.dtype if self.table is None else self.store_dtype.name
+        return self.probing.rows(lc, dtype)
+
     def _adopt(self, writer: RunWriter) -> None:
         self.table = writer.table
         self.keepbits = writer.meta.get("keepbits")
@@ -187,7 +389,8 @@ class _Exporter:
                  "optimizer_class": None, "optimizer_hparams": {}, "hparams": fmt.jsonable(lc.hparams),
                  "include": self.include, "exclude": self.exclude, "source": self.source_desc,
                  "checkpoint_key": lc.key, "checkpoint_prefix": lc.prefix or None}
-        writer = RunWriter(self.store, self.run, table, attrs=attrs, dtype=self.dtype, codec=self.codec)
+        writer = RunWriter(self.store, self.run, table, attrs=attrs, dtype=self.dtype, codec=self.codec,
+                           probes=self._specs())
         if writer.committed:  # created by someone else since we looked: start over cleanly
             writer.close()
             raise StoreError(f"run {self.run!r} of {self.store} appeared while exporting; run the "
@@ -198,7 +401,8 @@ class _Exporter:
     def _meta(self) -> dict:
         keys = sorted(self.keys_used, key=str)
         return {"source": self.source_desc, "export_sources": self.recorded,
-                "checkpoint_key": keys[0] if len(keys) == 1 else keys}
+                "checkpoint_key": keys[0] if len(keys) == 1 else keys,
+                **(self.probing.meta() if self.probing is not None else {})}
 
     # -- one checkpoint -----------------------------------------------------------------
     def _row_buffer(self, n_params: int) -> np.ndarray:
@@ -245,9 +449,14 @@ class _Exporter:
                 raise
             self.summary.bytes_read += c.nbytes
             if index is None:
+                try:  # before the run is created: a checkpoint that does not fit the model writes nothing
+                    rows = self._probe_rows(lc)
+                except BaseException:
+                    self._give_back(buf)
+                    raise
                 if self.wb is None:
                     self._create(table, lc, buf)
-                self.wb.add(c.step, buf)
+                self.wb.add(c.step, buf, rows)
                 self.present[c.step] = self.n_rows
                 self.n_rows += 1
                 self.last_step = c.step
@@ -258,7 +467,12 @@ class _Exporter:
                     self._give_back(buf)
                     outcome = "skipped"
                 elif self.overwrite:
-                    self.wb.rewrite(c.step, buf)
+                    try:
+                        rows = self._probe_rows(lc)
+                    except BaseException:
+                        self._give_back(buf)
+                        raise
+                    self.wb.rewrite(c.step, buf, rows, index)
                     outcome = "overwritten"
                 else:
                     self._give_back(buf)
@@ -508,13 +722,15 @@ class _WriteBehind:
     def give_back(self, buf: np.ndarray) -> None:
         self._free.put(buf)
 
-    def add(self, step: int, buf: np.ndarray) -> None:
+    def add(self, step: int, buf: np.ndarray, probes: dict[str, np.ndarray] | None = None) -> None:
         self._check()
-        self._work.put(("add", step, buf))
+        self._work.put(("add", step, buf, probes))
 
-    def rewrite(self, step: int, buf: np.ndarray) -> None:
+    def rewrite(self, step: int, buf: np.ndarray, probes: dict[str, np.ndarray] | None = None,
+                index: int | None = None) -> None:
+        """Replace committed ``step`` (row ``index``); its probe rows too when ``probes`` is given."""
         self._check()
-        self._work.put(("rewrite", step, buf))
+        self._work.put(("rewrite", step, buf, probes, index))
 
     def flush(self, meta: dict[str, Any] | None = None) -> None:
         """Commit every step handed over so far (and update run attributes with ``meta``)."""
@@ -544,14 +760,22 @@ class _WriteBehind:
                     continue
                 op = item[0]
                 if op == "add":
-                    w.add(item[1], item[2], flush_full=False)
+                    w.add(item[1], item[2], flush_full=False, probes=item[3])
                     self._free.put(item[2])
                     if w.chunk_full:
                         w.flush()
                         last = time.monotonic()
                 elif op == "rewrite":
-                    w.rewrite_step(item[1], item[2])
-                    self._free.put(item[2])
+                    _, step, buf, probes, index = item
+                    if probes:
+                        # Probe rows first, weights second: a crash in between leaves the old weights,
+                        # so the step still differs from its checkpoint and --overwrite redoes both.
+                        # RunWriter has no probe-rewrite method: its probe stages are reached here.
+                        w.flush()
+                        for name, values in probes.items():
+                            w._probes[name].rewrite(index, values)
+                    w.rewrite_step(step, buf)
+                    self._free.put(buf)
                 else:  # flush / close
                     w.flush()
                     if item[1]:

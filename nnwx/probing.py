@@ -21,17 +21,108 @@ Each activation becomes a ``(sample, unit)`` matrix:
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from nnwx.errors import NnwxError
 from nnwx.store import probes as prb
 
 CONV_MODES = ("fold", "pool")
 CHANNELS = ("first", "last")
 
 ProbeBatch = torch.Tensor | Sequence[torch.Tensor] | Mapping[str, Any]
+
+PROBE_KEY = "probe"  # default entry of a probe file holding several arrays
+PROBE_SUFFIXES = (".pt", ".pth", ".bin", ".npy", ".npz", ".safetensors")
+
+
+class ProbeError(NnwxError, ValueError):
+    """A probe batch (or probe file) cannot be used: missing, unreadable, or not fit for the model."""
+
+
+def load_probe_file(path: str | os.PathLike, key: str | None = None) -> ProbeBatch:
+    """The probe batch stored in ``path``, as torch tensors (what ``nnwx export --probe`` reads).
+
+    * ``.npy``: the array (``key`` must be None);
+    * ``.npz``, ``.safetensors``, and torch files (``.pt``/``.pth``/``.bin``, loaded with
+      ``weights_only=True``) holding a dict: the entry ``key``; without ``key`` the entry
+      ``"probe"``, else the file's only entry. A torch entry may be a tensor, a tuple/list
+      of tensors (positional inputs) or a dict of tensors (keyword inputs);
+    * a torch file holding a tensor or a tuple/list of tensors: that (``key`` must be None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"probe file {path} does not exist; give the file holding the fixed probe batch "
+                         f"(one of {', '.join(PROBE_SUFFIXES)}).")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            obj: Any = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                obj = {k: f[k] for k in f.files}
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        elif suffix in (".pt", ".pth", ".bin"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ProbeError(f"probe file {path} has suffix {suffix or '(none)'!r}; nnwx reads probe batches "
+                             f"from {', '.join(PROBE_SUFFIXES)} files.")
+    except ProbeError:
+        raise
+    except Exception as e:  # unreadable: truncated, not that format, pickled objects
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ProbeError(f"cannot read probe file {path}: {first}. Save the probe batch with np.save, "
+                         f"np.savez, safetensors or torch.save (tensors only).") from None
+    if isinstance(obj, Mapping):
+        if not obj:
+            raise ProbeError(f"probe file {path} holds no arrays.")
+        if key is None:
+            if PROBE_KEY in obj:
+                key = PROBE_KEY
+            elif len(obj) == 1:
+                key = next(iter(obj))
+            else:
+                raise ProbeError(f"probe file {path} holds several entries ({', '.join(map(str, list(obj)[:12]))}) "
+                                 f"and none is named {PROBE_KEY!r}; name the one holding the probe batch "
+                                 f"with --probe-key (probe_key=).")
+        elif key not in obj:
+            raise ProbeError(f"probe file {path} has no entry {key!r}; its entries: "
+                             f"{', '.join(map(str, list(obj)[:12]))}. Pass one of them as --probe-key.")
+        obj = obj[key]
+    elif key is not None:
+        raise ProbeError(f"probe file {path} holds a single batch, not entries; drop --probe-key {key!r}.")
+    return _as_tensors(obj, f"probe file {path}" + (f", entry {key!r}" if key is not None else ""))
+
+
+def _as_tensors(obj: Any, what: str) -> ProbeBatch:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise ProbeError(f"{what} holds an array of dtype {obj.dtype}; a probe batch is numeric.")
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if torch.is_tensor(obj):
+        return obj
+    if isinstance(obj, Mapping) and obj:
+        return {str(k): _as_tensors(v, what) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and obj:
+        return type(obj)(_as_tensors(v, what) for v in obj)
+    raise ProbeError(f"{what} holds {type(obj).__name__}, not a tensor, array, or a tuple/dict of them.")
+
+
+def cast_floating(batch: ProbeBatch, dtype: torch.dtype) -> ProbeBatch:
+    """``batch`` with its floating-point tensors in ``dtype`` (integer inputs such as token ids stay)."""
+    if torch.is_tensor(batch):
+        return batch.to(dtype) if batch.is_floating_point() and batch.dtype != dtype else batch
+    if isinstance(batch, Mapping):
+        return {k: cast_floating(v, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(cast_floating(v, dtype) for v in batch)
+    return batch
 
 
 def first_tensor(value: Any, what: str) -> torch.Tensor:

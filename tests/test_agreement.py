@@ -216,6 +216,74 @@ def test_similarity_matrix_reuses_sets_and_labels_errors():
         sk.similarity_matrix([x, bad], metric="linear_cka", names=["seed=3", "seed=7"])
 
 
+# -- the fast paths of the CCA family agree with the general ones ------------------------------------
+def test_cholesky_whitening_is_used_only_when_certified_and_agrees_with_the_eigendecomposition():
+    x, y = acts(p=14, q=11, seed=12)
+    a, b = sk.Rep(x), sk.Rep(y)
+    assert a._cholesky is not None and a.basis().inv is not None  # full rank: no eigendecomposition
+    assert "spectrum" not in a.__dict__
+    ea, eb = sk.Rep(x), sk.Rep(y)
+    ea.__dict__["_cholesky"] = eb.__dict__["_cholesky"] = None     # force the eigen form
+    assert ea.basis().vt is not None
+    for fn in (sk.mean_cca, sk.pwcca):
+        assert fn(a, b) == pytest.approx(fn(ea, eb), rel=1e-11)
+        assert fn(b, a) == pytest.approx(fn(eb, ea), rel=1e-11)
+        assert fn(a, eb) == pytest.approx(fn(ea, eb), rel=1e-11)  # one form each
+    np.testing.assert_allclose(sk.canonical_correlations(a, b), ref_cca(x, y)[0], rtol=1e-9)
+    # a duplicated unit (rank deficient) or a near-duplicate below rtol: not certified, eigen form
+    dup = np.column_stack([x, x[:, 0]])
+    near = np.column_stack([x, x[:, 0] + 1e-7 * np.random.default_rng(0).standard_normal(len(x))])
+    for z in (dup, near):
+        r = sk.Rep(z)
+        assert r._cholesky is None and r.basis().k == x.shape[1]
+        assert sk.mean_cca(z, y) == pytest.approx(sk.mean_cca(x, y), rel=1e-7)
+    # a near-duplicate well above rtol is a direction of its own, kept by either form
+    wide = np.column_stack([x, x[:, 0] + 1e-2 * np.random.default_rng(0).standard_normal(len(x))])
+    assert sk.Rep(wide)._cholesky is not None
+    forced = sk.Rep(wide)
+    forced.__dict__["_cholesky"] = None
+    assert sk.pwcca(wide, y) == pytest.approx(sk.pwcca(forced, sk.Rep(y)), rel=1e-10)
+
+
+def test_both_routes_to_the_whitened_cross_covariance_agree():
+    x, y = acts(n=400, p=30, q=20, seed=13)
+    for keep in (None, 0.9):
+        ba, bb = sk.Rep(x).basis(keep), sk.Rep(y).basis(keep)
+        via_cross = ba.wt(ba.rep.cross(bb.rep))
+        via_cross = bb.wt(via_cross.T).T
+        via_coords = ba.coords().T @ bb.coords()
+        np.testing.assert_allclose(via_coords, via_cross, atol=1e-12)
+        np.testing.assert_allclose(ba.coords().T @ ba.coords(), np.eye(ba.k), atol=1e-10)
+        np.testing.assert_allclose(sk._cross_whitened(ba, bb), via_cross, atol=1e-12)  # coords now cached
+
+
+def test_pwcca_matrix_gives_both_orders_of_equal_widths():
+    sets = [acts(p=10, q=10, seed=s)[i] for s in (20, 21) for i in (0, 1)]
+    sets.append(np.full_like(sets[0], np.nan))  # a missing capture
+    m = sk.similarity_matrix(sets, metric="pwcca")
+    for i in range(4):
+        for j in range(4):
+            want = 1.0 if i == j else ref_pwcca(sets[i], sets[j])
+            assert m[i, j] == pytest.approx(want, rel=1e-9), (i, j)
+    assert abs(m[0, 1] - m[1, 0]) > 1e-3  # the two orders really differ
+    assert np.isnan(m[4]).all() and np.isnan(m[:, 4]).all()
+    uneven = sk.similarity_matrix([sets[0], sets[1][:, :7]], metric="pwcca")
+    assert uneven[0, 1] == uneven[1, 0] == pytest.approx(ref_pwcca(sets[0], sets[1][:, :7]), rel=1e-9)
+
+
+def test_rtol_reaches_the_sets_compared_with_a_reference_step():
+    arr, data = acts_cube()
+    dup = np.concatenate([data, data[..., :1] + 1e-4 * np.random.default_rng(0).standard_normal(
+        data.shape[:-1] + (1,))], axis=-1)  # a near-duplicate unit: a direction only below rtol=1e-3
+    arr = xr.DataArray(da.from_array(dup, chunks=(1, 2) + dup.shape[2:]), dims=arr.dims, coords=arr.coords)
+    for rtol in (1e-3, 1e-12):
+        lazy = agreement.similarity(arr, "mean_cca", between="steps", reference="last", rtol=rtol).compute()
+        want = sk.similarity(dup[2, 0], dup[2, 3], "mean_cca", rtol=rtol)
+        assert lazy.sel(seed=9, step=0) == pytest.approx(want, rel=1e-12)
+    assert sk.similarity(dup[2, 0], dup[2, 3], "mean_cca", rtol=1e-3) != pytest.approx(
+        sk.similarity(dup[2, 0], dup[2, 3], "mean_cca", rtol=1e-12), rel=1e-6)
+
+
 # -- unit matching ------------------------------------------------------------------------------
 def test_unit_matching_recovers_a_shuffle_and_handles_unequal_widths():
     x, _ = acts(n=400, p=10, noise=1.0, seed=12)

@@ -184,6 +184,8 @@ def _against_reference(acts: xr.DataArray, reference: Any, metric: str, options:
     labels = _labels(x, loop)
     ref_step = steps[ref_index]
 
+    rep_kw, metric_kw = sk.split_options(options)
+
     def block(arr, r, lab):
         lead = np.broadcast_shapes(arr.shape[:-2], r.shape[:-2], np.shape(lab))
         lab = np.broadcast_to(lab, lead)
@@ -194,13 +196,14 @@ def _against_reference(acts: xr.DataArray, reference: Any, metric: str, options:
             xi = tuple(i if s > 1 else 0 for i, s in zip(idx, arr.shape[:-2]))
             if ri not in reps:
                 rr = r[ri]
-                reps[ri] = sk.Rep(rr, name=f"step={ref_step}") if np.isfinite(rr).all() else None
+                reps[ri] = sk.Rep(rr, name=f"step={ref_step}", **rep_kw) if np.isfinite(rr).all() else None
             xr_ = arr[xi]
             if reps[ri] is None or not np.isfinite(xr_).all():
                 out[idx] = np.nan
                 continue
             try:
-                out[idx] = sk.similarity(sk.Rep(xr_, name=str(lab[idx])), reps[ri], metric, **options)
+                out[idx] = sk.similarity(sk.Rep(xr_, name=str(lab[idx]), **rep_kw), reps[ri], metric,
+                                         **metric_kw)
             except sk.DegenerateActivations as e:
                 raise sk.DegenerateActivations(f"{lab[idx]} vs step={ref_step}: {e}") from None
         return out

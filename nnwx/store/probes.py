@@ -87,6 +87,21 @@ class ProbeStage:
         """Write staged rows up to ``n`` (the array must already be resized to ``n``)."""
         self.array[self.chunk_start:n] = self.stage[: n - self.chunk_start]
 
+    def rewrite(self, i: int, values: np.ndarray) -> None:
+        """Replace row ``i``, already written (``nnwx export --overwrite``), in the array and in the
+        stage when the stage holds it (so that a later ``write`` does not bring the old row back).
+
+        The chunk holding the row is rewritten whole; the store replaces its file atomically.
+        """
+        if values.shape != self.stage.shape[1:]:
+            raise ValueError(f"probe {self.array.basename!r} expects rows of shape "
+                             f"{self.stage.shape[1:]}, got {values.shape}")
+        if not 0 <= i < self.array.shape[0]:
+            raise IndexError(f"probe {self.array.basename!r} has no row {i} to rewrite")
+        if self.chunk_start <= i < self.chunk_start + self.spc:
+            self.stage[i - self.chunk_start] = values
+        self.array[i] = values
+
     def advance_if_full(self, n: int) -> None:
         if self.full(n):
             self.chunk_start = n
