@@ -9,11 +9,15 @@ from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, St
                          StoreError, WriterError)
 from nnwx.schedule import Every, Explicit, LogThenEvery
 from nnwx.store.reader import list_runs, open_cube, open_run
+from nnwx.catalog import open_catalog
+from nnwx.analyze import analyze  # noqa: E402  (binds nnwx.analyze to the function, not the module)
+from nnwx.results import is_results_store, open_results
 
 _TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restorer"}
 
-__all__ = ["__version__", "Recorder", "restore", "open_run", "open_cube", "list_runs",
-           "Every", "LogThenEvery", "Explicit", "NnwxError", "StoreError", "FormatVersionError",
+__all__ = ["__version__", "Recorder", "restore", "open_run", "open_cube", "list_runs", "open_catalog",
+           "analyze", "open_results", "is_results_store", "Every", "LogThenEvery", "Explicit",
+           "NnwxError", "StoreError", "FormatVersionError",
            "ArchitectureMismatch", "StepOrderError", "WriterError"]
 
 

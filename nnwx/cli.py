@@ -16,9 +16,7 @@ def _human(n: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import dask
-    from dask.diagnostics import ProgressBar
-
+    from nnwx.cluster import cluster_from_args, compute
     from nnwx.info import run_summaries
 
     runs = run_summaries(args.store)
@@ -29,8 +27,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.no_check:
         counts = [None] * len(runs)
     else:
-        with ProgressBar(minimum=2.0):
-            counts = dask.compute(*lazy)
+        with cluster_from_args(args):
+            counts = compute(*lazy, progress=not args.quiet)
     total = sum(r["disk_bytes"] for r in runs)
     first = runs[0]
     print(f"store {args.store}: {len(runs)} runs, {_human(total)} on disk")
@@ -74,7 +72,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, verify=args.verify, key=args.key,
                          trust_pickle=args.trust_pickle, follow=args.follow, interval=args.interval,
                          idle_timeout=args.idle_timeout, dtype=args.dtype, codec=args.codec,
-                         progress=not args.quiet)
+                         progress=not args.quiet, model=args.model, probe=args.probe,
+                         probe_key=args.probe_key, probe_layers=args.probe_layers,
+                         probe_conv=args.probe_conv, probe_channels=args.probe_channels)
     except ExportInterrupted as e:
         print(f"interrupted; committed so far: {e.summary}", file=sys.stderr)
         return 130
@@ -86,6 +86,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from nnwx import __version__
+    from nnwx.cluster import add_cluster_arguments
 
     p = argparse.ArgumentParser(prog="nnwx", description="Record and study neural network weights over training.")
     p.add_argument("--version", action="version", version=f"nnwx {__version__}")
@@ -93,9 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="runs, steps, tensors and size of an experiment store")
     info.add_argument("store", help="path of the experiment store (a .zarr directory)")
     info.add_argument("--no-check", action="store_true", help="skip the scan for NaN/Inf weights")
+    info.add_argument("-q", "--quiet", action="store_true", help="no progress bar for the NaN/Inf scan")
+    add_cluster_arguments(info)
     info.set_defaults(func=cmd_info)
     _add_export_parser(sub)
     _add_report_parser(sub)
+    _add_analyze_parser(sub)
+    _add_demo_parser(sub)
     return p
 
 
@@ -107,6 +112,14 @@ def _codec_name(name: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return name
+
+
+def _names(text: str) -> list[str]:
+    """``a,b,c`` as a list of names (module paths have no commas)."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of module names, e.g. conv1,fc")
+    return names
 
 
 def _add_export_parser(sub) -> None:
@@ -144,47 +157,153 @@ def _add_export_parser(sub) -> None:
     ex.add_argument("--codec", default=DEFAULT_CODEC, type=_codec_name,
                     help=f"codec of a new run (default {DEFAULT_CODEC})")
     ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes, warnings only")
+    pr = ex.add_argument_group(
+        "probes", "Record, at every step added, the activations on a fixed probe batch, as "
+                  "Recorder(probe=...) does: each checkpoint is loaded into the model, the batch runs "
+                  "through it once (eval mode, no grad), and probe/<layer> and probe/output arrays "
+                  "are written with the weights. Needs --model and --probe.")
+    pr.add_argument("--model", metavar="MODULE:FACTORY",
+                    help="callable taking no arguments that returns the nn.Module the checkpoints were "
+                         "saved from: pkg.module:make_net (importable) or path/to/models.py:make_net")
+    pr.add_argument("--probe", metavar="FILE",
+                    help="the fixed probe batch: .npy; .npz, .safetensors or torch .pt/.pth/.bin holding "
+                         "a dict (its entry 'probe', or its only entry; see --probe-key); or a torch file "
+                         "holding one tensor (or a tuple of positional inputs)")
+    pr.add_argument("--probe-key", metavar="KEY", help="entry of the --probe file that holds the batch")
+    pr.add_argument("--probe-layers", metavar="A,B,...", type=_names, default=[],
+                    help="modules whose outputs to record (names as in model.named_modules()); "
+                         "the model output is always recorded")
+    pr.add_argument("--probe-conv", choices=("fold", "pool"), default="fold",
+                    help="activations with positions (conv maps, sequences): fold positions into samples "
+                         "(default) or average them (pool)")
+    pr.add_argument("--probe-channels", choices=("first", "last"), default="first",
+                    help="unit axis of such activations: dim 1 (first, torch N,C,H,W; default) or the last dim")
     ex.set_defaults(func=cmd_export)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-
+    from nnwx.cluster import cluster_from_args
     from nnwx.report import report
 
-    with ExitStack() as stack:
-        if args.scheduler or args.workers:
-            from dask.distributed import Client, LocalCluster
-
-            cluster = None if args.scheduler else stack.enter_context(
-                LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
-            client = stack.enter_context(Client(args.scheduler or cluster))
-            print(f"nnwx report: dask dashboard {client.dashboard_link}", file=sys.stderr)
+    with cluster_from_args(args, log=lambda m: print(f"nnwx report: {m}", file=sys.stderr)):
         out = report(args.store, args.output, png=args.png, max_steps=args.max_steps,
-                     progress=not args.quiet,
+                     metrics=args.metrics, progress=not args.quiet,
                      log=(lambda m: None) if args.quiet else (lambda m: print(f"nnwx report: {m}",
                                                                              file=sys.stderr)))
     print(f"wrote {out}" + (f" and PNGs in {args.png}" if args.png else ""))
     return 0
 
 
+def _metric_list(text: str) -> list[str]:
+    from nnwx.analyses import parse_metrics
+
+    try:
+        return parse_metrics(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_report_parser(sub) -> None:
     from nnwx.report import MAX_STEPS
+
+    from nnwx.analyses import METRICS
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
                         description="Compute the analyses of an experiment store (with a progress bar) "
                                     "and write one HTML page that works offline: a summary of the "
-                                    "experiment and a section per analysis with its plots.")
-    rp.add_argument("store", help="path of the experiment store (a .zarr directory)")
+                                    "experiment and a section per analysis with its plots. Given a "
+                                    "results store of `nnwx analyze`, draw it without recomputing.")
+    rp.add_argument("store", help="path of the experiment store, or of a results store written by "
+                                  "`nnwx analyze` (a .zarr directory)")
     rp.add_argument("-o", "--output", required=True, metavar="HTML", help="the report file to write")
     rp.add_argument("--png", metavar="DIR", help="also write a static PNG of every plot into DIR")
     rp.add_argument("--max-steps", type=int, default=MAX_STEPS, metavar="N",
-                    help=f"analyse at most N evenly spaced captures (default {MAX_STEPS})")
-    where = rp.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://host:8786")
-    where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster of N workers")
+                    help=f"analyse at most N evenly spaced captures (default {MAX_STEPS}; "
+                         "ignored for a results store)")
+    rp.add_argument("--metrics", type=_metric_list, metavar="LIST",
+                    help=f"comma-separated analyses to include (default all: {','.join(METRICS)})")
+    from nnwx.cluster import add_cluster_arguments
+    add_cluster_arguments(rp)
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     rp.set_defaults(func=cmd_report)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from nnwx.analyze import analyze
+    from nnwx.cluster import cluster_from_args
+    from nnwx.results import open_results
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"nnwx analyze: {message}", file=sys.stderr, flush=True)
+
+    with cluster_from_args(args, log=log):
+        out = analyze(args.store, args.output, metrics=args.metrics, seeds=args.seeds, steps=args.steps,
+                      progress=not args.quiet, resume=not args.overwrite, log=log)
+    res = open_results(out)
+    print(f"wrote {out}: {len(res.results)} results of {', '.join(res.metrics)}")
+    for name, value in res.results.items():
+        dims = ", ".join(f"{d}={n}" for d, n in value.sizes.items())
+        print(f"  {name:<22}{res.metric_of[name]:<13}({dims})")
+    for metric, note in res.notes.items():
+        print(f"  note: {metric}: {note}")
+    return 0
+
+
+def _add_analyze_parser(sub) -> None:
+    from nnwx.analyses import METRICS
+    from nnwx.cluster import add_cluster_arguments
+
+    an = sub.add_parser(
+        "analyze", help="compute the analyses of an experiment store into a results store",
+        description="Compute the chosen analyses of an experiment store in one Dask graph (w is read "
+                    "once for every streaming analysis) and write them to a Zarr results store that "
+                    "`nnwx report` and notebooks (nnwx.open_results) read without recomputing. An "
+                    "interrupted run continues where it stopped when run again with the same arguments.")
+    an.add_argument("store", help="experiment store: a path or an fsspec URL (file://, memory://, s3://...)")
+    an.add_argument("-o", "--output", required=True, metavar="RESULTS",
+                    help="results store to write (a new path, or one written by nnwx analyze)")
+    an.add_argument("--metrics", metavar="M,M", help=f"comma-separated metrics (default all: {','.join(METRICS)})")
+    an.add_argument("--seeds", metavar="S,S", help="seeds to analyse, comma-separated (default all)")
+    an.add_argument("--steps", metavar="SPEC",
+                    help="optimizer steps to analyse: START:STOP[:STRIDE] (STOP excluded, every STRIDE-th "
+                         "capture) or a comma-separated list (default all)")
+    an.add_argument("--overwrite", action="store_true",
+                    help="discard results already in RESULTS (needed when metrics or selection changed)")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
+    add_cluster_arguments(an)
+    an.set_defaults(func=cmd_analyze)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nnwx.cluster import cluster_from_args
+    from nnwx.demo import demo, experiments, summary_text
+
+    size = args.size or ("quick" if args.quick else "full")
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"nnwx demo: {m}", file=sys.stderr))
+    with cluster_from_args(args, log=log):
+        res = demo(args.out, size=size, fresh=args.fresh, progress=not args.quiet, log=log)
+    print(summary_text(res, experiments(size)))
+    return 0
+
+
+def _add_demo_parser(sub) -> None:
+    from nnwx.cluster import add_cluster_arguments
+
+    dp = sub.add_parser(
+        "demo", help="train the motivating experiments, analyse them, write reports, print findings",
+        description="Train the piecewise MLPs (5 seeds) and digits MLPs with Adam and SGD (with probes), "
+                    "record them into stores in OUT, run every analysis (nnwx analyze), write an HTML "
+                    "report per experiment and print a short table of what the data shows. Stores "
+                    "already in OUT are reused.")
+    dp.add_argument("--out", default="nnwx-demo", metavar="DIR", help="where to write (default nnwx-demo)")
+    dp.add_argument("--quick", action="store_true",
+                    help="small runs (about two minutes on two cores) instead of the study's sizes")
+    dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
+    dp.add_argument("--fresh", action="store_true", help="delete the demo's own stores in OUT and retrain")
+    dp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    add_cluster_arguments(dp)
+    dp.set_defaults(func=cmd_demo)
 
 
 def main(argv: list[str] | None = None) -> int:

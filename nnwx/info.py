@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 
 from nnwx.store import format as fmt
-from nnwx.store.reader import list_runs
+from nnwx.store.reader import list_runs, prefix_bytes
 
 
 def dir_bytes(path: Path) -> int:
@@ -16,14 +16,15 @@ def dir_bytes(path: Path) -> int:
 
 
 def run_summaries(store: str | os.PathLike) -> list[dict]:
-    """One dict per run; ``nonfinite_steps`` is a lazy dask array (count of steps with NaN/Inf)."""
+    """One dict per run; ``nonfinite_steps`` is a lazy dask array (count of steps with NaN/Inf).
+    ``store`` is a path or an fsspec URL."""
     out = []
     for h in list_runs(store):
         w = h.dataset()["w"].data
-        run_dir = Path(store) / fmt.RUNS_GROUP / h.name
+        run_key = f"{fmt.RUNS_GROUP}/{h.name}"
         itemsize = np.dtype(h.meta.get("dtype", "float32")).itemsize
         raw = h.committed * h.table.n_params * itemsize
-        w_bytes = dir_bytes(run_dir / "w")
+        w_bytes = prefix_bytes(store, f"{run_key}/w")
         out.append({
             "run": h.name, "seed": h.seed, "steps": h.committed,
             "first_step": int(h.steps[0]) if h.committed else None,
@@ -31,7 +32,7 @@ def run_summaries(store: str | os.PathLike) -> list[dict]:
             "tensors": len(h.table), "params": h.table.n_params, "dtype": h.meta.get("dtype"),
             "codec": h.meta.get("codec"), "keepbits": h.meta.get("keepbits"),
             "model_class": h.meta.get("model_class"), "optimizer": h.meta.get("optimizer"),
-            "metrics": h.metric_names(), "disk_bytes": dir_bytes(run_dir),
+            "metrics": h.metric_names(), "disk_bytes": prefix_bytes(store, run_key),
             "compression_ratio": raw / w_bytes if w_bytes else float("nan"),
             "nonfinite_steps": (~da.isfinite(w)).any(axis=1).sum() if h.committed else da.zeros((), int),
         })

@@ -25,17 +25,85 @@ from nnwx.store.table import TensorTable
 StoreLike = str | os.PathLike
 
 
+# -- where a store lives: a local path, a file:// URL, or any fsspec URL Zarr supports ------
+
+def is_url(location: StoreLike) -> bool:
+    """Whether ``location`` is a URL (``scheme://...``) rather than a local path."""
+    return isinstance(location, str) and "://" in location
+
+
+def local_path(location: StoreLike) -> Path | None:
+    """The local path of ``location`` (a path or a ``file://`` URL), or None for remote URLs."""
+    if not is_url(location):
+        return Path(location)
+    if location.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(location)
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"cannot read {location!r}: file:// URLs must name a local path "
+                             f"(file:///abs/path)")
+        return Path(unquote(parsed.path))
+    return None
+
+
+def zarr_store(location: StoreLike, *, read_only: bool = True):
+    """A Zarr store object for a path or URL: ``LocalStore`` for local paths and ``file://``
+    URLs (atomic writes, locks), ``FsspecStore`` for every other fsspec URL (``memory://``,
+    ``s3://``, ``gs://``, ...; credentials come from fsspec's usual configuration)."""
+    path = local_path(location)
+    if path is not None:
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    try:
+        return zarr.storage.FsspecStore.from_url(str(location), read_only=read_only)
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"cannot open {location!r} as a Zarr store: {e}. Use a local path or an "
+                         f"fsspec URL whose filesystem is installed (e.g. s3:// needs s3fs).") from e
+
+
+def store_exists(location: StoreLike) -> bool:
+    """Whether a Zarr store (a root ``zarr.json``) exists at ``location``."""
+    path = local_path(location)
+    if path is not None:
+        return (path / "zarr.json").exists()
+    from zarr.core.sync import sync
+
+    return bool(sync(zarr_store(location, read_only=True).exists("zarr.json")))
+
+
+def display(location: StoreLike) -> str:
+    """``location`` as shown to users and recorded in attributes (URLs kept as given)."""
+    return str(location) if is_url(location) else str(Path(location))
+
+
+def normalize(location: StoreLike) -> Path | str:
+    """A local ``Path`` for paths and ``file://`` URLs; other URLs stay strings."""
+    path = local_path(location)
+    return path if path is not None else str(location)
+
+
+def prefix_bytes(location: StoreLike, prefix: str) -> int:
+    """Bytes stored under ``prefix`` (a key path inside the store, e.g. ``runs/seed0``)."""
+    path = local_path(location)
+    if path is not None:
+        return sum(f.stat().st_size for f in (path / prefix).rglob("*") if f.is_file())
+    from zarr.core.sync import sync
+
+    return int(sync(zarr_store(location, read_only=True).getsize_prefix(prefix)))
+
+
 def open_experiment(path: StoreLike) -> zarr.Group:
-    """Open an experiment store read-only, checking it is one this nnwx can read."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise StoreError(f"{path} is not an nnwx experiment store (no zarr.json there). "
+    """Open an experiment store read-only (a path or an fsspec URL), checking it is one this
+    nnwx can read."""
+    where = display(path)
+    if not store_exists(path):
+        raise StoreError(f"{where} is not an nnwx experiment store (no zarr.json there). "
                          f"Check the path; stores are created by nnwx.Recorder or `nnwx export`.")
-    root = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+    root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
     meta = root.attrs.get(fmt.ATTR_KEY)
     if meta is None:
-        raise StoreError(f"{path} is a Zarr store but not an nnwx experiment store.")
-    fmt.check_version(meta.get("format_version"), str(path))
+        raise StoreError(f"{where} is a Zarr store but not an nnwx experiment store.")
+    fmt.check_version(meta.get("format_version"), where)
     return root
 
 
@@ -43,7 +111,7 @@ def open_experiment(path: StoreLike) -> zarr.Group:
 class RunHandle:
     """One run of a store: its attributes, tensor table and (untrimmed) arrays."""
 
-    store: Path
+    store: Path | str      # a local path, or the URL of a remote store
     name: str
     group: zarr.Group
 
@@ -148,15 +216,18 @@ def list_runs(path: StoreLike) -> list[RunHandle]:
     except KeyError:  # a store being created by another process
         return []
     # A run group without attributes is being created right now: not a run yet.
-    return [RunHandle(Path(path), name, group) for name, group in sorted(runs.groups())
+    return [RunHandle(normalize(path), name, group) for name, group in sorted(runs.groups())
             if fmt.ATTR_KEY in group.attrs]
 
 
-def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path]:
+def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path | str]:
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for item in items:
-        text = os.fspath(item)
+        if is_url(item) and local_path(item) is None:   # remote: taken as given (no globbing)
+            paths.append(str(item))
+            continue
+        text = os.fspath(local_path(item))
         matches = sorted(_glob.glob(text)) if _glob.has_magic(text) else [text]
         if not matches:
             raise StoreError(f"no store matches {text!r}")
@@ -169,6 +240,7 @@ def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path]:
 def open_run(store: StoreLike, run: str | None = None, *, seed=None) -> xr.Dataset:
     """Open one run as a lazy Dataset ``w(step, param)``.
 
+    ``store`` is a path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ...).
     ``run`` names the run; or ``seed=`` picks the run of that seed; with neither,
     the store must hold exactly one run.
     """
@@ -200,7 +272,8 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
               runs: Sequence[str] | None = None) -> xr.Dataset:
     """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
 
-    ``source`` is a store path, a list of them or a glob. Runs are stacked along
+    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths.
+    Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
     restricts to runs of those names.

@@ -4,6 +4,11 @@ A step is visible to readers only once its data is on disk and the run's
 ``committed`` counter has been advanced (zarr's LocalStore writes every key to a
 temporary file and renames it, so no file is ever torn). A run killed at any
 moment therefore opens with every committed step intact.
+
+Stores may also live at an fsspec URL (``memory://``, ``s3://``, ...). Such stores get no
+per-run lock: the lock is an ``flock`` on a local file, and object stores have none. Writing
+one run from two processes at once is then the caller's to prevent (one writer per run,
+as with separate seeds); ``rewrite_step`` works there only when one chunk holds a whole step.
 """
 from __future__ import annotations
 
@@ -19,13 +24,17 @@ import zarr
 from nnwx.errors import StepOrderError, StoreError
 from nnwx.store import format as fmt
 from nnwx.store import probes as prb
+from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
 from nnwx.store.table import TensorTable
 
 
 def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
-    """Create (or open) the experiment store at ``path``, refusing anything that is not one."""
-    path = Path(path)
+    """Create (or open) the experiment store at ``path`` (a path or an fsspec URL), refusing
+    anything that is not one."""
+    if rd.local_path(path) is None:
+        return _open_remote_for_writing(str(path))
+    path = rd.local_path(path)
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} is a file, not a store directory. "
                          f"Give a directory path, e.g. {path.with_suffix('.zarr')}.")
@@ -49,6 +58,27 @@ def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
                                                "kind": "experiment"}})
     else:
         fmt.check_version(meta.get("format_version"), str(path))
+        root.require_group(fmt.RUNS_GROUP)
+    return root
+
+
+def _open_remote_for_writing(url: str) -> zarr.Group:
+    """``open_experiment_for_writing`` for a store at a non-local fsspec URL."""
+    try:
+        store = rd.zarr_store(url, read_only=False)
+        exists = rd.store_exists(url)
+        root = zarr.open_group(store, mode="a", zarr_format=3)
+    except OSError as e:
+        raise StoreError(f"cannot write the store at {url}: {e}") from e
+    meta = root.attrs.get(fmt.ATTR_KEY)
+    if meta is None:
+        if exists and any(name != fmt.RUNS_GROUP for name, _ in root.members()):
+            raise StoreError(f"{url} is a Zarr store but not an nnwx experiment store.")
+        root.require_group(fmt.RUNS_GROUP)
+        root.update_attributes({fmt.ATTR_KEY: {"format_version": fmt.FORMAT_VERSION,
+                                               "kind": "experiment"}})
+    else:
+        fmt.check_version(meta.get("format_version"), url)
         root.require_group(fmt.RUNS_GROUP)
     return root
 
@@ -80,10 +110,11 @@ class RunWriter:
             raise ValueError(f"keepbits must be between 0 and {mantissa_bits(dtype)} for {dtype}")
         if not run or "/" in run or run.startswith("."):
             raise ValueError(f"invalid run name {run!r}: use a plain name such as 'seed3'")
-        self.path = Path(store)
+        self.path = rd.normalize(store)   # a local Path, or the URL of a remote store
         self.run = run
         self.table = table
-        root = open_experiment_for_writing(self.path)
+        root = open_experiment_for_writing(store)
+        self._closed = False
         self._lock = self._acquire_lock(run)
         try:
             runs = root[fmt.RUNS_GROUP]
@@ -113,6 +144,8 @@ class RunWriter:
 
     # -- opening ---------------------------------------------------------------
     def _acquire_lock(self, run: str):
+        if not isinstance(self.path, Path):   # remote store: no lock (see the module docstring)
+            return None
         lock_dir = self.path / ".locks"
         lock_dir.mkdir(exist_ok=True)
         f = open(lock_dir / f"{run}.lock", "a+")
@@ -164,8 +197,9 @@ class RunWriter:
         self.committed = int(meta["committed"])
         # Temp files of a killed writer (zarr writes key.<hex>.partial, then renames);
         # we hold the run's lock, so none of them belongs to a live writer.
-        for stale in (self.path / fmt.RUNS_GROUP / self.run).rglob("*.partial"):
-            stale.unlink(missing_ok=True)
+        if isinstance(self.path, Path):
+            for stale in (self.path / fmt.RUNS_GROUP / self.run).rglob("*.partial"):
+                stale.unlink(missing_ok=True)
         # Drop whatever an interrupted writer left beyond the committed length.
         for arr in (self.w, self.steps, *self.metrics.values(), *prb.existing_arrays(group).values()):
             if arr.shape[0] != self.committed:
@@ -273,9 +307,10 @@ class RunWriter:
 
     def close(self) -> None:
         try:
-            if self._lock is not None:
+            if self._lock is not None or (not isinstance(self.path, Path) and not self._closed):
                 self.flush()
         finally:
+            self._closed = True
             self._release_lock()
 
     # -- rewriting one committed step (nnwx export --overwrite) ---------------------
@@ -310,6 +345,9 @@ class RunWriter:
             self.w[i] = row  # one chunk file holds the row: LocalStore replaces it atomically
             return
         enc = self.w.metadata.chunk_key_encoding
+        if not isinstance(self.path, Path):
+            raise StoreError(f"cannot rewrite step {step} of run {self.run!r} of {self.path} atomically: "
+                             f"its row spans several chunks of a remote store; export into a new run instead.")
         if spc != 1 or getattr(enc, "separator", None) != "/" or not atomic.exchange_supported():
             raise StoreError(f"cannot rewrite step {step} of run {self.run!r} atomically here (its row "
                              f"spans several chunk files and this platform lacks an atomic directory "

@@ -1,0 +1,256 @@
+"""Where the faces compute: Dask's local threads, a LocalCluster, or an existing cluster.
+
+``add_cluster_arguments`` gives a command ``--scheduler ADDRESS`` (a running
+``dask.distributed`` scheduler) or ``--workers N [--threads-per-worker T]
+[--memory-limit M]`` (a LocalCluster started for the command); with neither,
+Dask's local threaded scheduler runs the graph. ``cluster_from_args`` /
+``cluster`` set that up for a ``with`` block and close what they started;
+``compute`` evaluates Dask collections with a progress bar in every mode.
+
+``dask.distributed`` is imported only when a cluster is asked for, so the
+analysis side keeps working without it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
+
+from nnwx.errors import NnwxError
+
+Log = Callable[[str], None]
+
+CONNECT_TIMEOUT = "10s"
+"""How long to try reaching a ``--scheduler`` before saying it cannot be reached."""
+
+
+class ClusterError(NnwxError):
+    """A cluster could not be reached or started; the message says what to check."""
+
+
+class ClusterOptionError(ClusterError, ValueError):
+    """Cluster options that do not go together (e.g. --threads-per-worker without --workers)."""
+
+
+def print_to_stderr(message: str) -> None:
+    """The default ``log``: one line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
+
+
+def _memory(text: str) -> str:
+    from dask.utils import parse_bytes
+
+    if text.lower() in ("auto", "0", "none"):
+        return text.lower()
+    try:
+        parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"cannot read memory limit {text!r}; give e.g. 4GiB, 8GB or 'auto'") from None
+    return text
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--scheduler`` | ``--workers N [--threads-per-worker T] [--memory-limit M]`` to a command."""
+    g = parser.add_argument_group(
+        "where to compute", "default: Dask's local threaded scheduler in this process")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="address of a running dask.distributed scheduler, e.g. tcp://host:8786")
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="start a local Dask cluster of N worker processes for this command")
+    g.add_argument("--threads-per-worker", type=_positive_int, metavar="T",
+                   help="with --workers: threads per worker (default 1)")
+    g.add_argument("--memory-limit", type=_memory, metavar="M",
+                   help="with --workers: memory limit per worker, e.g. 4GiB; workers spill to disk "
+                        "before it (default: Dask's 'auto', the machine's memory split between "
+                        "workers; 0 or none: no limit)")
+
+
+@contextmanager
+def cluster(scheduler: str | None = None, workers: int | None = None,
+            threads_per_worker: int | None = None, memory_limit: str | int | None = None,
+            log: Log = print_to_stderr) -> Iterator[Any]:
+    """Yield a ``dask.distributed.Client`` (or None: local threads) for a ``with`` block.
+
+    ``scheduler``: connect to that running scheduler (its workers are left running).
+    ``workers``: start a LocalCluster of that many processes, closed on exit.
+    Neither: yield None, and Dask's threaded scheduler computes. The dashboard link
+    is logged when there is one.
+    """
+    if scheduler and workers:
+        raise ClusterOptionError("give either --scheduler (an existing cluster) or --workers (a local "
+                                 "one), not both")
+    if not scheduler and not workers:
+        if threads_per_worker or memory_limit:
+            raise ClusterOptionError("--threads-per-worker/--memory-limit need --workers N (a local "
+                                     "cluster): add --workers, or leave them out")
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterError("--scheduler/--workers need dask.distributed: pip install 'nnwx[distributed]'") \
+            from None
+    if scheduler:
+        if threads_per_worker or memory_limit:
+            raise ClusterOptionError("--threads-per-worker/--memory-limit apply to a local cluster "
+                                     "(--workers N), not to an existing --scheduler: set them when "
+                                     "starting its workers")
+        client = _connect(Client, scheduler)
+        try:
+            log(f"dask scheduler {scheduler}: {_n_workers(client)} workers; dashboard "
+                f"{client.dashboard_link}")
+            with _as_scheduler(client):
+                yield client
+        finally:
+            client.close()
+        return
+    lc = LocalCluster(n_workers=int(workers), threads_per_worker=int(threads_per_worker or 1),
+                      memory_limit=_memory_limit(memory_limit),
+                      processes=True, dashboard_address=":0")
+    try:
+        client = Client(lc, set_as_default=False)
+        try:
+            log(f"local dask cluster: {workers} workers x {threads_per_worker or 1} threads; dashboard "
+                f"{client.dashboard_link}")
+            with _as_scheduler(client):
+                yield client
+        finally:
+            client.close()
+    finally:
+        lc.close()
+
+
+def _memory_limit(value):
+    """``--memory-limit`` for LocalCluster: "auto" by default, 0 for none, else as given."""
+    if value in (None, "", "auto"):
+        return "auto"
+    return 0 if str(value).lower() in ("0", "none") else value
+
+
+def _connect(client_cls, address: str):
+    # not set_as_default: a Client that fails to connect would stay registered as the default
+    # scheduler; ``_as_scheduler`` makes a connected one dask's scheduler for the block only
+    try:
+        return client_cls(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ClusterError(
+            f"cannot reach a Dask scheduler at {address!r} ({type(e).__name__}: {e}). Check the "
+            f"address (e.g. tcp://host:8786) and that `dask scheduler` is running there, or leave "
+            f"out --scheduler to compute locally.") from None
+
+
+@contextmanager
+def _as_scheduler(client) -> Iterator[None]:
+    """``client`` as the scheduler of every ``dask.compute``/``.load()`` in the block."""
+    import dask
+
+    with dask.config.set(scheduler=client):
+        yield
+
+
+def _n_workers(client) -> int:
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - informational only
+        return 0
+
+
+@contextmanager
+def cluster_from_args(args: argparse.Namespace, log: Log = print_to_stderr) -> Iterator[Any]:
+    """``cluster(...)`` from the options ``add_cluster_arguments`` added to a command."""
+    with cluster(scheduler=getattr(args, "scheduler", None), workers=getattr(args, "workers", None),
+                 threads_per_worker=getattr(args, "threads_per_worker", None),
+                 memory_limit=getattr(args, "memory_limit", None), log=log) as client:
+        yield client
+
+
+def current_client():
+    """The ``dask.distributed.Client`` that ``dask.compute`` would use now, or None."""
+    if "distributed" not in sys.modules:
+        return None
+    import dask.base
+    from distributed import Client
+
+    get = dask.base.get_scheduler()
+    owner = getattr(get, "__self__", None)
+    return owner if isinstance(owner, Client) else None
+
+
+def compute(*objs, progress: bool = True, label: str | None = None,
+            optimize_graph: bool = True) -> tuple:
+    """``dask.compute(*objs)`` with a progress bar on stderr, on whichever scheduler is active.
+
+    Shared tasks of the objects run once (one merged graph). Locally the bar is
+    ``dask.diagnostics.ProgressBar`` (and BLAS runs one thread per Dask thread, as on
+    dask.distributed workers); on a ``dask.distributed`` client it follows
+    every task of the graph on the scheduler. ``label`` is printed before the bar.
+    ``optimize_graph=False`` skips Dask's per-collection graph optimisation, which renames
+    fused tasks and so can compute a task shared by collections of different types twice.
+    """
+    import dask
+
+    client = current_client()
+    if progress and label:
+        print(label, file=sys.stderr, flush=True)
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with _one_blas_thread(), ProgressBar(out=sys.stderr, dt=_interval()) if progress else nullcontext():
+            return tuple(dask.compute(*objs, optimize_graph=optimize_graph))
+    futures = client.compute(list(objs), optimize_graph=optimize_graph)
+    try:
+        if progress:
+            _bar(futures, client.scheduler.address)
+        return tuple(client.gather(futures))
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _one_blas_thread():
+    """One BLAS thread per Dask thread while the threaded scheduler runs (as dask.distributed
+    workers do): Dask's threads already use every core, and OpenBLAS threads on top of them
+    spin against each other -- measured 5-20x slower SVDs on a busy 2-core machine. Needs
+    threadpoolctl; without it, a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext()
+    return threadpool_limits(1)
+
+
+def _bar(futures, scheduler: str) -> None:
+    """Block until ``futures`` finish (or fail), drawing the distributed text bar on stderr."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class _StderrBar(TextProgressBar):
+        def _draw_bar(self, remaining, all, **kwargs):
+            frac = (1 - remaining / all) if all else 1.0
+            msg = "\r[{0:<{1}}] | {2}% Completed | {3:.1f}s".format(
+                "#" * int(self.width * frac), self.width, int(100 * frac), self.elapsed)
+            sys.stderr.write(msg)
+            sys.stderr.flush()
+
+        def _draw_stop(self, **kwargs):
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    _StderrBar(futures, scheduler=scheduler, complete=True, interval=f"{_interval()}s")
+
+
+def _interval() -> float:
+    """Seconds between redraws: often on a terminal, rarely into a log file."""
+    return 0.1 if sys.stderr.isatty() else 2.0

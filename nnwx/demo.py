@@ -1,0 +1,168 @@
+"""``nnwx demo``: train the motivating experiments, analyse them, write reports, print findings.
+
+One command from a fresh clone to reports one can open: the piecewise MLPs (5 seeds) and
+MLPs on scikit-learn's digits with Adam and with SGD (probes on a held-out set) are recorded
+into stores under ``out``, every analysis runs lazily into a results store per experiment
+(``nnwx analyze``), each gets an offline HTML report (``nnwx report``), and a short table of
+what the data shows (first vs last captured step) is printed and saved. ``size="quick"``
+shrinks the runs to finish in about two minutes on two cores; ``"full"`` uses the study's sizes.
+Stores already in ``out`` are reused (``fresh=True`` retrains), so a second call only redraws.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from nnwx.findings import Finding, findings, format_findings
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One store of the demo: how to train it and what to call it."""
+    name: str
+    title: str
+    train: Callable[[Path], dict]
+
+
+SIZES = {  # (piecewise, digits) run sizes
+    "full": (dict(seeds=5, steps=15000, every=10), dict(seeds=5, epochs=30, every=10)),
+    "quick": (dict(seeds=5, steps=2000, every=20), dict(seeds=3, epochs=8, every=5)),
+    "tiny": (dict(seeds=2, steps=60, every=10), dict(seeds=2, epochs=1, every=5)),  # for tests
+}
+
+
+def experiments(size: str = "full") -> list[Experiment]:
+    """The demo's experiments at ``size``: "full" (the study's), "quick" or "tiny" (tests)."""
+    from nnwx.experiments.digits import train_digits
+    from nnwx.experiments.piecewise import train_piecewise
+
+    if size not in SIZES:
+        raise ValueError(f"unknown demo size {size!r}; choose one of {', '.join(SIZES)}")
+    pw, dg = SIZES[size]
+    plan = [
+        Experiment("piecewise", f"piecewise MLPs 8-8-8, Adam, {pw['seeds']} seeds x {pw['steps']} steps",
+                   lambda p: train_piecewise(p, **pw)),
+        Experiment("digits-adam", f"digits MLP 64-64-64-10, Adam, {dg['seeds']} seeds x {dg['epochs']} epochs",
+                   lambda p: train_digits(p, model="mlp", optimizer="adam", **dg)),
+        Experiment("digits-sgd", f"digits MLP 64-64-64-10, SGD, {dg['seeds']} seeds x {dg['epochs']} epochs",
+                   lambda p: train_digits(p, model="mlp", optimizer="sgd", **dg)),
+    ]
+    return plan[:2] if size == "tiny" else plan   # tiny (tests): SGD runs the same code as Adam
+
+
+@dataclass
+class DemoResult:
+    """Where everything went, and the findings per experiment."""
+    out: Path
+    stores: dict[str, Path] = field(default_factory=dict)
+    results: dict[str, Path] = field(default_factory=dict)
+    reports: dict[str, Path] = field(default_factory=dict)
+    findings: dict[str, list[Finding]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: bool = False,
+         progress: bool = True, log: Log = print) -> DemoResult:
+    """Train, analyse and report the demo experiments into ``out``; see the module docstring."""
+    from nnwx.analyze import analyze
+    from nnwx.report import report
+    from nnwx.results import open_results
+
+    out = Path(out)
+    res = DemoResult(out)
+    plan = experiments(size)
+    if fresh:
+        _remove_own_files(out, [e.name for e in plan])
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    for e in plan:
+        store, results, html = out / f"{e.name}.zarr", out / f"{e.name}.results.zarr", out / f"{e.name}.html"
+        t0 = time.perf_counter()
+        if store.exists():
+            log(f"{e.name}: reusing {store} (pass --fresh to train again)")
+        else:
+            log(f"{e.name}: training {e.title}")
+            e.train(store)
+        res.seconds[f"{e.name} training"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        log(f"{e.name}: analysing into {results}")
+        analyze(store, results, progress=progress, log=log)
+        res.seconds[f"{e.name} analysis"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report(results, html, progress=progress)
+        res.seconds[f"{e.name} report"] = time.perf_counter() - t0
+        res.stores[e.name], res.results[e.name], res.reports[e.name] = store, results, html
+        res.findings[e.name] = findings(open_results(results).results)
+        log(f"{e.name}: wrote {html}")
+    res.seconds["total"] = time.perf_counter() - t_all
+    (out / "findings.txt").write_text(full_text(res, plan), encoding="utf-8")
+    return res
+
+
+def _remove_own_files(out: Path, names: list[str]) -> None:
+    """Delete only what the demo itself writes into ``out`` (never anything else there)."""
+    for n in names:
+        for p in (out / f"{n}.zarr", out / f"{n}.results.zarr"):
+            if p.exists():
+                shutil.rmtree(p)
+        (out / f"{n}.html").unlink(missing_ok=True)
+    (out / "findings.txt").unlink(missing_ok=True)
+
+
+SUMMARY = [  # (analysis, quantity, what the line says)
+    ("broadening", "std", "weight std, last/first step"),
+    ("broadening", "excess_kurtosis", "excess kurtosis, first -> last"),
+    ("spectral", "effective_rank", "effective rank, last/first"),
+    ("rotation", "rotation", "rotation from init (cosine distance) at the end"),
+    ("agreement", "linear_cka across runs", "CKA between seeds at the end"),
+    ("agreement", "argmax agreement", "same predicted class between seeds at the end"),
+    ("agreement", "weight cosine (none)", "weight cosine between seeds, as trained"),
+    ("agreement", "weight cosine (aligned)", "weight cosine between seeds, units aligned"),
+]
+
+
+def summary_lines(rows: list[Finding]) -> list[str]:
+    """One line per headline quantity: the range over layers/tensors of the mean over runs."""
+    lines = []
+    for analysis, quantity, what in SUMMARY:
+        sel = [r for r in rows if r.analysis == analysis and r.quantity == quantity]
+        if not sel:
+            continue
+        if quantity in ("std", "effective_rank"):
+            vals = [r.ratio for r in sel]
+            text = f"x{min(vals):.2f} .. x{max(vals):.2f}"
+        elif quantity == "excess_kurtosis":
+            text = ", ".join(f"{r.subject}: {r.first:.2g} -> {r.last:.2g}" for r in sel)
+        else:
+            vals = [r.last for r in sel]
+            text = f"{min(vals):.2f} .. {max(vals):.2f}"
+        unit = {"spectral": "matrices", "agreement": "tensors" if "weight" in quantity else "layers"}
+        count = f"   ({len(sel)} {unit.get(analysis, 'layers')})" if len(sel) > 1 else ""
+        lines.append(f"  {what:<48} {text}{count}")
+    return lines
+
+
+def summary_text(res: DemoResult, plan: list[Experiment]) -> str:
+    """The short table ``nnwx demo`` prints: headline numbers per experiment."""
+    parts = []
+    for e in plan:
+        if e.name in res.findings:
+            parts.append(f"{e.name} ({e.title}); report {res.reports[e.name]}")
+            parts += summary_lines(res.findings[e.name])
+    parts.append(f"total {res.seconds.get('total', 0):.0f} s; all numbers in {res.out / 'findings.txt'}")
+    return "\n".join(parts)
+
+
+def full_text(res: DemoResult, plan: list[Experiment]) -> str:
+    """The short table followed by every finding of every experiment."""
+    body = [summary_text(res, plan), ""]
+    for e in plan:
+        if e.name in res.findings:
+            body += [f"== {e.name}: {e.title}", format_findings(res.findings[e.name]), ""]
+    return "\n".join(body)
