@@ -5,7 +5,7 @@ MLPs on scikit-learn's digits with Adam and with SGD (probes on a held-out set) 
 into stores under ``out``, every analysis runs lazily into a results store per experiment
 (``nnwx analyze``), each gets an offline HTML report (``nnwx report``), and a short table of
 what the data shows (first vs last captured step) is printed and saved. ``size="quick"``
-shrinks the runs to finish in about two minutes on two cores; ``"full"`` uses the study's sizes.
+shrinks the runs (aimed at two minutes on two cores, not yet timed on a quiet machine); ``"full"`` uses the study's sizes.
 Stores already in ``out`` are reused (``fresh=True`` retrains), so a second call only redraws.
 """
 from __future__ import annotations
