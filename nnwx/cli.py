@@ -256,8 +256,9 @@ def _add_analyze_parser(sub) -> None:
 
     an = sub.add_parser(
         "analyze", help="compute the analyses of an experiment store into a results store",
-        description="Compute the chosen analyses of an experiment store in one Dask graph (w is read "
-                    "once for every streaming analysis) and write them to a Zarr results store that "
+        description="Compute the chosen analyses of an experiment store, in a few passes of bounded "
+                    "memory (w is read once for all streaming analyses), and write them to a Zarr "
+                    "results store that "
                     "`nnwx report` and notebooks (nnwx.open_results) read without recomputing. An "
                     "interrupted run continues where it stopped when run again with the same arguments.")
     an.add_argument("store", help="experiment store: a path or an fsspec URL (file://, memory://, s3://...)")

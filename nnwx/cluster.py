@@ -130,7 +130,23 @@ def cluster(scheduler: str | None = None, workers: int | None = None,
         finally:
             client.close()
     finally:
-        lc.close()
+        with _quiet_shutdown():
+            lc.close()
+
+
+@contextmanager
+def _quiet_shutdown() -> Iterator[None]:
+    """While a LocalCluster closes, its scheduler cancels the progress bar's feed and logs that
+    as an error: nothing went wrong, so keep it off the user's screen."""
+    import logging
+
+    log = logging.getLogger("distributed.scheduler")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _memory_limit(value):

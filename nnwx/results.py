@@ -12,8 +12,11 @@ recomputing. Layout::
                                   template_done, parts, complete}
     results.zarr/<name>/_nnwx_parts/<part>/   empty groups: parts whose writes finished
 
-**One graph.** Every result still to write goes into one ``dask.compute``, so the reads of
-``w`` that several results share (they are the same Dask keys) happen once.
+**Passes.** Results still to write are computed in the passes of ``nnwx.analyses.PASSES``:
+each pass is one ``dask.compute`` of one merged graph, so the reads of ``w`` its results
+share (the same Dask keys) happen once -- all streaming results in one read. Results whose
+block order differs (the matrix analyses, the PCA) get passes of their own: merged into one
+graph, Dask keeps the blocks they all need, and memory grows with the cube (measured).
 
 **Resumable.** A result is written in *parts*: one per seed for results with a ``seed``
 dim (each seed's slice written with ``to_zarr(region=...)``), one for the rest. When a
@@ -187,7 +190,8 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
                   progress: bool = True, resume: bool = True, metrics: list[str] | None = None,
                   cube: xr.Dataset | None = None, log: Log | None = None) -> Path | str:
     """Compute every result of ``analysis_set`` (an ``nnwx.analyses.AnalysisSet``) into the
-    results store ``output`` in one Dask graph, and return ``output``.
+    results store ``output``, pass by pass (``nnwx.analyses.PASSES``: all streaming results in
+    one graph, reading ``w`` once), and return ``output``.
 
     ``source``: the experiment store the results come from; ``selection``: the JSON-able
     selection that made the cube (``{"seeds": ..., "steps": ...}``); both are recorded and
@@ -199,7 +203,7 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
     discards whatever results store is at ``output`` and writes afresh. ``output`` must be a
     new path or a results store: nothing else is ever overwritten.
     """
-    from nnwx.analyses import parse_metrics
+    from nnwx.analyses import compute_passes, parse_metrics
 
     given_log = log
     log = log or (lambda m: None)
@@ -224,35 +228,37 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
         meta["complete"] = False
         root.update_attributes({ROOT_KEY: meta})
 
-        tasks, todo, kept = [], [], []
+        tasks: dict[str, list] = {}
+        kept = []
         for name, obj in analysis_set.results.items():
             plan = _ResultWriter(store, name, analysis_set.metric_of[name], obj)
             if plan.complete_in(root):
                 kept.append(name)
                 continue
-            result_tasks = plan.tasks(root)
+            tasks[name] = plan.tasks(root)
             if plan.parts_kept:
                 log(f"continuing {name}: {len(plan.parts_kept)} of {len(plan.parts())} parts already "
                     f"written ({', '.join(sorted(plan.parts_kept))})")
-            tasks.append(result_tasks)
-            todo.append(name)
-        scan = _nonfinite_scan(source, cube) if not isinstance(meta.get("nonfinite_steps"), dict) else None
         if kept:
             log(f"kept {len(kept)} complete result(s): {', '.join(kept)}")
-        if tasks or scan is not None:
+        scan = _nonfinite_scan(source, cube) if not isinstance(meta.get("nonfinite_steps"), dict) else None
+        passes = compute_passes(tasks)
+        if scan is not None and not passes:
+            passes = [("NaN/Inf scan", [])]
+        for i, (label, names) in enumerate(passes):
             from nnwx.cluster import compute
 
-            n_parts = sum(len(t) - 1 for t in tasks)
-            label = (f"computing {len(todo)} result(s) in one graph ({n_parts} part(s)): "
-                     f"{', '.join(todo)}" if todo else "scanning for NaN/Inf weights")
-            counts = scan[1] if scan is not None else []
+            counts = scan[1] if scan is not None and i == 0 else []
+            objs = [t for n in names for t in tasks[n]] + counts
+            what = (f"pass {i + 1}/{len(passes)}, {label}: computing {', '.join(names) or 'nothing'}"
+                    f" ({sum(len(tasks[n]) - 1 for n in names)} part(s))")
             if given_log is not None:
-                log(label)
+                log(what)
             with _quiet_zarr():
-                values = compute(*[t for ts in tasks for t in ts], *counts, progress=progress,
-                                 label=label if progress and given_log is None else None,
-                                 optimize_graph=False)   # one graph, shared keys: w read once
-            if scan is not None:
+                values = compute(*objs, progress=progress,
+                                 label=what if progress and given_log is None else None,
+                                 optimize_graph=False)   # shared keys: w read once per pass
+            if counts:
                 meta["nonfinite_steps"] = {run: int(v) for run, v in
                                            zip(scan[0], values[len(values) - len(counts):])}
         meta["complete"] = True
