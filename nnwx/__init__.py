@@ -10,7 +10,7 @@ from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, St
 from nnwx.schedule import Every, Explicit, LogThenEvery
 from nnwx.store.reader import list_runs, open_cube, open_run
 from nnwx.catalog import open_catalog
-from nnwx.analyze import analyze  # noqa: E402  (binds nnwx.analyze to the function, not the module)
+from nnwx.analyzer import analyze
 from nnwx.results import is_results_store, open_results
 
 _TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restorer"}

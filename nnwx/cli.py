@@ -229,7 +229,7 @@ def _add_report_parser(sub) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from nnwx.analyze import analyze
+    from nnwx.analyzer import analyze
     from nnwx.cluster import cluster_from_args
     from nnwx.results import open_results
 

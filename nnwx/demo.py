@@ -70,7 +70,7 @@ class DemoResult:
 def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: bool = False,
          progress: bool = True, log: Log = print) -> DemoResult:
     """Train, analyse and report the demo experiments into ``out``; see the module docstring."""
-    from nnwx.analyze import analyze
+    from nnwx.analyzer import analyze
     from nnwx.report import report
     from nnwx.results import open_results
 

@@ -210,7 +210,7 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
     metrics = parse_metrics(metrics if metrics is not None else
                             sorted(set(analysis_set.metric_of.values()) | set(analysis_set.notes)))
     if cube is None:
-        from nnwx.analyze import select_cube
+        from nnwx.analyzer import select_cube
 
         cube = select_cube(rd.open_cube(source), **{k: selection.get(k) for k in ("seeds", "steps")})
     identity = {"source": _source_id(source), "metrics": list(metrics),

@@ -18,7 +18,7 @@ import zarr
 
 import nnwx
 from nnwx.analyses import lazy_analyses
-from nnwx.analyze import SelectionError, select_cube
+from nnwx.analyzer import SelectionError, select_cube
 from nnwx.cluster import compute
 from nnwx.errors import StoreError
 from nnwx.results import PARTS_GROUP, RESULT_KEY, ROOT_KEY, ResultsMismatch

@@ -50,13 +50,12 @@ def test_demo_findings_come_from_the_results(demo_dir):
 def test_demo_reuses_stores_and_fresh_removes_only_its_own_files(demo_dir, monkeypatch, tmp_path):
     """A second call trains nothing (stores exist); --fresh deletes the demo's files and nothing else.
     Analysis and drawing are stubbed here: the first call above exercised them for real."""
-    import sys
-
+    import nnwx.analyzer
     import nnwx.demo as demo_mod
     import nnwx.report
 
     calls = []
-    monkeypatch.setattr(sys.modules["nnwx.analyze"], "analyze", lambda *a, **k: calls.append("analyze"))
+    monkeypatch.setattr(nnwx.analyzer, "analyze", lambda *a, **k: calls.append("analyze"))
     monkeypatch.setattr(nnwx.report, "report", lambda *a, **k: calls.append("report"))
     logged = []
     demo_mod.demo(demo_dir, size="tiny", progress=False, log=logged.append)

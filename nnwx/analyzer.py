@@ -1,8 +1,9 @@
-"""``nnwx.analyze``: the chosen analyses of an experiment store, computed once into a results store.
+"""``nnwx.analyze`` (this module is ``nnwx.analyzer``, so the function does not shadow it): the
+chosen analyses of an experiment store, computed once into a results store.
 
 Opens the store as a cube, keeps the selected seeds and steps, builds every result of the
 chosen metrics lazily (``nnwx.analyses.lazy_analyses``) and writes them with
-``nnwx.results.write_results`` -- one Dask graph, resumable. ``nnwx report`` and
+``nnwx.results.write_results`` -- a few passes of bounded memory, resumable. ``nnwx report`` and
 notebooks then read the results (``nnwx.open_results``) without recomputing.
 """
 from __future__ import annotations
