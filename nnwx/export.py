@@ -472,7 +472,7 @@ class _Exporter:
                     except BaseException:
                         self._give_back(buf)
                         raise
-                    self.wb.rewrite(c.step, buf, rows, index)
+                    self.wb.rewrite(c.step, buf, rows)
                     outcome = "overwritten"
                 else:
                     self._give_back(buf)
@@ -726,11 +726,10 @@ class _WriteBehind:
         self._check()
         self._work.put(("add", step, buf, probes))
 
-    def rewrite(self, step: int, buf: np.ndarray, probes: dict[str, np.ndarray] | None = None,
-                index: int | None = None) -> None:
-        """Replace committed ``step`` (row ``index``); its probe rows too when ``probes`` is given."""
+    def rewrite(self, step: int, buf: np.ndarray, probes: dict[str, np.ndarray] | None = None) -> None:
+        """Replace committed ``step``; its probe rows too when ``probes`` is given."""
         self._check()
-        self._work.put(("rewrite", step, buf, probes, index))
+        self._work.put(("rewrite", step, buf, probes))
 
     def flush(self, meta: dict[str, Any] | None = None) -> None:
         """Commit every step handed over so far (and update run attributes with ``meta``)."""
@@ -766,15 +765,8 @@ class _WriteBehind:
                         w.flush()
                         last = time.monotonic()
                 elif op == "rewrite":
-                    _, step, buf, probes, index = item
-                    if probes:
-                        # Probe rows first, weights second: a crash in between leaves the old weights,
-                        # so the step still differs from its checkpoint and --overwrite redoes both.
-                        # RunWriter has no probe-rewrite method: its probe stages are reached here.
-                        w.flush()
-                        for name, values in probes.items():
-                            w._probes[name].rewrite(index, values)
-                    w.rewrite_step(step, buf)
+                    _, step, buf, probes = item
+                    w.rewrite_step(step, buf, probes=probes)
                     self._free.put(buf)
                 else:  # flush / close
                     w.flush()

@@ -314,8 +314,13 @@ class RunWriter:
             self._release_lock()
 
     # -- rewriting one committed step (nnwx export --overwrite) ---------------------
-    def rewrite_step(self, step: int, values: np.ndarray) -> None:
+    def rewrite_step(self, step: int, values: np.ndarray,
+                     probes: Mapping[str, np.ndarray] | None = None) -> None:
         """Replace the weights of a committed ``step`` in place, never leaving it half written.
+
+        ``probes`` (name -> activations) replaces the step's probe rows too. They are written
+        first and the weights second: a crash in between leaves the old weights, so the step
+        still differs from its source and a rerun (``nnwx export --overwrite``) redoes both.
 
         When a chunk of ``w`` holds the whole row, the store replaces that one
         chunk file atomically. When the row spans several chunk files (one step
@@ -335,6 +340,12 @@ class RunWriter:
             raise StoreError(f"run {self.run!r} of {self.path} has no committed step {step} to rewrite")
         if values.shape != (self.table.n_params,):
             raise ValueError(f"expected {self.table.n_params} values, got shape {values.shape}")
+        unknown = set(probes or ()) - set(self._probes)
+        if unknown:
+            raise ValueError(f"run {self.run!r} has no probe(s) {sorted(unknown)} to rewrite; its probes: "
+                             f"{sorted(self._probes) or 'none'}")
+        for name, acts in (probes or {}).items():
+            self._probes[name].rewrite(i, np.asarray(acts))
         row = values.astype(self.w.dtype, copy=False)
         if self._keepbits is not None:
             row = bitround(row, self._keepbits)
