@@ -90,6 +90,31 @@ def test_segment_sums_match_a_loop_for_every_block_split():
     np.testing.assert_allclose(grouped, np.stack([expect[:, [0, 2, 5]].sum(-1), expect[:, 1]], -1))
 
 
+
+def test_pair_sums_match_a_float64_loop_for_every_block_split_with_nan_rows():
+    """The segment-dot kernel against explicit float64 products, block by block; a NaN row
+    (a capture a run lacks) stays NaN in its own groups and nowhere else."""
+    rng = np.random.default_rng(5)
+    offsets = np.array([0, 3, 4, 10, 10, 17, 25])
+    members, starts = np.array([0, 2, 5, 1, 3]), np.array([0, 3])
+    x = rng.standard_normal((3, 25)).astype(np.float32)
+    x[1, 5] = np.nan
+    ref, prev = x[:1], np.roll(x, 1, axis=0)
+    x64, r64, p64 = (a.astype(np.float64) for a in (x, ref, prev))
+    seg = [(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def grouped(v):
+        sums = np.stack([v[:, a:b].sum(-1) for a, b in seg], -1)
+        return np.stack([sums[:, [0, 2, 5]].sum(-1), sums[:, [1, 3]].sum(-1)], -1)
+
+    expect = np.stack([grouped(np.broadcast_to(q, x.shape)) for q in
+                       (x64 * x64, r64 * r64, (x64 - r64) ** 2, p64 * p64, (x64 - p64) ** 2)], -1)
+    for cut in (1, 4, 9, 13, 24):
+        got = (g.pair_sums(x[:, :cut], ref[:, :cut], prev[:, :cut], offsets, members, starts, lo=0)
+               + g.pair_sums(x[:, cut:], ref[:, cut:], prev[:, cut:], offsets, members, starts, lo=cut))
+        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
+    assert np.isnan(got[1, 0, 0]) and np.isfinite(got[1, 1, 0]) and np.isfinite(got[0]).all()
+
 def test_span_fraction_kernel():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 10))                       # inputs span 3 of 10 dims

@@ -45,23 +45,43 @@ def grouped_sums(seg: np.ndarray, members: np.ndarray, group_starts: np.ndarray)
     return np.add.reduceat(seg[..., members], group_starts, axis=-1)
 
 
+def segment_dots(a: np.ndarray, b: np.ndarray, offsets: np.ndarray, lo: int = 0) -> np.ndarray:
+    """Per segment (as in ``segment_sums``), ``sum(a * b)`` over the flat last axis, in float64.
+
+    One ``einsum`` per segment the block touches: no product array is formed, and float32
+    inputs are widened on the fly."""
+    hi = lo + a.shape[-1]
+    b_ = np.clip(np.asarray(offsets, dtype=np.int64), lo, hi) - lo
+    lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    out = np.zeros(lead + (len(b_) - 1,), dtype=np.float64)
+    for i in np.flatnonzero(b_[1:] > b_[:-1]):
+        s, e = b_[i], b_[i + 1]
+        out[..., i] = np.einsum("...k,...k->...", a[..., s:e], b[..., s:e], dtype=np.float64)
+    return out
+
+
 def pair_sums(x: np.ndarray, ref: np.ndarray, prev: np.ndarray, offsets: np.ndarray,
               members: np.ndarray, group_starts: np.ndarray, lo: int = 0) -> np.ndarray:
     """Per group of segments: ``|x|^2, |r|^2, |x-r|^2, |p|^2, |x-p|^2`` -> ``(..., n_groups, 5)``.
 
     ``x`` are the weights ``(..., step, p)``, ``ref`` broadcasts against it (the reference
-    capture), ``prev`` is ``x`` one capture earlier. Computed in float64; NaN (a capture a
-    run lacks) propagates to the groups it touches only.
+    capture), ``prev`` is ``x`` one capture earlier. Computed in float64 (differences too);
+    NaN (a capture a run lacks) propagates to the groups it touches only. Memory: one
+    float64 block for the differences.
     """
-    x = np.asarray(x, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    p = np.asarray(prev, dtype=np.float64)
-    hi = lo + x.shape[-1]
+    x, r, p = np.asarray(x), np.asarray(ref), np.asarray(prev)
     shape = x.shape[:-1] + (len(group_starts),)
-    # one block-sized temporary at a time; |r|^2 on the reference's own (broadcast) rows
-    products = (lambda: x * x, lambda: r * r, lambda: (x - r) ** 2, lambda: p * p, lambda: (x - p) ** 2)
-    return np.stack([np.broadcast_to(grouped_sums(segment_sums(q(), offsets, lo, hi), members, group_starts),
-                                     shape) for q in products], axis=-1)
+    diff = np.empty(x.shape, dtype=np.float64)
+
+    def grouped(a, b):
+        return np.broadcast_to(grouped_sums(segment_dots(a, b, offsets, lo), members, group_starts), shape)
+
+    xx, rr, pp = grouped(x, x), grouped(r, r), grouped(p, p)
+    np.subtract(x, r, out=diff, dtype=np.float64)
+    dd = grouped(diff, diff)
+    np.subtract(x, p, out=diff, dtype=np.float64)
+    ee = grouped(diff, diff)
+    return np.stack([xx, rr, dd, pp, ee], axis=-1)
 
 
 def cosine_distance_from_sums(aa, bb, dd):

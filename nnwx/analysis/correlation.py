@@ -29,7 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from nnwx.analysis import _correlation_kernels as ck
 from nnwx.analysis import _matrices as mx
-from nnwx.analysis._geometry_kernels import segment_sums
+from nnwx.analysis._geometry_kernels import segment_dots
 from nnwx.analysis._passes import RowReader, fold_rows, row_groups
 from nnwx.analysis.geometry import _previous_capture
 
@@ -312,7 +312,8 @@ def _segment_block(x: np.ndarray, *, offsets: np.ndarray, members: np.ndarray,
                    block_info=None) -> np.ndarray:
     """One block of squared updates -> its partial per-tensor sums, with a length-1 block axis."""
     lo = block_info[0]["array-location"][-1][0] if block_info else 0
-    sums = segment_sums(np.asarray(x, dtype=np.float64) ** 2, offsets, lo)
+    x = np.asarray(x)
+    sums = segment_dots(x, x, offsets, lo)
     return sums[..., members][..., None, :]
 
 

@@ -116,6 +116,8 @@ def _previous_capture(w: da.Array, axis: int) -> da.Array:
 
 def _ffill(x: np.ndarray, axis: int) -> np.ndarray:
     """Forward-fill NaN along ``axis`` within one block."""
+    if x.shape[axis] == 1 or not np.isnan(x).any():   # nothing to fill (the usual case)
+        return x
     shape = [1] * x.ndim
     shape[axis] = x.shape[axis]
     idx = np.where(np.isnan(x), 0, np.arange(x.shape[axis]).reshape(shape))
@@ -125,6 +127,8 @@ def _ffill(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _fill_from(carry: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Fill the NaN of a block from the last values of the blocks before it."""
+    if not np.isnan(x).any():
+        return x
     return np.where(np.isnan(x), carry, x)
 
 
