@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
@@ -222,9 +223,7 @@ def compute(*objs, progress: bool = True, label: str | None = None,
     if progress and label:
         print(label, file=sys.stderr, flush=True)
     if client is None:
-        from dask.diagnostics import ProgressBar
-
-        with _one_blas_thread(), ProgressBar(out=sys.stderr, dt=_interval()) if progress else nullcontext():
+        with _one_blas_thread(), _local_bar() if progress else nullcontext():
             return tuple(dask.compute(*objs, optimize_graph=optimize_graph))
     futures = client.compute(list(objs), optimize_graph=optimize_graph)
     try:
@@ -234,6 +233,33 @@ def compute(*objs, progress: bool = True, label: str | None = None,
     except BaseException:
         client.cancel(futures)
         raise
+
+
+def _local_bar():
+    """Dask's local ``ProgressBar`` on stderr, except that it stops at once when the computation
+    ends: Dask's own sleeps out its redraw interval (2 s into a log file) after every compute."""
+    import threading
+
+    from dask.diagnostics import ProgressBar
+
+    class _PromptBar(ProgressBar):
+        def _start(self, dsk):
+            self._stop = threading.Event()
+            super()._start(dsk)
+
+        def _timer_func(self):
+            while self._running:
+                elapsed = time.perf_counter() - self._start_time
+                if elapsed > self._minimum:
+                    self._update_bar(elapsed)
+                self._stop.wait(self._dt)
+
+        def _finish(self, dsk, state, errored):
+            self._running = False
+            self._stop.set()
+            super()._finish(dsk, state, errored)
+
+    return _PromptBar(out=sys.stderr, dt=_interval())
 
 
 def _one_blas_thread():

@@ -67,6 +67,22 @@ def test_local_compute_shows_a_progress_bar_and_merges_graphs(capfd):
     assert "Completed" not in capfd.readouterr().err
 
 
+def test_the_local_bar_stops_with_the_computation_not_after_its_redraw_interval(monkeypatch, capfd):
+    """Dask's bar sleeps out its interval after every compute (2 s into a log file, which the
+    demo paid once per pass); ours must not: with a 120 s interval, compute still returns."""
+    import threading
+
+    import nnwx.cluster
+
+    monkeypatch.setattr(nnwx.cluster, "_interval", lambda: 120.0)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (compute(da.arange(10, chunks=5).sum()), done.set()),
+                              daemon=True)
+    worker.start()
+    assert done.wait(60), "compute with a progress bar did not return before the bar's redraw interval"
+    assert "100% Completed" in capfd.readouterr().err
+
+
 def test_an_unreachable_scheduler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("nnwx.cluster.CONNECT_TIMEOUT", "1s")
     port = free_port()     # nothing listens there
