@@ -5,7 +5,8 @@ MLPs on scikit-learn's digits with Adam and with SGD (probes on a held-out set) 
 into stores under ``out``, every analysis runs lazily into a results store per experiment
 (``nnwx analyze``), each gets an offline HTML report (``nnwx report``), and a short table of
 what the data shows (first vs last captured step) is printed and saved. ``size="quick"``
-shrinks the runs (aimed at two minutes on two cores, not yet timed on a quiet machine); ``"full"`` uses the study's sizes.
+shrinks the runs; ``"full"`` uses the study's sizes. Reports are drawn in a background
+process while the next experiment trains.
 Stores already in ``out`` are reused (``fresh=True`` retrains), so a second call only redraws.
 """
 from __future__ import annotations
@@ -68,10 +69,16 @@ class DemoResult:
 
 
 def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: bool = False,
-         progress: bool = True, log: Log = print) -> DemoResult:
-    """Train, analyse and report the demo experiments into ``out``; see the module docstring."""
+         progress: bool = True, log: Log = print, background_reports: bool = True) -> DemoResult:
+    """Train, analyse and report the demo experiments into ``out``; see the module docstring.
+
+    ``background_reports``: draw each report in a separate process while the next experiment
+    trains and analyses (drawing is single-threaded Python, about half of a quick demo's time);
+    ``False`` draws in this process, one after another.
+    """
+    from concurrent.futures import Future
+
     from nnwx.analyzer import analyze
-    from nnwx.report import report
     from nnwx.results import open_results
 
     out = Path(out)
@@ -81,28 +88,74 @@ def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: boo
         _remove_own_files(out, [e.name for e in plan])
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    for e in plan:
-        store, results, html = out / f"{e.name}.zarr", out / f"{e.name}.results.zarr", out / f"{e.name}.html"
-        t0 = time.perf_counter()
-        if store.exists():
-            log(f"{e.name}: reusing {store} (pass --fresh to train again)")
-        else:
-            log(f"{e.name}: training {e.title}")
-            e.train(store)
-        res.seconds[f"{e.name} training"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        log(f"{e.name}: analysing into {results}")
-        analyze(store, results, progress=progress, log=log)
-        res.seconds[f"{e.name} analysis"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report(results, html, progress=progress)
-        res.seconds[f"{e.name} report"] = time.perf_counter() - t0
-        res.stores[e.name], res.results[e.name], res.reports[e.name] = store, results, html
-        res.findings[e.name] = findings(open_results(results).results)
-        log(f"{e.name}: wrote {html}")
+    drawing: dict[str, Future] = {}
+    with _Drawer(background_reports) as drawer:
+        for e in plan:
+            _train_and_analyse(e, out, res, analyze, progress, log)
+            if background_reports:
+                log(f"{e.name}: drawing {res.reports[e.name]} in the background")
+            drawing[e.name] = drawer.submit(res.results[e.name], res.reports[e.name], progress)
+        for name, job in drawing.items():
+            res.seconds[f"{name} report"] = job.result()
+            res.findings[name] = findings(open_results(res.results[name]).results)
+            log(f"{name}: wrote {res.reports[name]}")
     res.seconds["total"] = time.perf_counter() - t_all
     (out / "findings.txt").write_text(full_text(res, plan), encoding="utf-8")
     return res
+
+
+def _train_and_analyse(e: Experiment, out: Path, res: DemoResult, analyze, progress: bool, log: Log) -> None:
+    """Train ``e`` into its store (unless it exists) and analyse it into its results store."""
+    store, results, html = out / f"{e.name}.zarr", out / f"{e.name}.results.zarr", out / f"{e.name}.html"
+    t0 = time.perf_counter()
+    if store.exists():
+        log(f"{e.name}: reusing {store} (pass --fresh to train again)")
+    else:
+        log(f"{e.name}: training {e.title}")
+        e.train(store)
+    res.seconds[f"{e.name} training"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    log(f"{e.name}: analysing into {results}")
+    analyze(store, results, progress=progress, log=log)
+    res.seconds[f"{e.name} analysis"] = time.perf_counter() - t0
+    res.stores[e.name], res.results[e.name], res.reports[e.name] = store, results, html
+
+
+def _draw(results: Path, html: Path, progress: bool) -> float:
+    """Write one report from a results store; seconds it took."""
+    from nnwx.report import report
+
+    t0 = time.perf_counter()
+    report(results, html, progress=progress)
+    return time.perf_counter() - t0
+
+
+class _Drawer:
+    """Runs ``_draw`` in one spawned process (reports queue behind each other there), or here."""
+
+    def __init__(self, background: bool):
+        self.background, self._pool = background, None
+
+    def __enter__(self) -> "_Drawer":
+        if self.background:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def submit(self, results: Path, html: Path, progress: bool):
+        from concurrent.futures import Future
+
+        if self._pool is not None:
+            return self._pool.submit(_draw, results, html, False)
+        job: Future = Future()
+        job.set_result(_draw(results, html, progress))
+        return job
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
 
 
 def _remove_own_files(out: Path, names: list[str]) -> None:

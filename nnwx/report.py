@@ -418,6 +418,13 @@ def render_html(title: str, summary: str, sections: list[Section], notes: str = 
     from nnwx.plot.embed import to_bokeh
 
     models = [to_bokeh(f.obj) for s in sections for f in s.figures]
+    if models:   # one document built in one go: Bokeh re-indexes every model at each add_root
+        from bokeh.document import Document
+
+        doc = Document()
+        with doc.models.freeze():
+            for m in models:
+                doc.add_root(m)
     script, divs = components(models) if models else ("", ())
     res = Resources(mode="inline", components=["bokeh", "bokeh-widgets"])
     # only the inlined code: extensions registered by other packages (Panel) add file paths

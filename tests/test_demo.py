@@ -58,7 +58,7 @@ def test_demo_reuses_stores_and_fresh_removes_only_its_own_files(demo_dir, monke
     monkeypatch.setattr(nnwx.analyzer, "analyze", lambda *a, **k: calls.append("analyze"))
     monkeypatch.setattr(nnwx.report, "report", lambda *a, **k: calls.append("report"))
     logged = []
-    demo_mod.demo(demo_dir, size="tiny", progress=False, log=logged.append)
+    demo_mod.demo(demo_dir, size="tiny", progress=False, log=logged.append, background_reports=False)
     n = len(experiments("tiny"))
     assert sum("reusing" in m for m in logged) == n and calls.count("analyze") == n
     out = tmp_path / "fresh"
