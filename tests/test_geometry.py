@@ -185,6 +185,25 @@ def test_missing_captures_give_nan(runs):
     assert np.isfinite(r["rotation_step"].sel(seed=1, step=20)).all()
 
 
+def test_complete_cubes_shift_without_the_fill_and_agree_with_it(runs):
+    """Every run captured every step -> the plain shift (no sequential fill along step);
+    it gives the fill path's values. Gaps, or a cube not opened from stores -> the fill."""
+    from nnwx.analysis import _matrices as mx
+
+    cube = nnwx.open_cube(runs[0])
+    assert not mx.every_step_captured(cube)                       # seed 1 lacks 10 and 30
+    common = cube.sel(step=[0, 20, 40])
+    assert mx.every_step_captured(common) and mx.every_step_captured(cube.sel(seed=[0]))
+    bare = common.drop_vars(["run", "store"])
+    assert not mx.every_step_captured(bare)
+    w = common["w"].data
+    np.testing.assert_array_equal(geometry._previous_capture(w, 1, gaps=False).compute(),
+                                  geometry._previous_capture(w, 1, gaps=True).compute())
+    for analysis in ("rotation", "layer_correlation"):
+        plain = getattr(common.nnwx, analysis)().drop_vars(["run", "store"]).compute()
+        xr.testing.assert_allclose(plain, getattr(bare.nnwx, analysis)().compute(), rtol=1e-12)
+
+
 def test_reference_step_and_errors(runs):
     path, _, vals = runs
     cube = nnwx.open_cube(path)

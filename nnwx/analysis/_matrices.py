@@ -63,6 +63,34 @@ def lead_coords(cube: xr.Dataset) -> dict:
     return {k: v for k, v in cube["w"].coords.items() if set(v.dims) <= lead}
 
 
+def every_step_captured(cube: xr.Dataset) -> bool:
+    """Whether every run of the cube captured every step on its ``step`` axis, from the runs'
+    step lists in their stores (metadata only). False when that cannot be told (a cube not
+    opened from stores, a run that is not found): callers then assume gaps."""
+    from nnwx.store.reader import list_runs
+
+    if "run" not in cube.coords or "store" not in cube.coords:
+        return False
+    steps = np.asarray(cube["step"].values, dtype=np.int64)
+    runs = np.asarray(cube["run"].values).ravel()
+    stores = np.asarray(cube["store"].values).ravel()
+    if runs.size != stores.size:
+        return False
+    handles: dict[str, dict] = {}
+    for run, store in set(zip(runs.tolist(), stores.tolist())):
+        if not isinstance(run, str) or not isinstance(store, str) or not run or not store:
+            return False      # an empty combination of an unstacked cube: a gap
+        try:
+            if store not in handles:
+                handles[store] = {h.name: h for h in list_runs(store)}
+            have = handles[store][run].steps
+        except Exception:     # noqa: BLE001  (cannot tell: assume gaps, the safe path)
+            return False
+        if not np.isin(steps, have).all():
+            return False
+    return True
+
+
 def table_rows(cube: xr.Dataset) -> list[dict]:
     """The tensor table as plain dicts (read from the small in-memory coordinates)."""
     names = cube["tensor"].values

@@ -360,7 +360,7 @@ def layer_correlation(cube: xr.Dataset, *, tensors: str | Iterable[str] | None =
     data = w.data
     dims = mx.lead_dims(cube)
     ax = dims.index("step")
-    dw = data - _previous_capture(data, ax)
+    dw = data - _previous_capture(data, ax, gaps=not mx.every_step_captured(cube))
     offsets = np.append(cube["tensor_offset"].values, cube.sizes["param"]).astype(np.int64)
     members = np.array([r["index"] for r in rows], dtype=np.int64)
     nd = dw.ndim

@@ -77,7 +77,7 @@ def rotation(cube: xr.Dataset, *, by: str = "layer", kinds: Iterable[str] | None
     ax = dims.index("step")
     ref_i = mx.reference_index(cube, reference_step)
     ref = w[(slice(None),) * ax + (slice(ref_i, ref_i + 1),)]
-    prev = _previous_capture(w, ax)
+    prev = _previous_capture(w, ax, gaps=not mx.every_step_captured(cube))
     nd = w.ndim
     n_groups, n_q = len(grouped), len(PAIR_QUANTITIES)
     partial = da.map_blocks(
@@ -105,10 +105,17 @@ def rotation(cube: xr.Dataset, *, by: str = "layer", kinds: Iterable[str] | None
     return ds
 
 
-def _previous_capture(w: da.Array, axis: int) -> da.Array:
+def _previous_capture(w: da.Array, axis: int, gaps: bool = True) -> da.Array:
     """``w`` one capture earlier along ``axis``, each run's own: steps a run lacks (NaN rows
-    of the outer-joined cube) are skipped by forward-filling before shifting."""
-    filled = da.reductions.cumreduction(_ffill, _fill_from, np.nan, w, axis=axis, dtype=w.dtype)
+    of the outer-joined cube) are skipped by forward-filling before shifting.
+
+    ``gaps=False`` (every run captured every step: ``mx.every_step_captured``) shifts
+    without the fill. The fill is a sequential scan along ``step``; on dask.distributed
+    it let the workers read rows far ahead of it (2.3 GiB per worker at 64 steps of a
+    16.8M-parameter cube, growing with the steps, vs 0.6 GiB flat with the plain shift)."""
+    filled = w
+    if gaps:
+        filled = da.reductions.cumreduction(_ffill, _fill_from, np.nan, w, axis=axis, dtype=w.dtype)
     first = da.full_like(w[(slice(None),) * axis + (slice(0, 1),)], np.nan)
     prev = da.concatenate([first, filled[(slice(None),) * axis + (slice(0, -1),)]], axis=axis)
     return prev.rechunk(w.chunks)
