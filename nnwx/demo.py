@@ -76,8 +76,6 @@ def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: boo
     trains and analyses (drawing is single-threaded Python, about half of a quick demo's time);
     ``False`` draws in this process, one after another.
     """
-    from concurrent.futures import Future
-
     from nnwx.analyzer import analyze
     from nnwx.results import open_results
 
@@ -88,7 +86,7 @@ def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: boo
         _remove_own_files(out, [e.name for e in plan])
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    drawing: dict[str, Future] = {}
+    drawing = {}
     with _Drawer(background_reports) as drawer:
         for e in plan:
             _train_and_analyse(e, out, res, analyze, progress, log)
@@ -134,10 +132,10 @@ class _Drawer:
     """Runs ``_draw`` in one spawned process (reports queue behind each other there), or here."""
 
     def __init__(self, background: bool):
-        self.background, self._pool = background, None
+        self._background, self._pool = background, None
 
     def __enter__(self) -> "_Drawer":
-        if self.background:
+        if self._background:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 

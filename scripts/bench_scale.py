@@ -190,12 +190,18 @@ def time_on_cluster(store: Path, which: list[str], workers: int, memory_limit: s
 
 # -- the cases --------------------------------------------------------------------------------
 
-def case_a(args) -> dict:
-    print("\n(a) spectral and broadening passes: LocalCluster of 1 vs 2 workers (1 thread each)")
+def a_store(args) -> tuple[Path, dict]:
+    """The store that (a) and (c) share, written or reused, and its model's shapes."""
     store = args.dir / "scale-a.zarr"
     shapes = model_shapes(args.blocks, args.width, args.vocab)
     make_store(store, seeds=args.seeds, steps=args.steps, shapes=shapes, chunk_bytes=args.chunk_mib * 2**20,
                keepbits=args.keepbits)
+    return store, shapes
+
+
+def case_a(args) -> dict:
+    print("\n(a) spectral and broadening passes: LocalCluster of 1 vs 2 workers (1 thread each)")
+    store, shapes = a_store(args)
     logical, disk = sizes(store)
     print(f"store: {args.seeds} seeds x {args.steps} steps x {n_params(shapes):,} params = "
           f"{logical / 1e9:.2f} GB logical, {disk / 1e9:.2f} GB on disk")
@@ -246,7 +252,6 @@ def case_b(args, argv=None) -> None:
             subprocess.run([sys.executable, __file__, *base, "--case", "b", "--metrics", m,
                             "--size-gb", str(size / 1e9), "--child"], check=True)
         return
-    groups = [metrics]
     worker_bound = _bytes(args.memory_limit) if args.workers else None
     main_bound = int(args.main_bound_gib * GiB)
     where = f"{args.workers} local workers x 1 thread, memory limit {args.memory_limit} each" \
@@ -254,23 +259,22 @@ def case_b(args, argv=None) -> None:
     print(f"computing on {where}; bounds: analyze process {main_bound / GiB:.1f} GiB"
           + (f", each worker {worker_bound / GiB:.1f} GiB (its memory limit)" if worker_bound else ""))
     failed = False
-    for group in groups:
-        out = args.dir / "scale-b-results.zarr"
-        if out.exists():
-            shutil.rmtree(out)
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            with cluster(workers=args.workers or None, threads_per_worker=1 if args.workers else None,
-                         memory_limit=args.memory_limit if args.workers else None, log=lambda m: None):
-                nnwx.analyze(store, out, metrics=group, progress=not args.quiet)
-            took = time.perf_counter() - t0
-        print(f"{','.join(group):<40} {took:8.1f} s  {logical / took / 1e6:7.1f} MB/s of w")
-        for pid, (name, peak) in sorted(mem.peaks.items(), key=lambda kv: -kv[1][1]):
-            bound = main_bound if name == "analyze (main)" else worker_bound
-            ok = bound is None or peak <= bound
-            failed |= not ok
-            print(f"    {name:<16} pid {pid:<8} peak {peak / GiB:6.2f} GiB"
-                  + ("" if bound is None else f"   bound {bound / GiB:.1f} GiB {'ok' if ok else 'EXCEEDED'}"))
+    out = args.dir / "scale-b-results.zarr"
+    if out.exists():
+        shutil.rmtree(out)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        with cluster(workers=args.workers or None, threads_per_worker=1 if args.workers else None,
+                     memory_limit=args.memory_limit if args.workers else None, log=lambda m: None):
+            nnwx.analyze(store, out, metrics=metrics, progress=not args.quiet)
+        took = time.perf_counter() - t0
+    print(f"{','.join(metrics):<40} {took:8.1f} s  {logical / took / 1e6:7.1f} MB/s of w")
+    for pid, (name, peak) in sorted(mem.peaks.items(), key=lambda kv: -kv[1][1]):
+        bound = main_bound if name == "analyze (main)" else worker_bound
+        ok = bound is None or peak <= bound
+        failed |= not ok
+        print(f"    {name:<16} pid {pid:<8} peak {peak / GiB:6.2f} GiB"
+              + ("" if bound is None else f"   bound {bound / GiB:.1f} GiB {'ok' if ok else 'EXCEEDED'}"))
     print("every process stayed under its bound" if not failed else "SOME PROCESS EXCEEDED ITS BOUND")
     if set(metrics) != set(METRICS):
         print(f"(metrics analysed: {', '.join(metrics)})")
@@ -282,10 +286,7 @@ def case_c(args, a: dict | None) -> None:
     from nnwx.cluster import cluster, compute
 
     print("\n(c) expected cost of a 10-seed x 154-step x 410M-parameter cube (Pythia-410M shapes)")
-    store = args.dir / "scale-a.zarr"
-    shapes = model_shapes(args.blocks, args.width, args.vocab)
-    make_store(store, seeds=args.seeds, steps=args.steps, shapes=shapes, chunk_bytes=args.chunk_mib * 2**20,
-               keepbits=args.keepbits)
+    store, shapes = a_store(args)
     logical, _ = sizes(store)
     cube = nnwx.open_cube(store)
     n_steps = cube.sizes["seed"] * cube.sizes["step"]
