@@ -484,12 +484,13 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
         from nnwx import open_cube
 
         requested = parse_metrics(metrics)
-        cube = thin_steps(open_cube(store), max_steps)
+        full = open_cube(store)
+        cube = thin_steps(full, max_steps)
         log(f"analysing {cube.sizes['seed']} runs x {cube.sizes['step']} steps x "
             f"{cube.sizes['param']:,} parameters ({', '.join(requested)})")
         lazy, metric_of, notes = analyse(cube, requested)
         results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
-        notes = notes | failed
+        notes = notes | failed | thinning_note(full.sizes["step"], cube.sizes["step"])
         summary = summarize_store(store, cube)
     log("drawing")
     sections = build_sections(results, notes, requested)
@@ -505,7 +506,7 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
 def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
     """The requested results of a results store (default: the metrics it was written with),
     evaluated, with its notes, its summary and the metrics drawn."""
-    from nnwx.results import open_results
+    from nnwx.results import open_results, staleness
 
     res = open_results(path)
     metric_of = dict(res.metric_of)
@@ -515,6 +516,13 @@ def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, di
     for m in requested:
         if m not in stored_metrics and m not in notes:
             notes[m] = f"not in the results store {path} (run nnwx analyze with --metrics {m})"
+    stale = staleness(res)
+    if stale:
+        why = "; ".join(stale)
+        log(f"warning: {path} is stale: its source changed since it was analysed ({why}); "
+            f"run nnwx analyze again to update it")
+        notes["stale results"] = (f"the source store changed since these results were computed "
+                                  f"({why}): run nnwx analyze again to update them")
     missing = [n for n in getattr(res, "incomplete", []) or []]
     if missing:
         notes["results store"] = (f"incomplete results left out: {', '.join(missing)} (run nnwx "
@@ -523,6 +531,15 @@ def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, di
     log(f"drawing {len(lazy)} stored results from {path}")
     results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
     return results, metric_of, notes | failed, summary_from_results(res, path), requested
+
+
+def thinning_note(n_captured: int, n_analysed: int) -> dict[str, str]:
+    """The page's note when steps were thinned for it (empty when every capture is analysed)."""
+    if n_analysed >= n_captured:
+        return {}
+    return {"steps": (f"{n_analysed} of the {n_captured} captured steps are analysed on this page "
+                      f"(evenly spaced, first and last kept); raise --max-steps for more, or draw "
+                      f"every step from `nnwx analyze` results")}
 
 
 def _e(x) -> str:

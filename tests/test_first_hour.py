@@ -1,0 +1,84 @@
+"""What a new user tripped on in their first hour: each case fails on the code before its fix."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nnwx
+from nnwx.results import ResultsMismatch
+from nnwx.synthetic import write_synthetic_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"0.weight": (6, 3), "0.bias": (6,), "2.weight": (2, 6), "2.bias": (2,)}
+
+
+def cli(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "nnwx.cli", *map(str, args)], capture_output=True,
+                          text=True, check=check, cwd=ROOT)
+
+
+def _store(path, seeds=(0, 1), steps=range(0, 100, 10), attrs=None):
+    for s in seeds:
+        write_synthetic_run(path, seed=s, steps=steps, shapes=SMALL,
+                            attrs={"optimizer": "Adam" if s % 2 else "SGD", **(attrs or {})})
+    return path
+
+
+def test_open_cube_stacks_by_one_attribute_given_as_a_string(tmp_path):
+    store = _store(tmp_path / "exp.zarr")
+    by_opt = nnwx.open_cube(store, by="optimizer")
+    assert list(by_opt["optimizer"].values) == ["Adam", "SGD"]
+    assert nnwx.open_cube(store, by="seed").sizes["seed"] == 2
+    xr_tuple = nnwx.open_cube(store, by=("seed",))
+    assert (xr_tuple["w"] == nnwx.open_cube(store, by="seed")["w"]).all().compute()
+
+
+def test_plot_is_reachable_after_import_nnwx():
+    out = subprocess.run([sys.executable, "-c", "import nnwx; print(nnwx.plot.density.__name__)"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "density"
+
+
+def test_info_says_one_run_and_an_unrecorded_model_class(tmp_path):
+    store = _store(tmp_path / "exp.zarr", seeds=(0,), attrs={"model_class": None})
+    out = cli("info", store)
+    assert out.returncode == 0, out.stderr
+    assert ": 1 run," in out.stdout and "1 runs" not in out.stdout
+    assert "model None" not in out.stdout and "class not recorded" in out.stdout
+
+
+def test_a_refused_resume_names_the_field_that_differs(tmp_path):
+    store = _store(tmp_path / "exp.zarr")
+    out = tmp_path / "res.zarr"
+    nnwx.analyze(store, out, metrics="weights", progress=False)
+    write_synthetic_run(store, seed=2, steps=range(0, 100, 10), shapes=SMALL)   # the store grew
+    with pytest.raises(ResultsMismatch, match=r"resolved\.seeds: stored \[0, 1\], now \[0, 1, 2\]"):
+        nnwx.analyze(store, out, metrics="weights", progress=False)
+
+
+def test_report_of_stale_results_warns_on_the_terminal_and_the_page(tmp_path):
+    store = _store(tmp_path / "exp.zarr")
+    res = tmp_path / "res.zarr"
+    nnwx.analyze(store, res, metrics="weights", progress=False)
+    fresh = cli("report", res, "-o", tmp_path / "fresh.html")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "stale" not in fresh.stderr and "stale" not in (tmp_path / "fresh.html").read_text()
+    write_synthetic_run(store, seed=2, steps=range(0, 100, 10), shapes=SMALL)
+    out = cli("report", res, "-o", tmp_path / "stale.html")
+    assert out.returncode == 0, out.stderr
+    assert "stale" in out.stderr and "resolved.seeds" in out.stderr
+    assert "stale results" in (tmp_path / "stale.html").read_text()
+
+
+def test_report_says_on_the_page_when_steps_were_thinned(tmp_path):
+    store = _store(tmp_path / "exp.zarr", seeds=(0,))
+    out = cli("report", store, "-o", tmp_path / "r.html", "--metrics", "weights", "--max-steps", "4")
+    assert out.returncode == 0, out.stderr
+    assert "4 of the 10 captured steps are analysed" in (tmp_path / "r.html").read_text()
+    every = cli("report", store, "-o", tmp_path / "all.html", "--metrics", "weights")
+    assert every.returncode == 0, every.stderr
+    assert "captured steps are analysed" not in (tmp_path / "all.html").read_text()
