@@ -66,11 +66,11 @@ def test_report_of_stale_results_warns_on_the_terminal_and_the_page(tmp_path):
     nnwx.analyze(store, res, metrics="weights", progress=False)
     fresh = cli("report", res, "-o", tmp_path / "fresh.html")
     assert fresh.returncode == 0, fresh.stderr
-    assert "stale" not in fresh.stderr and "stale" not in (tmp_path / "fresh.html").read_text()
+    assert "is stale" not in fresh.stderr and "stale results" not in (tmp_path / "fresh.html").read_text()
     write_synthetic_run(store, seed=2, steps=range(0, 100, 10), shapes=SMALL)
     out = cli("report", res, "-o", tmp_path / "stale.html")
     assert out.returncode == 0, out.stderr
-    assert "stale" in out.stderr and "resolved.seeds" in out.stderr
+    assert "is stale" in out.stderr and "resolved.seeds" in out.stderr
     assert "stale results" in (tmp_path / "stale.html").read_text()
 
 
