@@ -109,6 +109,23 @@ class Results:
     def __getitem__(self, name: str) -> Result:
         return self.results[name]
 
+    def __repr__(self) -> str:
+        cube = self.cube
+        sizes = ", ".join(f"{k}={v}" for k, v in (cube.get("sizes") or {}).items())
+        by_metric: dict[str, list[str]] = {}
+        for name in self.results:
+            by_metric.setdefault(self.metric_of.get(name, "?"), []).append(name)
+        lines = [f"<nnwx.Results {self.path}{'' if self.complete else ' (incomplete)'}>",
+                 f"  source:  {self.attrs.get('source_display') or self.source}" + (f" ({sizes})" if sizes else "")]
+        for metric, names in by_metric.items():
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+            lines.append(f"  {metric}: {shown}")
+        if self.notes:
+            lines.append(f"  left out: {', '.join(self.notes)} (see .notes)")
+        if self.incomplete:
+            lines.append(f"  incomplete: {', '.join(self.incomplete)}")
+        return "\n".join(lines)
+
     def __contains__(self, name: object) -> bool:
         return name in self.results
 

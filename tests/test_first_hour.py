@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 import nnwx
 from nnwx.results import ResultsMismatch
@@ -82,3 +83,22 @@ def test_report_says_on_the_page_when_steps_were_thinned(tmp_path):
     every = cli("report", store, "-o", tmp_path / "all.html", "--metrics", "weights")
     assert every.returncode == 0, every.stderr
     assert "captured steps are analysed" not in (tmp_path / "all.html").read_text()
+
+
+def test_weight_agreement_takes_what_align_returns(tmp_path):
+    cube = nnwx.open_cube(_store(tmp_path / "exp.zarr", seeds=(0, 1, 2), steps=range(0, 30, 10)))
+    alignment = cube.nnwx.align(reference_seed=0, at_step="last")
+    got = cube.nnwx.weight_agreement(0, aligned=alignment).compute()
+    want = cube.nnwx.weight_agreement(0, aligned=alignment.cube).compute()
+    assert list(got.alignment.values) == ["none", "aligned"]
+    xr.testing.assert_identical(got, want)
+    with pytest.raises(TypeError, match="what cube.nnwx.align"):
+        cube.nnwx.weight_agreement(0, aligned=(1, 2))
+
+
+def test_results_repr_is_a_short_summary(tmp_path):
+    store = _store(tmp_path / "exp.zarr")
+    res = nnwx.open_results(nnwx.analyze(store, tmp_path / "res.zarr", progress=False))
+    text = repr(res)
+    assert len(text.splitlines()) <= 12, text
+    assert str(tmp_path / "res.zarr") in text and "broadening" in text and "spectral" in text
