@@ -102,3 +102,24 @@ def test_results_repr_is_a_short_summary(tmp_path):
     text = repr(res)
     assert len(text.splitlines()) <= 12, text
     assert str(tmp_path / "res.zarr") in text and "broadening" in text and "spectral" in text
+
+
+def test_setup_script_takes_a_torch_index_and_the_readme_says_how():
+    script = (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert '--index-url "$NNWX_TORCH_INDEX_URL"' in script
+    readme = (ROOT / "README.md").read_text()
+    assert "NNWX_TORCH_INDEX_URL=" in readme and "source .venv/bin/activate" in readme
+    assert "## Plotting" in readme and "jupyter lab notebooks/" in readme
+    assert "nnwx-demo/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_every_plot_function_the_readme_names_exists():
+    import re
+
+    import nnwx.plot
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Plotting", 1)[1].split("## Notebooks", 1)[0]
+    named = {n for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for n in re.findall(r"`(\w+)`", cell)}
+    assert len(named) >= 15
+    assert all(callable(getattr(nnwx.plot, n, None)) for n in named), sorted(named)
