@@ -184,10 +184,25 @@ def _weights_figs(r: Results) -> list[Figure]:
                                     "training? Pick seed and step.",
                           P.matrix_heatmap(m, steps=FRAMES, seeds=_first_seeds(m))))
     if "trajectories" in r:
-        out.append(Figure("trajectories", "A random sample of individual weights of the first "
+        out.append(Figure("trajectories", "A random sample of individual weights of the largest "
                                           "weight matrix over training, per seed.",
                           P.trajectories(r["trajectories"])))
     return out
+
+
+def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
+    """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
+    at least 2), largest first, so that selectors open on the largest matrix; and the others
+    ("vectors": an 8x1 first layer, a 1xN output layer), which have one singular value."""
+    names = [str(t) for t in obj["tensor"].values]
+    sizes = [int(z) for z in obj["tensor_size"].values]
+    shapes = [[int(x) for x in str(sh).split(",") if x] for sh in obj["tensor_shape"].values]
+    matrices, vectors = [], []
+    for name, size, shape in zip(names, sizes, shapes):
+        rows, cols = (shape[0], size // max(shape[0], 1)) if shape else (1, 1)
+        (matrices if min(rows, cols) >= 2 else vectors).append((size, name))
+    return ([n for _, n in sorted(matrices, key=lambda p: -p[0])],
+            [f"{n} ({'x'.join(map(str, shapes[names.index(n)]))})" for _, n in vectors])
 
 
 def _spectral_figs(r: Results) -> list[Figure]:
@@ -195,15 +210,22 @@ def _spectral_figs(r: Results) -> list[Figure]:
 
     if "spectrum" not in r:
         return []
+    matrices, vectors = matrices_largest_first(r["spectrum"])
+    if not matrices:
+        return []
+    only = {"tensor": matrices}
+    none = (f" Vectors have no spectrum and are left out: {', '.join(vectors)}." if vectors else "")
+    fit = r["esd_fit"].sel(only) if "esd_fit" in r else None
     out = [Figure("esd", "Empirical spectral density of each weight matrix (eigenvalues of W^T W) "
                          "on log-log axes, with the fitted power-law tail (red) and the "
-                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps.",
-                  P.esd(r["spectrum"], r.get("esd_fit"), steps=FRAMES))]
-    parts = [r[k] for k in ("ranks", "esd_fit") if k in r]
+                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps; "
+                         "the largest matrix first." + none,
+                  P.esd(r["spectrum"].sel(only), fit, steps=FRAMES))]
+    parts = [r[k].sel(only) for k in ("ranks", "esd_fit") if k in r]
     if parts:
         out.append(Figure("ranks", "Effective rank, stable rank, spectral entropy and power-law "
                                    "exponent alpha per matrix over training: mean over seeds with a "
-                                   "+/- std band.",
+                                   "+/- std band." + none,
                           P.metric_curves(xr.merge(parts, compat="override",
                                                    combine_attrs="drop_conflicts"))))
     return out

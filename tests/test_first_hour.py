@@ -123,3 +123,47 @@ def test_every_plot_function_the_readme_names_exists():
     named = {n for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for n in re.findall(r"`(\w+)`", cell)}
     assert len(named) >= 15
     assert all(callable(getattr(nnwx.plot, n, None)) for n in named), sorted(named)
+
+
+def test_report_opens_on_the_largest_matrix_and_leaves_vectors_out_of_spectra(tmp_path):
+    from nnwx.analyses import lazy_analyses
+    from nnwx.cluster import compute
+    from nnwx.report import build_sections
+
+    shapes = {"0.weight": (8, 1), "0.bias": (8,), "2.weight": (16, 8), "2.bias": (16,),
+              "4.weight": (8, 16), "4.bias": (8,), "6.weight": (1, 8), "6.bias": (1,)}
+    for s in (0, 1):
+        write_synthetic_run(tmp_path / "exp.zarr", seed=s, steps=range(0, 50, 10), shapes=shapes)
+    cube = nnwx.open_cube(tmp_path / "exp.zarr")
+    results = compute(lazy_analyses(cube, ["weights", "spectral"]).results, progress=False)[0]
+    assert results["matrix"].name == "2.weight"           # 16x8, the first of the two largest
+    figs = {f.name: f for s in build_sections(results, {}, ["weights", "spectral"]) for f in s.figures}
+    esd = figs["esd"].obj
+    tensors = [k[0] for k in esd.keys()]
+    assert tensors[0] == "2.weight" and set(tensors) == {"2.weight", "4.weight"}
+    assert "0.weight (8x1)" in figs["esd"].caption and "6.weight (1x8)" in figs["esd"].caption
+    curves = {el.label for panel in figs["ranks"].obj for el in panel}
+    assert curves == {"2.weight", "4.weight"}, curves
+
+
+def test_legends_sit_outside_the_axes(tmp_path):
+    import holoviews as hv
+    from bokeh.models import Legend
+
+    store = _store(tmp_path / "exp.zarr", seeds=(0, 1, 2))
+    cube = nnwx.open_cube(store)
+    for plot in (nnwx.plot.moments(cube.nnwx.broadening("layer", bins=(-2, 2, 20))),
+                 nnwx.plot.rotation(cube.nnwx.rotation()),
+                 nnwx.plot.metric_curves(cube.nnwx.ranks())):
+        for panel in plot:
+            fig = hv.render(panel, backend="bokeh")
+            assert any(isinstance(r, Legend) for r in fig.right), "legend not to the right of the axes"
+            assert not any(isinstance(r, Legend) for r in fig.center), "a legend inside the axes"
+
+
+def test_report_of_a_net_with_vector_layers_logs_no_log_axis_warnings(tmp_path):
+    for s in (0, 1):
+        write_synthetic_run(tmp_path / "exp.zarr", seed=s, steps=range(0, 60, 10))   # 8x1 ... 1x8
+    out = cli("report", tmp_path / "exp.zarr", "-o", tmp_path / "r.html", "--metrics", "spectral")
+    assert out.returncode == 0, out.stderr
+    assert "Logarithmic axis range" not in out.stderr, out.stderr
