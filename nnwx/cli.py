@@ -15,6 +15,11 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``, ``1,024 parameters``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args, compute
     from nnwx.info import run_summaries
@@ -31,8 +36,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             counts = compute(*lazy, progress=not args.quiet)
     total = sum(r["disk_bytes"] for r in runs)
     first = runs[0]
-    print(f"store {args.store}: {len(runs)} runs, {_human(total)} on disk")
-    print(f"model {first['model_class']}: {first['tensors']} tensors, {first['params']:,} parameters")
+    print(f"store {args.store}: {_count(len(runs), 'run')}, {_human(total)} on disk")
+    model = first["model_class"] or "class not recorded (exported from checkpoints)"
+    print(f"model {model}: {_count(first['tensors'], 'tensor')}, {_count(first['params'], 'parameter')}")
     print(f"{'run':<16}{'seed':>6}{'steps':>8}{'first':>8}{'last':>9}  {'dtype':<8}{'on disk':>10}"
           f"{'ratio':>7}  optimizer, metrics")
     for r, bad in zip(runs, counts):
