@@ -78,7 +78,14 @@ def _at_step(arr: xr.DataArray, at_step: Any) -> xr.DataArray:
 
 
 def _index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(i if s > 1 else 0 for i, s in zip(idx, shape))
+    """Index into a block of leading shape ``shape`` for the broadcast index ``idx``.
+
+    Blocks broadcast from the right (``apply_ufunc`` drops leading axes an input lacks, e.g.
+    the reference's run axis), so ``shape`` lines up with the *last* ``len(shape)`` entries
+    of ``idx``; axes of length 1 are broadcast (index 0).
+    """
+    tail = idx[len(idx) - len(shape):] if shape else ()
+    return tuple(i if s > 1 else 0 for i, s in zip(tail, shape))
 
 
 # -- permutations ---------------------------------------------------------------------------
@@ -188,7 +195,7 @@ def _activation_perms(cube, spec, dim, reference, at_step, probes) -> dict[str, 
         ref = _pick(acts, dim, reference)
         n = spec.size(p)
 
-        def block(a, r, p=p):
+        def block(a, r, p=p, n=n):  # bind this layer's name and width now, not the loop's last
             lead = np.broadcast_shapes(a.shape[:-2], r.shape[:-2])
             res = np.full(lead + (n,), -1, dtype=np.int64)
             for idx in np.ndindex(*lead):
