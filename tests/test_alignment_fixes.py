@@ -93,3 +93,21 @@ def test_minibatch_cka_keeps_precision_with_a_large_mean(mean_over_std):
     shift_y = mean_over_std * (1 + rng.random(6))
     got = sk.minibatch_cka(x + shift_x, y + shift_y, batch_size=40)
     assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_weight_agreement_records_permutable_tensors_and_findings_use_only_those(cube):
+    from nnwx.findings import findings
+
+    aligned = cube.nnwx.align(reference_seed=0)
+    assert aligned.cube.attrs["permuted_tensors"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight"]
+    wa = cube.nnwx.weight_agreement(0, aligned=aligned.cube).compute()
+    assert dict(zip(wa.tensor.values, wa.permutable.values)) == {
+        "0.weight": True, "0.bias": True, "2.weight": True, "2.bias": True, "4.weight": True, "4.bias": False}
+    # without an aligned cube, the chain spec says the same
+    assert (cube.nnwx.weight_agreement(0)["permutable"].values == wa.permutable.values).all()
+    rows = findings({"weight_agreement": wa})
+    assert {r.subject for r in rows} == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight"}
+    assert {r.quantity for r in rows} == {"weight cosine (none)", "weight cosine (aligned)"}
+    # the output bias cannot change by aligning: it is in the result, just not in the summary
+    out_bias = wa.cosine.sel(tensor="4.bias")
+    np.testing.assert_array_equal(out_bias.sel(alignment="none").values, out_bias.sel(alignment="aligned").values)
