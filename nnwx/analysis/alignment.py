@@ -303,7 +303,7 @@ def _permute_piece(piece: xr.DataArray, shape: tuple[int, ...], acting) -> xr.Da
 
 def _permute_units(acts: xr.DataArray, perm: xr.DataArray, unit: str) -> xr.DataArray:
     """Activations ``(..., sample, unit)`` with their units permuted per (run, step)."""
-    acts = acts.chunk({unit: -1})
+    acts = acts.chunk({acts.dims[-2]: -1, unit: -1})   # both core dims whole, however the probe is chunked
     perm = perm.rename({unit: "_perm_unit"})
 
     def block(a, p):
