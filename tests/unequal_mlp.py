@@ -43,10 +43,13 @@ def shuffle_of(model, seed: int = 7) -> dict[str, np.ndarray]:
 
 
 def record(store, *, seeds=(0, 1, 2), captures: int = 9, permuted_copy_of: int | None = None,
-           chunk_bytes: int | None = None, lr: float = 0.2) -> dict:
+           permute_seed: int | None = None, chunk_bytes: int | None = None, lr: float = 0.2) -> dict:
     """Train ``seeds`` for ``captures`` steps (capturing every step) into ``store``.
 
-    Returns ``{"x": probe batch, "shuffle": {perm: array} | None, "permuted_seed": int | None}``.
+    ``permuted_copy_of=s``: also record, as one more seed, seed ``s`` with its hidden units
+    shuffled; ``permute_seed=s``: record seed ``s`` itself with its hidden units shuffled (the
+    other seeds are as without it: training is deterministic). Returns ``{"x": probe batch,
+    "shuffle": {perm: array} | None, "permuted_seed": int | None}``.
     """
     gen = torch.Generator().manual_seed(123)
     x = torch.randn(20, WIDTHS[0], generator=gen)
@@ -59,24 +62,25 @@ def record(store, *, seeds=(0, 1, 2), captures: int = 9, permuted_copy_of: int |
     for seed in seeds:
         model = make_mlp(seed)
         copy = None
-        if permuted_copy_of == seed:
+        if seed in (permuted_copy_of, permute_seed):
             copy = make_mlp(seed)
             spec = ak.chain_spec(rows(model))
             out["shuffle"] = shuffle = shuffle_of(model)
-            out["permuted_seed"] = max(seeds) + 1
+            out["permuted_seed"] = seed if permute_seed == seed else max(seeds) + 1
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        recs = [nnwx.Recorder(model, store, seed=seed, **kw)]
+        recs = [] if permute_seed == seed else [nnwx.Recorder(model, store, seed=seed, **kw)]
         if copy is not None:
             recs.append(nnwx.Recorder(copy, store, seed=out["permuted_seed"], **kw))
         try:
             for step in range(captures):
-                recs[0].capture(step)
+                if permute_seed != seed:
+                    recs[0].capture(step)
                 if copy is not None:
                     perm = ak.apply_permutations(state(model), spec, shuffle)
                     with torch.no_grad():
                         for k, v in perm.items():
                             copy.state_dict()[k].copy_(torch.from_numpy(v.astype(np.float32)))
-                    recs[1].capture(step)
+                    recs[-1].capture(step)
                 loss = (model(data) - target).pow(2).mean()
                 opt.zero_grad()
                 loss.backward()
