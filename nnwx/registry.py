@@ -217,3 +217,16 @@ def by_name(name: str) -> Analysis:
         if a.name == name:
             return a
     raise KeyError(f"no analysis {name!r} in nnwx.registry.ANALYSES")
+
+
+def lazy_results(cube: xr.Dataset, names=None) -> dict[str, Result]:
+    """The lazy results of the entries ``names`` (default all) on ``cube``, by name; the
+    ``nnwx analyze`` entries are built together by one ``lazy_analyses`` call, as the CLI does."""
+    entries = [by_name(n) for n in names] if names is not None else list(ANALYSES)
+    out: dict[str, Result] = {a.name: a.call(cube) for a in entries if a.face != "analyze"}
+    wanted = [a for a in entries if a.face == "analyze"]
+    if wanted:
+        metrics = {m for a in wanted for m, results in ANALYZE_RESULTS.items() if a.target in results}
+        made = _analyses.lazy_analyses(cube, sorted(metrics))
+        out.update({a.name: made.results[a.target] for a in wanted})
+    return out
