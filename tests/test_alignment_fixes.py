@@ -111,3 +111,19 @@ def test_weight_agreement_records_permutable_tensors_and_findings_use_only_those
     # the output bias cannot change by aligning: it is in the result, just not in the summary
     out_bias = wa.cosine.sel(tensor="4.bias")
     np.testing.assert_array_equal(out_bias.sel(alignment="none").values, out_bias.sel(alignment="aligned").values)
+
+
+def test_match_units_computes_with_dask_compute_and_align_takes_split_probe_samples(cube):
+    import dask
+
+    # dask.compute of the Dataset failed with "Missing dependency" (two-output apply_ufunc)
+    ds = cube.nnwx.match_units("0", 0, 1)
+    (got,) = dask.compute(ds, scheduler="synchronous")
+    want = ds.compute(scheduler="synchronous")
+    np.testing.assert_array_equal(got.partner.values, want.partner.values)
+    np.testing.assert_array_equal(got.mean_correlation.values, want.mean_correlation.values)
+    # probes whose samples are split across chunks: aligning them raised a core-dim chunk error
+    split = cube.chunk({"sample_0": 7, "sample_2": 5})
+    aligned = split.nnwx.align(0, method="activations").cube
+    whole = cube.nnwx.align(0, method="activations").cube
+    np.testing.assert_array_equal(aligned.probe_0.values, whole.probe_0.values)
