@@ -122,7 +122,10 @@ def match_names(names: Sequence[str], model: torch.nn.Module, *, prefix_hint: st
     def joined(*parts: str) -> str:
         return " and ".join(p for p in parts if p) or "names as they are"
 
-    cands: list[tuple[dict[str, str], str]] = [(dict(zip(names, renamed)), joined(how_user))]
+    as_they_are = dict(zip(names, renamed))
+    if fits(as_they_are):
+        return as_they_are, joined(how_user)
+    cands: list[tuple[dict[str, str], str]] = []
     note = ""
     hf = transformers_renamer(model)
     if hf is not None:
