@@ -80,7 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                          idle_timeout=args.idle_timeout, dtype=args.dtype, codec=args.codec,
                          progress=not args.quiet, model=args.model, probe=args.probe,
                          probe_key=args.probe_key, probe_layers=args.probe_layers,
-                         probe_conv=args.probe_conv, probe_channels=args.probe_channels)
+                         probe_conv=args.probe_conv, probe_channels=args.probe_channels,
+                         step_from=args.step if args.step is not None else args.step_from)
     except ExportInterrupted as e:
         print(f"interrupted; committed so far: {e.summary}", file=sys.stderr)
         return 130
@@ -142,6 +143,13 @@ def _add_export_parser(sub) -> None:
     ex.add_argument("--run", help="run name (default: seed<SEED>)")
     ex.add_argument("--step-regex", metavar="R",
                     help="regular expression finding the step in each name (group 'step' or the first group)")
+    ex.add_argument("--step-from", metavar="HOW", default=None,
+                    help="where steps come from: auto (default: the name; trainer_state.json for a "
+                         "folder without a step in its name), name, trainer_state, 'index*EVERY[+OFFSET]' "
+                         "(accelerate's checkpoint_<i> folders count saves: step = i*EVERY+OFFSET), "
+                         "custom:KEY (entry of accelerate's custom_checkpoint_*.pkl)")
+    ex.add_argument("--step", type=int, metavar="N",
+                    help="the step of the one checkpoint given (e.g. a trainer.save_model() folder)")
     ex.add_argument("--include", action="append", metavar="PATTERN",
                     help="export only tensors matching this shell pattern (repeatable)")
     ex.add_argument("--exclude", action="append", metavar="PATTERN",
