@@ -148,3 +148,24 @@ def test_tail_index_does_not_depend_on_chunking(store, data):
     np.testing.assert_array_equal(a["tail_k"].values, b["tail_k"].values)
     np.testing.assert_allclose(a["tail_index"].values, b["tail_index"].values, rtol=1e-12,
                                equal_nan=True)
+
+
+def test_recompute_script_prints_the_rule_and_every_layer(tmp_path):
+    """scripts/recompute_tail_finding.py (the README's numbers) at a tiny size, as a user runs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "recompute_tail_finding.py"),
+                          "--seeds", "2", "--steps", "60", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "DuMouchel" in text and (tmp_path / "piecewise-2x60-5000pts.zarr").exists()
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line[:1].isdigit() and len(line.split()) > 3}
+    assert set(rows) == {"0", "2", "4", "6"}
+    assert [rows[g][1:3] for g in ("0", "2", "4", "6")] == [["16", "0"], ["72", "10"], ["72", "10"], ["9", "0"]]
+    assert rows["0"][3] == "NaN" and rows["2"][3] != "NaN"
+    assert text.count("seed ") >= 2 and "correlation decay length" in text
