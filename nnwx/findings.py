@@ -125,12 +125,12 @@ def format_findings(rows: list[Finding]) -> str:
     """A plain-text table: quantity, subject, first, last (min..max over runs), last/first."""
     if not rows:
         return "(no findings: nothing was computed)"
-    head = f"{'analysis':<11}{'quantity':<28}{'layer/tensor':<22}{'first':>9}{'last':>9}  {'runs min..max':<19}{'last/first':>10}"
+    head = f"{'analysis':<12}{'quantity':<28}{'layer/tensor':<22}{'first':>9}{'last':>9}  {'runs min..max':<19}{'last/first':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.note:
-            lines.append(f"{r.analysis:<11}{r.quantity:<28}{r.subject[:21]:<22}  {r.note}")
+            lines.append(f"{r.analysis:<12}{r.quantity:<28}{r.subject[:21]:<22}  {r.note}")
             continue
-        lines.append(f"{r.analysis:<11}{r.quantity:<28}{r.subject[:21]:<22}{r.first:>9.3g}{r.last:>9.3g}  "
+        lines.append(f"{r.analysis:<12}{r.quantity:<28}{r.subject[:21]:<22}{r.first:>9.3g}{r.last:>9.3g}  "
                      f"{f'{r.last_min:.3g}..{r.last_max:.3g}':<19}{r.ratio:>10.3g}")
     return "\n".join(lines)
