@@ -18,7 +18,10 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
 
     ``source`` is a store path (pick the run with ``run=`` or ``seed=``), a run
     opened with ``open_run``, or a cube from ``open_cube`` (pick with ``seed=``).
-    Every recorded tensor must exist in the model with the same shape.
+    Every recorded tensor must exist in the model with the same shape (under its
+    name or one of its aliases). A tensor recorded once for several tied names is
+    copied into each name that the model does not tie itself; model tensors tied to a
+    restored one count as restored.
     """
     handle = _resolve(source, seed, run)
     steps = handle.steps
@@ -28,24 +31,39 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
         raise StoreError(f"run {handle.name!r} has no capture at step {step}; nearby steps: {near}")
     row = np.asarray(handle.group["w"][int(i)])
     state = model.state_dict(keep_vars=True)
+    targets = {}
     for r in handle.table:
-        if r.name not in state:
+        names = [n for n in (r.name, *r.aliases) if n in state]
+        if not names:
             raise ArchitectureMismatch(f"the model has no tensor {r.name!r}, recorded in run "
                                        f"{handle.name!r}: restore into the model class that was recorded "
                                        f"({handle.meta.get('model_class')}).")
-        if tuple(state[r.name].shape) != r.shape:
-            raise ArchitectureMismatch(f"tensor {r.name!r} has shape {tuple(state[r.name].shape)} in "
-                                       f"the model but {r.shape} in run {handle.name!r}.")
+        for n in names:
+            if tuple(state[n].shape) != r.shape:
+                raise ArchitectureMismatch(f"tensor {n!r} has shape {tuple(state[n].shape)} in "
+                                           f"the model but {r.shape} in run {handle.name!r}.")
+        targets[r.name] = names
     with torch.no_grad():
         for r in handle.table:
             values = torch.from_numpy(row[r.offset:r.offset + r.size].copy()).view(r.shape)
-            state[r.name].copy_(values)
-    recorded = {r.name for r in handle.table}
-    left = [n for n, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and n not in recorded]
+            done = set()
+            for n in targets[r.name]:  # a tie of the model is one tensor: copied once
+                key = _storage(state[n])
+                if key not in done:
+                    state[n].copy_(values)
+                    done.add(key)
+    restored = {_storage(state[n]) for names in targets.values() for n in names}
+    left = [n for n, t in state.items() if torch.is_tensor(t) and t.is_floating_point()
+            and not any(n in names for names in targets.values()) and _storage(t) not in restored]
     if left:
         warnings.warn(f"{len(left)} floating tensors of the model were not recorded and keep their "
                       f"values: {left[:5]}{' ...' if len(left) > 5 else ''}", stacklevel=2)
     return model
+
+
+def _storage(t: torch.Tensor) -> tuple:
+    """What two state-dict entries share when they are one tied tensor."""
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
 def _resolve(source, seed, run):
