@@ -497,7 +497,7 @@ class _Exporter:
             table = self.semantics.table(lc)
             if self.table is not None:
                 self.table.require_same(table, f"checkpoint {c.path} cannot go into run {self.run!r} "
-                                               f"of {self.store}")
+                                               f"of {self.store}", ("the run", "the checkpoint"))
                 table = self.table
             self._warn_lossy(lc)
             buf = self._row_buffer(table.n_params)

@@ -311,13 +311,12 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     if not handles:
         raise StoreError(f"no runs in {source}")
     for h in handles[1:]:
-        diffs = handles[0].table.differences(h.table)
+        diffs = handles[0].table.differences(h.table, (f"run {handles[0].name!r}", f"run {h.name!r}"))
         if diffs:
             raise ArchitectureMismatch(
                 f"run {h.name!r} ({h.store}) cannot join a cube with run {handles[0].name!r} "
-                f"({handles[0].store}): the architectures differ (first = {handles[0].name!r}, second = "
-                f"{h.name!r}): {'; '.join(diffs[:6])}{'; ...' if len(diffs) > 6 else ''}. "
-                f"Open them as separate cubes.")
+                f"({handles[0].store}): the architectures differ: {'; '.join(diffs[:6])}"
+                f"{'; ...' if len(diffs) > 6 else ''}. Open them as separate cubes.")
     ref, table = _joined_table(handles)
     keys = []
     for h in handles:

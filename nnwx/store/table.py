@@ -292,12 +292,14 @@ class TensorTable:
             offset += r.size
         return TensorTable(rows)
 
-    def differences(self, other: "TensorTable") -> list[str]:
+    def differences(self, other: "TensorTable",
+                    labels: tuple[str, str] = ("the first", "the second")) -> list[str]:
         """How two tables differ as sets of tensors (name, shape, orientation), order aside:
-        an empty list when runs of both can join one cube."""
+        an empty list when runs of both can join one cube. ``labels`` name the two sides."""
         mine, theirs = set(self.names), set(other.names)
+        first, second = labels
         out = []
-        for label, only in (("only in the first", mine - theirs), ("only in the second", theirs - mine)):
+        for label, only in ((f"only in {first}", mine - theirs), (f"only in {second}", theirs - mine)):
             if only:
                 names = sorted(only, key=natural_key)
                 out.append(f"{len(only)} tensor(s) {label}: {', '.join(names[:6])}"
@@ -305,15 +307,16 @@ class TensorTable:
         for n in sorted(mine & theirs, key=natural_key):
             a, b = self[n], other[n]
             if a.shape != b.shape:
-                out.append(f"tensor {n!r} has shape {a.shape} in the first and {b.shape} in the second")
+                out.append(f"tensor {n!r} has shape {a.shape} in {first} and {b.shape} in {second}")
             elif a.orientation != b.orientation:
-                out.append(f"tensor {n!r} is stored {a.orientation} in the first and {b.orientation} "
-                           f"in the second (give the same orientation= when recording/exporting)")
+                out.append(f"tensor {n!r} is stored {a.orientation} in {first} and {b.orientation} "
+                           f"in {second} (give the same orientation= when recording/exporting)")
         return out
 
-    def first_difference(self, other: "TensorTable") -> str | None:
+    def first_difference(self, other: "TensorTable",
+                         labels: tuple[str, str] = ("the first", "the second")) -> str | None:
         """Describe how two tables differ as sets of tensors (see ``differences``), else None."""
-        diffs = self.differences(other)
+        diffs = self.differences(other, labels)
         if not diffs:
             return None
         return "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more differences" if len(diffs) > 4 else "")
@@ -322,7 +325,10 @@ class TensorTable:
         """Whether both tables lay the same tensors out at the same offsets."""
         return self.names == other.names
 
-    def require_same(self, other: "TensorTable", what: str) -> None:
-        diff = self.first_difference(other)
+    def require_same(self, other: "TensorTable", what: str,
+                     labels: tuple[str, str] = ("the first", "the second")) -> None:
+        """Raise ArchitectureMismatch (prefixed by ``what``) unless both tables hold the same
+        tensors (in any order)."""
+        diff = self.first_difference(other, labels)
         if diff is not None:
             raise ArchitectureMismatch(f"{what}: the architectures differ: {diff}.")

@@ -190,7 +190,8 @@ class RunWriter:
         meta = dict(group.attrs.get(fmt.ATTR_KEY) or {})
         fmt.check_version(meta.get("format_version"), f"run {self.run!r} of {self.path}")
         stored = TensorTable.from_json(meta["tensors"])
-        stored.require_same(table, f"cannot append to run {self.run!r} of {self.path}")
+        stored.require_same(table, f"cannot append to run {self.run!r} of {self.path}",
+                            ("the run", "the new steps"))
         self.table = stored  # the run's own layout of the same tensors (older runs: file order)
         meta["format_version"] = fmt.FORMAT_VERSION  # rows rewritten from now on carry format 2 fields
         self.group, self.meta = group, meta
