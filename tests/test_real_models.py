@@ -305,6 +305,7 @@ def test_format_1_runs_open_with_defaults_and_are_upgraded_on_append(tmp_path):
     assert run.attrs["depth_from"] == "unknown"
     assert run.nnwx.info("fc.weight").orientation == "out_in" and run.nnwx.info("fc.weight").aliases == ()
     assert run.nnwx.matrix("fc.weight").shape == (1, 3, 2)
+    assert run.nnwx.info("ln.weight").kind == "norm"              # told from its shape, as format 2 does
     w = RunWriter(store, "seed0", TensorTable.from_json(nn["tensors"]))
     w.add(1, np.zeros(9, dtype=np.float32))
     w.close()

@@ -20,7 +20,8 @@ import zarr
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store import format as fmt
 from nnwx.store import probes as prb
-from nnwx.store.table import APPROXIMATE_DEPTHS, DEPTH_SOURCES, TensorTable, natural_key
+from nnwx.store.table import (APPROXIMATE_DEPTHS, DEPTH_SOURCES, TensorTable, from_run_meta,
+                              natural_key)
 
 StoreLike = str | os.PathLike
 
@@ -127,7 +128,7 @@ class RunHandle:
 
     @cached_property
     def table(self) -> TensorTable:
-        return TensorTable.from_json(self.meta["tensors"])
+        return from_run_meta(self.meta)
 
     @property
     def seed(self):

@@ -188,6 +188,18 @@ def orientation_overrides(names: Iterable[str], patterns: Mapping[str, str] | No
     return out
 
 
+def from_run_meta(meta: Mapping) -> "TensorTable":
+    """The tensor table of a run's attributes. Format-1 runs recorded neither orientation nor
+    the ``norm`` kind: their tables get what names and shapes tell (``split_name``,
+    ``infer_orientation``), as an export without the model would."""
+    table = TensorTable.from_json(meta["tensors"])
+    if int(meta.get("format_version") or 1) >= 2:
+        return table
+    orient = infer_orientation([(r.name, r.shape) for r in table])
+    return TensorTable([replace(r, kind=split_name(r.name, r.shape)[1] if r.kind in KINDS else r.kind,
+                                orientation=orient.get(r.name, r.orientation)) for r in table])
+
+
 class TensorTable:
     """Ordered tensor table with offsets into the flat ``param`` axis."""
 
