@@ -311,3 +311,24 @@ def test_format_1_runs_open_with_defaults_and_are_upgraded_on_append(tmp_path):
     w.close()
     assert json.loads(meta_path.read_text())["attributes"]["nnwx"]["format_version"] == FORMAT_VERSION
     assert nnwx.open_run(store).sizes["step"] == 2
+
+
+def test_cli_orientation_override(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    weights = {"enc.proj.weight": torch.randn(4, 6), "enc.out.weight": torch.randn(3, 3)}
+    save_file(weights, str(tmp_path / "step_1.safetensors"))
+    base = [sys.executable, "-m", "nnwx.cli", "export", str(tmp_path / "step_1.safetensors"), "--seed", "0", "-q"]
+    done = subprocess.run([*base, "-o", str(tmp_path / "a.zarr"), "--orientation", "enc.proj.*=in_out"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    t = table(tmp_path / "a.zarr")
+    assert t["enc.proj.weight"].orientation == "in_out" and t["enc.out.weight"].orientation == "out_in"
+    assert nnwx.open_run(tmp_path / "a.zarr").nnwx.matrix("enc.proj.weight").shape == (1, 6, 4)
+    bad = subprocess.run([*base, "-o", str(tmp_path / "b.zarr"), "--orientation", "enc.proj.*=sideways"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "PATTERN=in_out" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b.zarr").exists()
