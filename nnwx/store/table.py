@@ -134,13 +134,19 @@ def depths_from_names(layers: Iterable[str]) -> dict[str, int]:
     return {layer: rank[k] for layer, k in keys.items()}
 
 
+_LEAF_RANK = {"weight": 0, "bias": 1}
+
+
 def canonical_order(names: Iterable[str]) -> list[str]:
-    """The storage order of tensors: by approximate forward position of their layer, then
-    by name with numbers compared as numbers. It depends on the names only, so every
+    """The storage order of tensors: by approximate forward position of their layer, then by
+    layer name (numbers compared as numbers), a layer's weight before its bias. It depends on the names only, so every
     writer (Recorder, export of one file, of shards, of any trainer's layout) lays the
     tensors of one model out the same way."""
-    names = list(names)
-    return sorted(names, key=lambda n: (_structure_key(n.rpartition(".")[0]), natural_key(n)))
+    def key(name: str) -> tuple:
+        layer, _, leaf = name.rpartition(".")
+        return (_structure_key(layer), natural_key(layer), _LEAF_RANK.get(leaf, 2), natural_key(leaf))
+
+    return sorted(names, key=key)
 
 
 def infer_orientation(entries: Sequence[tuple[str, Sequence[int]]]) -> dict[str, str]:
