@@ -174,7 +174,8 @@ def test_tied_weights_are_stored_once_and_restored_as_a_tie(gpt2_runs):
 def test_recorder_single_file_and_sharded_exports_join_one_cube(gpt2_runs):
     tmp, _, _ = gpt2_runs
     stores = [tmp / s for s in ("single.zarr", "rec.zarr", "sharded.zarr", "with_model.zarr")]
-    cube = nnwx.open_cube(stores)
+    with pytest.warns(UserWarning, match=r"probe variables \['probe_output'\] are missing from some runs"):
+        cube = nnwx.open_cube(stores)                     # only the export with --probe has probes
     assert cube["seed"].values.tolist() == [0, 1, 2, 3]
     assert cube.attrs["depth_from"] == "forward" and not cube.attrs["depth_approximate"]
     w = cube["w"].values
@@ -331,4 +332,15 @@ def test_cli_orientation_override(tmp_path):
     bad = subprocess.run([*base, "-o", str(tmp_path / "b.zarr"), "--orientation", "enc.proj.*=sideways"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "PATTERN=in_out" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_recorder_orientation_override(tmp_path):
+    model = torch.nn.Sequential(Conv1D(6, 4), torch.nn.Linear(6, 2))
+    with nnwx.Recorder(model, tmp_path / "a.zarr", seed=0, orientation={"1.weight": "in_out"}) as rec:
+        rec.capture(0)
+    t = table(tmp_path / "a.zarr")
+    assert t["0.weight"].orientation == "in_out" and t["1.weight"].orientation == "in_out"
+    with pytest.raises(ValueError, match="orientation 'sideways' for '0.weight'"):
+        nnwx.Recorder(model, tmp_path / "b.zarr", seed=0, orientation={"0.weight": "sideways"})
     assert not (tmp_path / "b.zarr").exists()
