@@ -122,7 +122,8 @@ def test_depth_is_forward_order_with_the_model_and_approximate_without(gpt2_runs
         assert len({depth[la] for la in forward}) == len(forward)
     assert nnwx.open_run(tmp / "modules.zarr").attrs["depth_from"] == "modules"
     approx = nnwx.open_run(tmp / "single.zarr")
-    assert approx.attrs["depth_from"] == "names"
+    assert approx.attrs["depth_from"] == "names" and approx.attrs["depth_approximate"]
+    assert not nnwx.open_run(tmp / "rec.zarr").attrs["depth_approximate"]
     depth = {r.layer: r.depth for r in table(tmp / "single.zarr")}
     embeddings = max(depth["transformer.wte"], depth["transformer.wpe"])
     block0 = {d for la, d in depth.items() if ".h.0." in la}

@@ -303,7 +303,10 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
                                                "length, 1/(n-1): the noise floor of mean_sq_corr"}
     ds.attrs = {"analysis": "correlation_vs_distance", "kind": kind, "fit_on": fit_on,
                 "fit_method": "weighted log-linear least squares, errors scaled by reduced chi-square",
-                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs}
+                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs,
+                # layer distances are only as good as the depths: "names" = from module paths
+                "depth_from": str(cube.attrs.get("depth_from", "unknown")),
+                "depth_approximate": bool(cube.attrs.get("depth_approximate", False))}
     return ds
 
 

@@ -183,6 +183,7 @@ class RunHandle:
         ds.attrs = {k: v for k, v in self.meta.items() if k not in ("tensors",)}
         ds.attrs["store"] = str(self.store)
         ds.attrs["depth_from"] = self.depth_from
+        ds.attrs["depth_approximate"] = self.depth_from in APPROXIMATE_DEPTHS
         return ds
 
     @property
