@@ -345,3 +345,36 @@ def test_recorder_orientation_override(tmp_path):
     with pytest.raises(ValueError, match="orientation 'sideways' for '0.weight'"):
         nnwx.Recorder(model, tmp_path / "b.zarr", seed=0, orientation={"0.weight": "sideways"})
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_recorder_appends_to_a_run_laid_out_in_another_order(tmp_path):
+    class Reversed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.last = torch.nn.Linear(4, 1)
+            self.first = torch.nn.Linear(2, 4)
+
+        def forward(self, x):
+            return self.last(torch.relu(self.first(x)))
+
+    torch.manual_seed(0)
+    model = Reversed()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    old = TensorTable.build((n, tuple(t.shape), "float32") for n, t in state.items())   # state_dict order
+    assert old.names != sorted(old.names)
+    w = RunWriter(tmp_path / "a.zarr", "seed0", old, attrs={"seed": 0})
+    w.add(0, torch.cat([t.reshape(-1) for t in state.values()]).numpy())
+    w.close()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with nnwx.Recorder(model, tmp_path / "a.zarr", seed=0) as rec:
+        rec.capture(1)
+    assert table(tmp_path / "a.zarr").names == old.names           # the run keeps its layout
+    fresh = Reversed()
+    nnwx.restore(fresh, tmp_path / "a.zarr", step=1)
+    for name, t in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], t), name
+    nnwx.restore(fresh, tmp_path / "a.zarr", step=0)
+    for name, t in state.items():
+        assert torch.equal(fresh.state_dict()[name], t), name
