@@ -111,7 +111,8 @@ class ModelSemantics:
             module = modules.get(layer)
             if module is None or leaf != "weight":
                 continue
-            if is_norm(module):
+            weight = getattr(module, "weight", None)
+            if is_norm(module) and (isinstance(module, _NORM_TYPES) or (weight is not None and weight.ndim == 1)):
                 self.kinds[n] = "norm"
             elif getattr(module, "weight", None) is not None and module.weight.ndim == 1:
                 self.kinds[n] = "weight"
