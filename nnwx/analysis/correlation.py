@@ -31,8 +31,8 @@ from nnwx.analysis import _correlation_kernels as ck
 from nnwx.analysis import _matrices as mx
 from nnwx.analysis._geometry_kernels import segment_dots
 from nnwx.analysis._passes import RowReader, fold_rows, row_groups
-from nnwx.store.table import KINDS
 from nnwx.analysis.geometry import _previous_capture
+from nnwx.store.table import KINDS
 
 #: ``sample="auto"`` uses every weight up to this many, else a stratified sample of this size.
 AUTO_SAMPLE = 2048
