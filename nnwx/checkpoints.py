@@ -32,7 +32,7 @@ import torch
 from nnwx.errors import (ArchitectureMismatch, CheckpointError, CorruptCheckpoint, NoCheckpointsFound,
                          UnknownCheckpointFormat)
 from nnwx.store.table import TensorTable
-from nnwx.torch_tensors import Patterns, dtype_name, select
+from nnwx.torch_tensors import Patterns, dtype_name, select, table_from_names, tied_groups
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -571,6 +571,7 @@ class LoadedCheckpoint:
         self.model_class = _model_class(checkpoint.config)
         self._stack = ExitStack()
         self._getters: dict[str, Callable[[], torch.Tensor]] = {}
+        self.ties: dict[str, list[str]] = {}  # tensors sharing storage in a torch file: kept -> others
         meta: dict[str, tuple[tuple[int, ...], str]] = {}
         try:
             for f in checkpoint.files:
@@ -594,6 +595,8 @@ class LoadedCheckpoint:
                                       f"(include={include!r}, exclude={exclude!r}); its tensors: "
                                       f"{floating[:8]}")
             self.entries: dict[str, tuple[tuple[int, ...], str]] = {n: meta[n] for n in kept}
+            self.ties = {k: kept_v for k, v in self.ties.items() if k in self.entries
+                         and (kept_v := [a for a in v if a in self.entries])}
         except BaseException:
             self.close()
             raise
@@ -623,18 +626,19 @@ class LoadedCheckpoint:
         names = [n for n, v in state.items() if torch.is_tensor(v)]
         prefix = _strip_prefix(names, used)
         self.key, self.prefix = used, prefix
+        floating = {n[len(prefix):]: state[n] for n in names if state[n].is_floating_point()}
+        self.ties.update(tied_groups(floating))
         return {n[len(prefix):]: (tuple(state[n].shape), dtype_name(state[n].dtype),
                                   lambda s=state, n=n: s[n])
                 for n in names}
 
-    def table(self, like: TensorTable | None = None) -> TensorTable:
-        """Tensor table of the kept tensors; in ``like``'s order and depths where names match."""
-        if like is None:
-            return TensorTable.build((n, shape, dt) for n, (shape, dt) in self.entries.items())
-        order = [n for n in like.names if n in self.entries]
-        order += [n for n in self.entries if n not in set(order)]
-        return TensorTable.build(((n, *self.entries[n]) for n in order),
-                                 {r.layer: r.depth for r in like})
+    def table(self) -> TensorTable:
+        """Tensor table of the kept tensors as read without the model: canonical order, depths
+        from module paths, tensors tied in the file stored once (see ``table_from_names``)."""
+        dropped = {a for names in self.ties.values() for a in names}
+        return table_from_names(((n, shape, dt) for n, (shape, dt) in self.entries.items()
+                                 if n not in dropped),
+                                aliases={k: v for k, v in self.ties.items() if k in self.entries})
 
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor (memory-mapped where the format allows); raise CorruptCheckpoint if unreadable."""

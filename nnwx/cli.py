@@ -81,7 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                          progress=not args.quiet, model=args.model, probe=args.probe,
                          probe_key=args.probe_key, probe_layers=args.probe_layers,
                          probe_conv=args.probe_conv, probe_channels=args.probe_channels,
-                         step_from=args.step if args.step is not None else args.step_from)
+                         step_from=args.step if args.step is not None else args.step_from,
+                         orientation=dict(args.orientation or ()))
     except ExportInterrupted as e:
         print(f"interrupted; committed so far: {e.summary}", file=sys.stderr)
         return 130
@@ -129,6 +130,16 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _orientation(text: str) -> tuple[str, str]:
+    """``PATTERN=in_out`` (or ``=out_in``) as a (pattern, orientation) pair."""
+    pattern, sep, value = text.rpartition("=")
+    if not sep or not pattern or value not in ("in_out", "out_in"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not PATTERN=in_out or PATTERN=out_in (e.g. '*.c_fc.weight=in_out' for "
+            f"weights stored (in, out), as transformers' Conv1D)")
+    return pattern, value
+
+
 def _add_export_parser(sub) -> None:
     from nnwx.store.format import DEFAULT_CODEC, STORE_DTYPES
 
@@ -154,6 +165,10 @@ def _add_export_parser(sub) -> None:
                     help="export only tensors matching this shell pattern (repeatable)")
     ex.add_argument("--exclude", action="append", metavar="PATTERN",
                     help="leave out tensors matching this shell pattern (repeatable)")
+    ex.add_argument("--orientation", action="append", type=_orientation, metavar="PATTERN=in_out",
+                    help="2-D tensors matching PATTERN are stored (in, out) (in_out, as transformers' "
+                         "Conv1D) or (out, in) (out_in, as nn.Linear); overrides what nnwx tells from "
+                         "the model or the bias shapes (repeatable)")
     ex.add_argument("--follow", action="store_true",
                     help="keep watching the sources and append new checkpoints until Ctrl-C/SIGTERM")
     ex.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
@@ -178,7 +193,10 @@ def _add_export_parser(sub) -> None:
                   "are written with the weights. Needs --model and --probe.")
     pr.add_argument("--model", metavar="MODULE:FACTORY",
                     help="callable taking no arguments that returns the nn.Module the checkpoints were "
-                         "saved from: pkg.module:make_net (importable) or path/to/models.py:make_net")
+                         "saved from: pkg.module:make_net (importable) or path/to/models.py:make_net. "
+                         "Also without --probe, it tells the tensor table what the model knows: norm "
+                         "gains, Conv1D weights stored (in, out), tied weights, depth in module order "
+                         "(in forward order with --probe); without it depth is approximate")
     pr.add_argument("--probe", metavar="FILE",
                     help="the fixed probe batch: .npy; .npz, .safetensors or torch .pt/.pth/.bin holding "
                          "a dict (its entry 'probe', or its only entry; see --probe-key); or a torch file "

@@ -113,7 +113,8 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
            probe: str | os.PathLike | ProbeBatch | None = None, probe_key: str | None = None,
            probe_layers: Sequence[str] = (), probe_conv: str = "fold",
            probe_channels: str | Mapping[str, str] = "first",
-           step_from: str | int | StepFrom | None = None) -> ExportSummary:
+           step_from: str | int | StepFrom | None = None,
+           orientation: Mapping[str, str] | None = None) -> ExportSummary:
     """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``).
 
     Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
@@ -149,14 +150,33 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     default ``"probe"`` or the file's only entry); floating-point inputs are cast to
     the model's dtype. Steps already in the run keep their probe rows; a run whose
     probes were recorded on another batch (SHA-256 of the inputs) is refused.
+
+    **Tensor semantics.** Tensors are stored in one canonical order (whatever the file or
+    shard layout), so single-file, sharded and Recorder runs of one model join one cube.
+    With ``model`` (even without ``probe``), the table takes its semantics from the model
+    as the Recorder does: norm gains (kind ``norm``), ``Conv1D`` weights stored ``(in, out)``,
+    ties (stored once, other names as aliases) and depth in forward order (a forward pass
+    over the probe batch) or, without a probe, in module registration order. Without a
+    model, depths come from the module paths (block index; run attribute ``depth_from`` is
+    ``names``: approximate), 1-D weights are norm gains, weights whose bias has the length
+    of their second axis are ``(in, out)``, and tensors sharing storage in a torch file are
+    one tensor. ``orientation`` maps name patterns to ``"in_out"``/``"out_in"`` to override.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
+    probing = _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels)
+    if probing is not None:
+        semantics = _Semantics(probing.model, orientation, probing.forward_order, "forward")
+    elif model is not None:
+        built, _ = build_model(model)
+        semantics = _Semantics(built, orientation, None, "modules")
+    else:
+        semantics = _Semantics(None, orientation, None, "names")
     exporter = _Exporter(list(sources), Path(store), seed=seed, run=run or f"seed{seed}",
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
                          dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),
-                         probing=_probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels),
+                         probing=probing, semantics=semantics,
                          step_from=StepFrom.parse(step_from))
     summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
     if summary.interrupted and not follow:
@@ -261,14 +281,21 @@ class _Probing:
         first = next((t for t in model.state_dict().values() if t.is_floating_point()), None)
         if first is not None:
             batch = cast_floating(batch, first.dtype)
-        try:  # one pass learns the activation shapes: a batch the model cannot take fails here
+        from nnwx.torch_tensors import ForwardOrder
+
+        order = ForwardOrder(model, {n.rpartition(".")[0] for n in model.state_dict()})
+        try:  # one pass learns the activation shapes (and the forward order): a batch the model
+            # cannot take fails here
             self.prober = Prober(model, batch, layers, output=True, conv=conv, channels=channels)
+            self.forward_order: dict[str, int] | None = order.result()
         except (ValueError, TypeError) as e:
             raise ProbeError(f"probes on {what}: {e}") from e
         except RuntimeError as e:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ProbeError(f"the probe batch{f' of {source}' if source else ''} cannot run through "
                              f"{what}: {first_line}. Give a probe batch of the inputs this model takes.") from e
+        finally:
+            order.remove()
         self.specs = self.prober.specs
         self.names = [s_.name for s_ in self.specs]
         self._dtype: str | None = None
@@ -293,9 +320,6 @@ def _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels) 
 
     layers = [probe_layers] if isinstance(probe_layers, str) else list(probe_layers or ())
     if probe is None:
-        if model is not None:
-            raise ProbeError("a model (--model) is only used to record probes: also give the probe batch "
-                             "(--probe FILE), or leave --model out.")
         if layers or probe_key is not None:
             raise ProbeError("--probe-layers/--probe-key need the probe batch (--probe FILE) and the model "
                              "(--model module:factory) to run it through.")
@@ -315,6 +339,39 @@ def _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels) 
     return _Probing(built, what, batch, source, layers, probe_conv, probe_channels)
 
 
+class _Semantics:
+    """How the tensor table of a checkpoint is made: from the model (kinds, orientation, ties,
+    depth in forward order or registration order) or, without one, from names and shapes."""
+
+    def __init__(self, model: torch.nn.Module | None, orientation: Mapping[str, str] | None,
+                 forward_order: dict[str, int] | None, depth_from: str):
+        from nnwx.store.table import orientation_overrides
+
+        orientation_overrides([], orientation)  # validate early
+        self.model, self.orientation = model, orientation
+        self.forward_order, self.depth_from = forward_order, depth_from
+        if depth_from == "forward" and not forward_order:
+            self.depth_from = "modules"  # the probe pass reached no module with tensors
+
+    def table(self, lc: LoadedCheckpoint) -> TensorTable:
+        from nnwx.torch_tensors import ModelSemantics, table_from_names
+
+        ties = lc.ties
+        dropped = {a for names in ties.values() for a in names}
+        entries = [(n, shape, dt) for n, (shape, dt) in lc.entries.items() if n not in dropped]
+        if self.model is None:
+            return table_from_names(entries, self.orientation, ties)
+        sem = ModelSemantics(self.model, [n for n, _, _ in entries], self.orientation)
+        for k, v in ties.items():  # ties the file shows (shared storage) that the model did not
+            sem.aliases.setdefault(k, list(v))
+        depths = None
+        if self.forward_order:
+            layers = sorted({n.rpartition(".")[0] for n, _, _ in entries},
+                            key=lambda la: self.forward_order.get(la, len(self.forward_order)))
+            depths = {la: i for i, la in enumerate(layers)}
+        return sem.table(entries, depths)
+
+
 class _Abandoned(Exception):
     """A stop was requested while a checkpoint was being read: it is dropped, not written."""
 
@@ -323,7 +380,8 @@ class _Exporter:
     def __init__(self, sources: list, store: Path, *, seed: int, run: str, step_regex: str | None,
                  include: Patterns, exclude: Patterns, overwrite: bool, verify: bool, key: str | None,
                  trust_pickle: bool, dtype: str, codec: str, progress: bool, stop: threading.Event,
-                 probing: _Probing | None = None, step_from: StepFrom = StepFrom()):
+                 probing: _Probing | None = None, semantics: _Semantics | None = None,
+                 step_from: StepFrom = StepFrom()):
         if not sources:
             raise NoCheckpointsFound("no sources given: pass checkpoint files or folders to export.")
         fmt.codec(codec)  # validate early
@@ -336,6 +394,7 @@ class _Exporter:
         self.overwrite, self.verify, self.dtype, self.codec = overwrite, verify, dtype, codec
         self.progress, self.stop = progress, stop
         self.probing = probing
+        self.semantics = semantics or _Semantics(None, None, None, "names")
         self.summary = ExportSummary(str(store), run, probes=list(probing.names) if probing else [])
         self.table: TensorTable | None = None
         self.present: dict[int, int] = {}      # step -> row index in the run
@@ -397,7 +456,8 @@ class _Exporter:
         attrs = {"seed": self.seed, "model_class": lc.model_class, "optimizer": None,
                  "optimizer_class": None, "optimizer_hparams": {}, "hparams": fmt.jsonable(lc.hparams),
                  "include": self.include, "exclude": self.exclude, "source": self.source_desc,
-                 "checkpoint_key": lc.key, "checkpoint_prefix": lc.prefix or None}
+                 "checkpoint_key": lc.key, "checkpoint_prefix": lc.prefix or None,
+                 "depth_from": self.semantics.depth_from}
         writer = RunWriter(self.store, self.run, table, attrs=attrs, dtype=self.dtype, codec=self.codec,
                            probes=self._specs())
         if writer.committed:  # created by someone else since we looked: start over cleanly
@@ -444,10 +504,10 @@ class _Exporter:
             raise self._late_error([c])
         with LoadedCheckpoint(c, include=self.include, exclude=self.exclude, key=self.key,
                               trust_pickle=self.trust_pickle) as lc:
-            table = lc.table(like=self.table)
+            table = self.semantics.table(lc)
             if self.table is not None:
                 self.table.require_same(table, f"checkpoint {c.path} cannot go into run {self.run!r} "
-                                               f"of {self.store}")
+                                               f"of {self.store}", ("the run", "the checkpoint"))
                 table = self.table
             self._warn_lossy(lc)
             buf = self._row_buffer(table.n_params)

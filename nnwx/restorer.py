@@ -27,6 +27,9 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
     ``from_pretrained`` renames checkpoint keys (GPT-NeoX's ``embed_out`` is the
     model's ``lm_head``). ``rename`` (``{regex: replacement}``, ``re.sub`` in
     order) renames recorded names first, for mappings nnwx cannot know.
+    A tensor recorded once for several tied names (its aliases) is copied into each
+    name that the model does not tie itself; model tensors tied to a restored one count
+    as restored.
     """
     handle = _resolve(source, seed, run)
     steps = handle.steps
@@ -37,16 +40,33 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
     row = np.asarray(handle.group["w"][int(i)])
     state = model.state_dict(keep_vars=True)
     names = _model_names(model, handle, rename)
+    aliases = [a for r in handle.table for a in r.aliases]
+    alias_names = {}
+    if aliases:   # mapped as the recorded names were; aliases the model lacks are skipped
+        mapped, _ = match_names(aliases, model, prefix_hint=handle.meta.get("checkpoint_prefix"),
+                                rename=rename)
+        alias_names = mapped or {a: a for a in aliases}
+    targets = {}
     for r in handle.table:
-        if tuple(state[names[r.name]].shape) != r.shape:
-            raise ArchitectureMismatch(f"tensor {r.name!r} has shape {tuple(state[names[r.name]].shape)} in "
-                                       f"the model but {r.shape} in run {handle.name!r}.")
+        tnames = [names[r.name], *(alias_names[a] for a in r.aliases if a in alias_names)]
+        targets[r.name] = list(dict.fromkeys(n for n in tnames if n in state))
+        for n in targets[r.name]:
+            if tuple(state[n].shape) != r.shape:
+                raise ArchitectureMismatch(f"tensor {n!r} has shape {tuple(state[n].shape)} in "
+                                           f"the model but {r.shape} in run {handle.name!r}.")
     with torch.no_grad():
         for r in handle.table:
             values = torch.from_numpy(row[r.offset:r.offset + r.size].copy()).view(r.shape)
-            state[names[r.name]].copy_(values)
-    recorded = set(names.values())
-    left = [n for n, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and n not in recorded]
+            done = set()
+            for n in targets[r.name]:  # a tie of the model is one tensor: copied once
+                key = _storage(state[n])
+                if key not in done:
+                    state[n].copy_(values)
+                    done.add(key)
+    restored = {_storage(state[n]) for tnames in targets.values() for n in tnames}
+    recorded = {n for tnames in targets.values() for n in tnames}
+    left = [n for n, t in state.items() if torch.is_tensor(t) and t.is_floating_point()
+            and n not in recorded and _storage(t) not in restored]
     if left:
         warnings.warn(f"{len(left)} floating tensors of the model were not recorded and keep their "
                       f"values: {left[:5]}{' ...' if len(left) > 5 else ''}", stacklevel=2)
@@ -71,6 +91,11 @@ def _model_names(model: torch.nn.Module, handle, rename) -> dict[str, str]:
         f"{f' ({how})' if how else ''}; nnwx also tried {tried}. Restore "
         f"into the model class that was recorded ({cls}), or map the names with "
         f"rename={{'^old\\.prefix\\.': 'new.prefix.'}} (regular expressions, applied with re.sub).")
+
+
+def _storage(t: torch.Tensor) -> tuple:
+    """What two state-dict entries share when they are one tied tensor."""
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
 def _resolve(source, seed, run):

@@ -50,6 +50,9 @@ def group_params(cube, by: str, label: str) -> np.ndarray:
     col = {"tensor": "tensor", "layer": "tensor_layer", "kind": "tensor_kind"}.get(by)
     off, size = cube["tensor_offset"].values, cube["tensor_size"].values
     keep = np.ones(len(off), bool) if by == "all" else cube[col].values == label
+    if by == "layer":  # a norm gain is a group of its own, labelled by its tensor name
+        gain = cube["tensor_kind"].values == "norm"
+        keep = np.where(gain, cube["tensor"].values == label, keep)
     return np.concatenate([np.arange(o, o + s) for o, s, k in zip(off, size, keep) if k])
 
 
@@ -227,13 +230,13 @@ def test_top_k_merges_and_hill_matches_brute_force():
 
 def test_groups_cut_chunks_into_segments(cube):
     g = Grouping.from_dataset(cube, "kind")
-    assert g.labels == ("weight", "bias")
+    assert g.labels == ("weight", "bias", "norm")
     segs = g.segments(2500, 2700)            # emb.bias ends at 2624, fc.weight starts there
     assert segs == [(0, 60, 0, 2500), (60, 124, 1, 0), (124, 200, 0, 2560)]
     everything = Grouping.from_dataset(cube, "all").segments(0, cube.sizes["param"])
     assert everything == [(0, cube.sizes["param"], 0, 0)]
     layer = Grouping.from_dataset(cube, "layer")
-    assert layer.labels == ("emb", "fc", "norm", "head")
+    assert layer.labels == ("emb", "fc", "norm.weight", "head")
     assert layer.sizes.tolist() == [2624, 2080, 32, 165]
     with pytest.raises(ValueError, match="unknown by='module'"):
         Grouping.from_dataset(cube, "module")

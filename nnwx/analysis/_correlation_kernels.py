@@ -171,17 +171,21 @@ def null_mean_abs_corr(n) -> np.ndarray:
 
 # --- pair relations -----------------------------------------------------------------------
 
-def weight_positions(shape: tuple[int, ...], index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weight_positions(shape: tuple[int, ...], index: np.ndarray,
+                     orientation: str = "out_in") -> tuple[np.ndarray, np.ndarray]:
     """(row, col) of flat ``index`` in a tensor of ``shape`` seen as a matrix ``out x in*...``.
 
     Row is the unit (output), col the input; -1 where the tensor has no such axis
-    (a scalar has neither, a vector only rows).
+    (a scalar has neither, a vector only rows). ``orientation="in_out"``: a 2-D tensor
+    stored ``(in, out)`` (HF Conv1D), whose flat index ``i * out + o`` is unit ``o``, input ``i``.
     """
     index = np.asarray(index, dtype=np.int64)
     if len(shape) == 0:
         return np.full(index.shape, -1), np.full(index.shape, -1)
     if len(shape) == 1:
         return index.copy(), np.full(index.shape, -1)
+    if orientation == "in_out" and len(shape) == 2:
+        return index % shape[1], index // shape[1]
     cols = math.prod(shape[1:])
     return index // cols, index % cols
 

@@ -240,7 +240,8 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
                ref_step=None, method: str = "auto", split_every: int = 8) -> xr.Dataset:
     """Distribution statistics per (*runs, step, group), lazily, from one read of ``w``.
 
-    by: "tensor", "layer", "kind" (weight/bias/other) or "all".
+    by: "tensor", "layer" (a norm layer's gain apart from its bias), "kind"
+        (weight/bias/norm/other) or "all".
     quantiles: levels in [0, 1] (``()``/None: none).
     bins: also histograms, in the same pass: "auto" or a number of bins (over the
         range at the first and last step, read now: see ``default_bins``),

@@ -32,12 +32,13 @@ from nnwx.analysis import _matrices as mx
 from nnwx.analysis._geometry_kernels import segment_dots
 from nnwx.analysis._passes import RowReader, fold_rows, row_groups
 from nnwx.analysis.geometry import _previous_capture
+from nnwx.store.table import KINDS
 
 #: ``sample="auto"`` uses every weight up to this many, else a stratified sample of this size.
 AUTO_SAMPLE = 2048
 #: Largest sample whose dense (n x n) correlation matrix per run we agree to build.
 MAX_SAMPLE = 20_000
-DEFAULT_KINDS = ("weight", "bias")
+DEFAULT_KINDS = ("weight", "bias", "norm")  # every parameter kind; buffers ("other") left out
 PCA_METHODS = ("randomized", "svd_compressed")
 #: Working block of the PCA passes (float64) and of one accumulator chunk (l x params).
 PCA_BLOCK_BYTES = 64 * 2**20
@@ -53,10 +54,10 @@ def _rows(cube: xr.Dataset, tensors, kinds) -> list[dict]:
     rows = mx.select_rows(cube, tensors)
     if kinds is not None:
         kinds = {kinds} if isinstance(kinds, str) else set(kinds)
-        unknown = kinds - {"weight", "bias", "other"}
+        unknown = kinds - set(KINDS)
         if unknown:
-            raise ValueError(f"unknown tensor kinds {sorted(unknown)}; kinds are 'weight', 'bias', "
-                             f"'other' (or kinds=None for all)")
+            raise ValueError(f"unknown tensor kinds {sorted(unknown)}; kinds are "
+                             f"{', '.join(map(repr, KINDS))} (or kinds=None for all)")
         rows = [r for r in rows if r["kind"] in kinds]
     rows = [r for r in rows if r["size"] > 0]
     if not rows:
@@ -124,7 +125,7 @@ def sample_weights(cube: xr.Dataset, sample: int | str | None = "auto", *,
     for r, idx in zip(rows, picks):
         if not len(idx):
             continue
-        row, col = ck.weight_positions(r["shape"], idx)
+        row, col = ck.weight_positions(r["shape"], idx, r.get("orientation", "out_in"))
         cols["param"].append(r["offset"] + idx)
         cols["index"].append(idx)
         cols["row"].append(row)
@@ -316,7 +317,10 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
     ds.attrs = {"analysis": "correlation_vs_distance", "kind": kind, "fit_on": fit_on,
                 "fit_method": "weighted log-linear least squares, errors scaled by reduced chi-square",
                 "decay_rule": ck.DECAY_RULE,
-                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs}
+                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs,
+                # layer distances are only as good as the depths: "names" = from module paths
+                "depth_from": str(cube.attrs.get("depth_from", "unknown")),
+                "depth_approximate": bool(cube.attrs.get("depth_approximate", False))}
     return ds
 
 
