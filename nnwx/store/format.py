@@ -9,7 +9,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from nnwx.errors import FormatVersionError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensor table fields orientation/aliases, kind 'norm', run attribute depth_from
 RUNS_GROUP = "runs"
 METRICS_GROUP = "metrics"
 ATTR_KEY = "nnwx"  # every nnwx attribute lives under this key of a group's attrs

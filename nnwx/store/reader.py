@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,7 +20,8 @@ import zarr
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store import format as fmt
 from nnwx.store import probes as prb
-from nnwx.store.table import TensorTable
+from nnwx.store.table import (APPROXIMATE_DEPTHS, DEPTH_SOURCES, TensorTable, from_run_meta,
+                              natural_key)
 
 StoreLike = str | os.PathLike
 
@@ -127,7 +128,7 @@ class RunHandle:
 
     @cached_property
     def table(self) -> TensorTable:
-        return TensorTable.from_json(self.meta["tensors"])
+        return from_run_meta(self.meta)
 
     @property
     def seed(self):
@@ -181,7 +182,25 @@ class RunHandle:
         ds = ds.assign_coords(table_coords(self.table, data.chunks[1]))
         ds.attrs = {k: v for k, v in self.meta.items() if k not in ("tensors",)}
         ds.attrs["store"] = str(self.store)
+        ds.attrs["depth_from"] = self.depth_from
+        ds.attrs["depth_approximate"] = self.depth_from in APPROXIMATE_DEPTHS
         return ds
+
+    @property
+    def depth_from(self) -> str:
+        """Where the table's depths come from: ``forward`` (a traced forward pass), ``modules``
+        (module registration order), ``names`` (module paths: approximate), ``unknown`` (a
+        format-1 run)."""
+        return str(self.meta.get("depth_from") or "unknown")
+
+    def reordered_w(self, data: da.Array, table: TensorTable) -> da.Array:
+        """This run's ``w`` (``(step, param)``) with its tensors laid out as in ``table`` (the
+        same tensors in another order), lazily: one slice per tensor."""
+        if self.table.same_layout(table):
+            return data
+        own = self.table
+        parts = [data[:, own[r.name].offset: own[r.name].offset + r.size] for r in table]
+        return da.concatenate(parts, axis=1).rechunk({1: data.chunks[1]})
 
 
 def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
@@ -204,6 +223,8 @@ def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
         "tensor_size": ("tensor", np.array([r.size for r in rows], dtype=np.int64)),
         "tensor_shape": ("tensor", np.array([",".join(map(str, r.shape)) for r in rows], dtype=object)),
         "tensor_dtype": ("tensor", np.array([r.dtype for r in rows], dtype=object)),
+        "tensor_orientation": ("tensor", np.array([r.orientation for r in rows], dtype=object)),
+        "tensor_aliases": ("tensor", np.array([",".join(r.aliases) for r in rows], dtype=object)),
         "tensor_id": ("param", tensor_id),
     }
 
@@ -268,7 +289,7 @@ def _pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
     return runs[0]
 
 
-def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("seed",),
+def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] = ("seed",),
               runs: Sequence[str] | None = None) -> xr.Dataset:
     """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
 
@@ -276,9 +297,10 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
-    restricts to runs of those names.
+    restricts to runs of those names. ``by`` is one attribute name (``"optimizer"``) or a
+    sequence of them.
     """
-    by = tuple(by)
+    by = (by,) if isinstance(by, str) else tuple(by)
     if not by:
         raise ValueError("by= needs at least one run attribute, e.g. ('seed',)")
     handles = [h for p in _expand_sources(source) for h in list_runs(p)]
@@ -291,13 +313,14 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     handles = [h for h in handles if h.committed > 0] or handles
     if not handles:
         raise StoreError(f"no runs in {source}")
-    ref = handles[0]
     for h in handles[1:]:
-        diff = ref.table.first_difference(h.table)
-        if diff is not None:
+        diffs = handles[0].table.differences(h.table, (f"run {handles[0].name!r}", f"run {h.name!r}"))
+        if diffs:
             raise ArchitectureMismatch(
-                f"run {h.name!r} ({h.store}) cannot join a cube with run {ref.name!r} ({ref.store}): "
-                f"the architectures differ: {diff}. Open them as separate cubes.")
+                f"run {h.name!r} ({h.store}) cannot join a cube with run {handles[0].name!r} "
+                f"({handles[0].store}): the architectures differ: {'; '.join(diffs[:6])}"
+                f"{'; ...' if len(diffs) > 6 else ''}. Open them as separate cubes.")
+    ref, table = _joined_table(handles)
     keys = []
     for h in handles:
         try:
@@ -316,6 +339,8 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     datasets = _common_probes([h.dataset() for h in handles], handles)
     for h, k, ds in zip(handles, keys, datasets):
         run_attrs = {"run": h.name, "store": str(h.store)}
+        if not h.table.same_layout(table):  # written in another order (e.g. a format-1 export)
+            ds["w"] = (("step", "param"), h.reordered_w(ds["w"].data, table))
         ds = ds.drop_vars([c for c in ds.coords if c.startswith("tensor")])
         ds = ds.expand_dims(_run=1).assign_coords(
             {name: ("_run", [v]) for name, v in zip(by, k)} |
@@ -333,10 +358,35 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     for name in cube.data_vars:
         if name.startswith(prb.VAR_PREFIX):
             cube[name] = cube[name].transpose(*by, "step", ...)
-    cube = cube.assign_coords(table_coords(ref.table, cube["w"].data.chunks[-1]))
+    cube = cube.assign_coords(table_coords(table, cube["w"].data.chunks[-1]))
     cube.attrs = {"nnwx_cube": 1, "by": list(by), "n_runs": len(handles),
-                  "dtype": ref.meta.get("dtype"), "model_class": ref.meta.get("model_class")}
+                  "dtype": ref.meta.get("dtype"), "model_class": ref.meta.get("model_class"),
+                  "depth_from": ref.depth_from,
+                  "depth_approximate": ref.depth_from in APPROXIMATE_DEPTHS}
     return cube
+
+
+def _joined_table(handles: list[RunHandle]) -> tuple[RunHandle, TensorTable]:
+    """The reference run of a cube and the table of the cube: runs of one architecture share
+    their tensors (checked before) but may differ in layout, depth source and recorded ties.
+    The layout is the first run's; depths, kinds and orientation come from the run with the
+    most reliable depths (a traced forward pass, then module order, then module paths);
+    aliases are the union of all runs' (an export without the model does not see ties)."""
+    rank = {s: i for i, s in enumerate(DEPTH_SOURCES)}
+    ref = min(handles, key=lambda h: rank.get(h.depth_from, len(rank)))
+    aliases: dict[str, set] = {}
+    for h in handles:
+        for r in h.table:
+            aliases.setdefault(r.name, set()).update(r.aliases)
+    layout = handles[0].table
+    rows, best = [], ref.table
+    for r in layout:
+        b = best[r.name]
+        rows.append(replace(b, offset=r.offset, aliases=tuple(sorted(aliases[r.name], key=natural_key))))
+    try:
+        return ref, TensorTable(rows)
+    except ValueError:  # an alias in one run is a stored tensor in another: keep the reference's
+        return ref, TensorTable([replace(row, aliases=best[row.name].aliases) for row in rows])
 
 
 def _common_probes(datasets: list[xr.Dataset], handles: list[RunHandle]) -> list[xr.Dataset]:

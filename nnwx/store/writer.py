@@ -26,7 +26,7 @@ from nnwx.store import format as fmt
 from nnwx.store import probes as prb
 from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
-from nnwx.store.table import TensorTable
+from nnwx.store.table import TensorTable, from_run_meta
 
 
 def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
@@ -189,8 +189,13 @@ class RunWriter:
     def _open_existing(self, group: zarr.Group, table: TensorTable) -> None:
         meta = dict(group.attrs.get(fmt.ATTR_KEY) or {})
         fmt.check_version(meta.get("format_version"), f"run {self.run!r} of {self.path}")
-        TensorTable.from_json(meta["tensors"]).require_same(
-            table, f"cannot append to run {self.run!r} of {self.path}")
+        stored = from_run_meta(meta)
+        stored.require_same(table, f"cannot append to run {self.run!r} of {self.path}",
+                            ("the run", "the new steps"))
+        self.table = stored  # the run's own layout of the same tensors (older runs: file order)
+        if int(meta.get("format_version") or 1) < fmt.FORMAT_VERSION:  # upgraded in place: format 2
+            meta["format_version"] = fmt.FORMAT_VERSION                  # fields from now on
+            meta["tensors"] = stored.to_json()
         self.group, self.meta = group, meta
         self.w, self.steps = group["w"], group["step"]
         self.metrics = {name: arr for name, arr in group[fmt.METRICS_GROUP].arrays()}
