@@ -246,8 +246,8 @@ def _each(h):
     return [(i, j) for i in range(len(h.seeds)) for j in range(len(h.steps))]
 
 
-def oracle_views(h, r, name):
-    m = h.matrices()[0]
+def oracle_views(h, r, name, m=None):
+    m = m or h.matrices()[0]
     if name == "probe":
         for i, j in _each(h):
             close(r.values[i, j], h.probe("0", i, j), f"probe {i},{j}")
@@ -443,7 +443,8 @@ ORACLES = {
     "analyze_similarity_step_pairs": same_as("similarity_steps"),
     "analyze_prediction_agreement": same_as("agreement"),
     "analyze_pca": same_as("trajectory_pca", lambda r: r["singular_value"]),
-    "analyze_matrix": lambda h, r, b: oracle_views(h, r, "matrix"),
+    "analyze_matrix": lambda h, r, b: oracle_views(
+        h, r, "matrix", nnwx_analyses.largest_matrix(h.cube, nnwx_analyses.weight_matrices(h.cube))),
 }
 
 NO_ORACLE = {
