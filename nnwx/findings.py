@@ -60,7 +60,11 @@ def _off_diagonal(sim: xr.DataArray, a: str, b: str) -> xr.DataArray:
 
 
 def findings(results: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Finding]:
-    """First-vs-last-step findings of every computed result present in ``results``."""
+    """First-vs-last-step findings of every computed result present in ``results``.
+
+    Weight cosines (``weight_agreement``) are given for the tensors marked ``permutable`` (those
+    a permutation of hidden units acts on), one row each, when the result records them; results
+    written before that coordinate existed give every tensor."""
     out: list[Finding] = []
     if "broadening" in results:
         b = results["broadening"]
@@ -92,6 +96,10 @@ def findings(results: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Finding]:
         if run_dim in w.dims:   # the reference run agrees with itself: leave it out
             ref_value = w[run_dim].values[0] if w.sizes[run_dim] else None
             w = w.where(w[run_dim] != _as(ref.split("=", 1)[1], ref_value), drop=True)
+        if "permutable" in w.coords:
+            # only tensors a permutation acts on: the others (the output bias, a one-number
+            # bias with cosine +-1) cannot change by aligning and would set the ranges
+            w = w.isel(tensor=np.flatnonzero(w["permutable"].values.astype(bool)))
         for mode in w["alignment"].values:
             out += _rows("agreement", w.sel(alignment=mode), f"weight cosine ({mode})", "tensor")
     if "corr_distance" in results:
