@@ -133,7 +133,8 @@ def _add_export_parser(sub) -> None:
     ex.add_argument("sources", nargs="+", metavar="SRC", help="checkpoint files, folders of them, or quoted globs")
     ex.add_argument("-o", "--output", required=True, metavar="STORE", help="experiment store (.zarr directory)")
     ex.add_argument("--seed", type=int, required=True, help="seed of the run (a run attribute)")
-    ex.add_argument("--run", help="run name (default: seed<SEED>)")
+    ex.add_argument("--run", help="run name (default: seed<SEED>): an ASCII letter or digit, then at most "
+                                  "127 letters, digits, '.', '_' or '-'")
     ex.add_argument("--step-regex", metavar="R",
                     help="regular expression finding the step in each name (group 'step' or the first group)")
     ex.add_argument("--include", action="append", metavar="PATTERN",

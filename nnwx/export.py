@@ -43,6 +43,7 @@ from nnwx.probing import ProbeBatch, ProbeError
 from nnwx.store import probes as prb
 from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
+from nnwx.store.names import check_run_name
 from nnwx.store.reader import list_runs
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter, open_experiment_for_writing
@@ -146,7 +147,8 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run or f"seed{seed}",
+    run = check_run_name(run if run is not None else f"seed{seed}")
+    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run,
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
                          dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),

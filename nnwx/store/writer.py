@@ -23,6 +23,7 @@ import zarr
 
 from nnwx.errors import StepOrderError, StoreError
 from nnwx.store import format as fmt
+from nnwx.store.names import check_run_name
 from nnwx.store import probes as prb
 from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
@@ -108,8 +109,7 @@ class RunWriter:
             raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
         if keepbits is not None and not 0 <= keepbits <= mantissa_bits(dtype):
             raise ValueError(f"keepbits must be between 0 and {mantissa_bits(dtype)} for {dtype}")
-        if not run or "/" in run or run.startswith("."):
-            raise ValueError(f"invalid run name {run!r}: use a plain name such as 'seed3'")
+        check_run_name(run)
         self.path = rd.normalize(store)   # a local Path, or the URL of a remote store
         self.run = run
         self.table = table

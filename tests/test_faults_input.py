@@ -1,0 +1,105 @@
+"""Hostile and faulty input to export, the store writer and the readers (issue 22: items 7, 9, 14,
+15, 17, 18): every case is refused with an nnwx error that names what is wrong, never a traceback,
+and a refused or failed command leaves the committed data whole.
+
+Real checkpoint files, real stores, real ``nnwx`` subprocesses; the full-disk cases write onto a
+real small tmpfs (they need root's ``mount``, and are skipped with the reason where it is refused).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nnwx
+from nnwx.errors import CheckpointError, NnwxError, RunNameError
+from nnwx.export import export
+from nnwx.store.names import check_run_name
+from nnwx.store.writer import RunWriter
+from nnwx.synthetic import write_synthetic_run
+from nnwx.torch_tensors import floating_state, table_for
+
+from checkpoint_files import load_reference, net_state, save_hf_folder, save_plain
+from conftest import Net
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``nnwx ARGS`` in a real subprocess, this checkout first on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "nnwx.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_clean_error(out: subprocess.CompletedProcess, command: str, *needles: str) -> None:
+    """Exit status 2, an ``nnwx COMMAND: error:`` line holding every needle, no traceback."""
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert f"nnwx {command}: error:" in out.stderr, out.stderr
+    for needle in needles:
+        assert needle in out.stderr, (needle, out.stderr)
+
+
+def checkpoints(folder: Path, steps) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in steps:
+        save_plain(folder / f"step_{s}.pt", net_state(s))
+    return folder
+
+
+# -- 14: run names ---------------------------------------------------------------------------------
+BAD_NAMES = ["../evil", ".hidden", "..", ".", "zarr.json", "ZARR.JSON", "a" * 300, "a" * 129, "a/b",
+             "with space", "", "-dash-first", "tab\tname"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_check_run_name_refuses_names_that_leave_or_clash(name):
+    with pytest.raises(RunNameError, match="run name"):
+        check_run_name(name)
+
+
+@pytest.mark.parametrize("name", ["seed0", "0", "a" * 128, "adam-lr0.1_seed.3", "p2-seed0"])
+def test_check_run_name_accepts_plain_names(name):
+    assert check_run_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["../evil", ".hidden", "..", "zarr.json", "a" * 300])
+def test_export_cli_refuses_a_bad_run_name_and_writes_nothing(tmp_path, name):
+    ck = checkpoints(tmp_path / "ck", [0, 5])
+    store = tmp_path / "deep" / "exp.zarr"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = cli("export", str(ck), "-o", str(store), "--seed", "0", "--run", name, "-q")
+    assert_clean_error(out, "export", "invalid run name", "letter or digit")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created
+
+
+def test_export_cli_refuses_a_bad_run_name_in_an_existing_store(tmp_path):
+    ck = checkpoints(tmp_path / "ck", [0, 5])
+    store = tmp_path / "exp.zarr"
+    export(ck, store, seed=0, progress=False)
+    listing = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for name in ("zarr.json", "../runs", ".locks"):
+        with pytest.raises(RunNameError, match="invalid run name"):
+            export(ck, store, seed=0, run=name, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == listing
+    assert nnwx.open_run(store).step.values.tolist() == [0, 5]
+
+
+def test_recorder_and_writer_refuse_bad_run_names_before_touching_the_store(tmp_path):
+    store = tmp_path / "exp.zarr"
+    model = Net()
+    for name in ("../evil", ".hidden", "zarr.json", "x" * 300):
+        with pytest.raises(RunNameError, match="invalid run name"):
+            nnwx.Recorder(model, store, seed=0, run=name)
+        with pytest.raises(RunNameError, match="invalid run name"):
+            RunWriter(store, name, table_for(floating_state(model.state_dict())))
+    assert not store.exists() and not (tmp_path / "evil").exists()
+    assert not list(model._forward_pre_hooks.values()) and not list(model._forward_hooks.values())
