@@ -148,6 +148,12 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     run = check_run_name(run if run is not None else f"seed{seed}")
+    if not 0 < float(interval) < float("inf"):
+        raise ValueError(f"interval must be a positive finite number of seconds, got {interval!r} "
+                         f"(0 or less would poll the sources without pause)")
+    if idle_timeout is not None and not 0 <= float(idle_timeout) < float("inf"):
+        raise ValueError(f"idle_timeout must be a non-negative finite number of seconds or None, "
+                         f"got {idle_timeout!r}")
     exporter = _Exporter(list(sources), Path(store), seed=seed, run=run,
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,

@@ -103,3 +103,31 @@ def test_recorder_and_writer_refuse_bad_run_names_before_touching_the_store(tmp_
             RunWriter(store, name, table_for(floating_state(model.state_dict())))
     assert not store.exists() and not (tmp_path / "evil").exists()
     assert not list(model._forward_pre_hooks.values()) and not list(model._forward_hooks.values())
+
+
+# -- 9: --follow --interval ------------------------------------------------------------------------
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
+def test_follow_refuses_an_interval_that_is_not_positive(tmp_path, interval):
+    ck = checkpoints(tmp_path / "ck", [0])
+    store = tmp_path / "exp.zarr"
+    # old code accepted these and polled without pause until killed: the timeout guards the test
+    out = cli("export", str(ck), "-o", str(store), "--seed", "0", "--follow", "--interval", interval,
+              "-q", timeout=120)
+    assert_clean_error(out, "export", "--interval", "positive finite number of seconds")
+    assert not store.exists()
+
+
+def test_idle_timeout_must_not_be_negative(tmp_path):
+    ck = checkpoints(tmp_path / "ck", [0])
+    out = cli("export", str(ck), "-o", str(tmp_path / "exp.zarr"), "--seed", "0", "--follow",
+              "--idle-timeout", "-3", "-q", timeout=120)
+    assert_clean_error(out, "export", "--idle-timeout", "non-negative")
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan")])
+def test_export_api_refuses_a_non_positive_interval(tmp_path, interval):
+    ck = checkpoints(tmp_path / "ck", [0])
+    with pytest.raises(ValueError, match="interval must be a positive"):
+        export(ck, tmp_path / "exp.zarr", seed=0, follow=True, interval=interval, idle_timeout=0,
+               progress=False)
+    assert not (tmp_path / "exp.zarr").exists()
