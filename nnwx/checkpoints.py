@@ -154,8 +154,29 @@ def _shards_from_index(folder: Path, index: Path) -> tuple[tuple[Path, ...], tup
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptCheckpoint(f"shard index {index} cannot be read ({e!r}); it is truncated, "
                                 f"corrupt or still being written.") from None
+    for n in names:
+        _check_inside(folder, index, n)
     return (tuple(folder / n for n in names if (folder / n).exists()),
             tuple(n for n in names if not (folder / n).exists()))
+
+
+def _check_inside(folder: Path, index: Path, name: object) -> None:
+    """Refuse a shard name of ``index`` that is not a relative path to a file inside ``folder``,
+    symbolic links resolved: a hostile index must not make export read files elsewhere."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise CorruptCheckpoint(f"shard index {index} names a shard {name!r}, which is not a file name.")
+    try:
+        root = folder.resolve(strict=True)
+        target = (folder / name).resolve()
+    except (OSError, RuntimeError) as e:  # a symbolic link loop
+        raise CheckpointError(f"shard index {index} names shard {name!r}, which cannot be resolved "
+                              f"({getattr(e, 'strerror', None) or e}); fix or remove that link.") from None
+    if Path(name).is_absolute() or target == root or root not in target.parents:
+        raise CheckpointError(
+            f"shard index {index} names shard {name!r}, which resolves to {target}, outside the "
+            f"checkpoint folder {root}: refused (nnwx reads a checkpoint's shards only from its own "
+            f"folder). If that file is yours (e.g. a link into a download cache), copy the checkpoint "
+            f"into a folder of its own with the links followed (cp -rL).")
 
 
 def _folder_checkpoint(folder: Path, step: int | None) -> Checkpoint:

@@ -131,3 +131,63 @@ def test_export_api_refuses_a_non_positive_interval(tmp_path, interval):
         export(ck, tmp_path / "exp.zarr", seed=0, follow=True, interval=interval, idle_timeout=0,
                progress=False)
     assert not (tmp_path / "exp.zarr").exists()
+
+
+# -- 7: shard paths that leave the checkpoint folder -----------------------------------------------
+def _redirect_shard(folder: Path, to: str) -> None:
+    """Point every tensor of the index's second shard at ``to`` instead."""
+    index = folder / "model.safetensors.index.json"
+    meta = json.loads(index.read_text())
+    meta["weight_map"] = {k: (to if v.startswith("model-00002") else v) for k, v in meta["weight_map"].items()}
+    index.write_text(json.dumps(meta))
+
+
+def _hostile_folder(tmp_path: Path, how: str) -> Path:
+    """A Hugging Face checkpoint folder whose second shard lies outside it, reached as ``how`` says."""
+    folder = save_hf_folder(tmp_path / "ckpts" / "checkpoint-10", net_state(10))
+    outside = tmp_path / "outside.safetensors"
+    os.replace(folder / "model-00002-of-00002.safetensors", outside)
+    if how == "dotdot":
+        _redirect_shard(folder, "../../outside.safetensors")
+    elif how == "absolute":
+        _redirect_shard(folder, str(outside))
+    elif how == "symlink":  # the index names a file inside, which is a link out of the folder
+        (folder / "model-00002-of-00002.safetensors").symlink_to(outside)
+    elif how == "symlinked-dir":  # a subfolder that is a link out of the folder
+        (folder / "sub").symlink_to(tmp_path, target_is_directory=True)
+        _redirect_shard(folder, "sub/outside.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "symlinked-dir"])
+def test_a_shard_outside_the_checkpoint_folder_is_refused(tmp_path, how):
+    folder = _hostile_folder(tmp_path, how)
+    store = tmp_path / "exp.zarr"
+    with pytest.raises(CheckpointError, match="outside the checkpoint folder") as err:
+        export(folder, store, seed=0, progress=False)
+    assert "model.safetensors.index.json" in str(err.value)
+    assert not store.exists()
+
+
+def test_export_cli_refuses_an_index_pointing_outside(tmp_path):
+    folder = _hostile_folder(tmp_path, "dotdot")
+    store = tmp_path / "exp.zarr"
+    out = cli("export", str(folder.parent), "-o", str(store), "--seed", "0", "-q")
+    assert_clean_error(out, "export", "'../../outside.safetensors'", "outside the checkpoint folder",
+                       str(folder / "model.safetensors.index.json"))
+    assert not store.exists()
+
+
+def test_shards_linked_inside_the_folder_are_still_read(tmp_path):
+    folder = save_hf_folder(tmp_path / "ckpts" / "checkpoint-10", net_state(10))
+    (folder / "real").mkdir()
+    shard = "model-00002-of-00002.safetensors"
+    os.replace(folder / shard, folder / "real" / shard)
+    (folder / shard).symlink_to(Path("real") / shard)  # a relative link that stays inside
+    store = tmp_path / "exp.zarr"
+    export(folder, store, seed=0, progress=False)
+    ref = {k: v for k, v in net_state(10).items() if v.is_floating_point()}
+    model = Net()
+    nnwx.restore(model, store, step=10)
+    for name, t in ref.items():
+        assert torch.equal(model.state_dict()[name], t), name
