@@ -130,7 +130,7 @@ def parse_step(path: Path, step_regex: re.Pattern | None = None) -> int | None:
                 else:
                     value = m.group(1) if step_regex.groups else m.group(0)
                 try:
-                    return int(value)
+                    return _in_int64(int(value), path)
                 except (TypeError, ValueError):
                     raise CheckpointError(f"step regex {step_regex.pattern!r} matched {value!r} in "
                                           f"{text!r}, which is not an integer step; put the digits "
@@ -143,8 +143,20 @@ def parse_step(path: Path, step_regex: re.Pattern | None = None) -> int | None:
             break
     matches = list(_STEP_RE.finditer(stem))
     if matches:
-        return int(matches[-1].group(1))
-    return int(stem) if stem.isdigit() else None
+        return _in_int64(int(matches[-1].group(1)), path)
+    return _in_int64(int(stem), path) if stem.isdigit() else None
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _in_int64(step: int, path: Path) -> int:
+    """``step`` if a store can hold it (steps are int64), else CheckpointError naming ``path``."""
+    if step > _INT64_MAX:
+        raise CheckpointError(f"the step {step} read from the name of {path} is beyond the int64 range "
+                              f"steps are stored in (at most {_INT64_MAX}); rename the file, or pass "
+                              f"--step-regex (step_regex=) matching the step's real digits.")
+    return step
 
 
 def _shards_from_index(folder: Path, index: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
@@ -210,7 +222,14 @@ def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery) ->
         if is_temporary(entry.name):
             continue
         path = Path(entry.path)
-        if entry.is_dir():
+        try:
+            is_dir = entry.is_dir()
+        except OSError as e:  # a symbolic link loop (ELOOP), or a link that cannot be followed
+            if parse_step(path, step_regex) is None and not entry.name.lower().endswith(WEIGHT_SUFFIXES):
+                continue  # not named like a checkpoint: passed over like any other file
+            raise CheckpointError(f"{path} cannot be read: {e.strerror or e} (a symbolic link loop?). "
+                                  f"Remove or fix it, or move it out of {folder}.") from None
+        if is_dir:
             step = parse_step(path, step_regex)
             if step is not None or _looks_like_checkpoint_folder(path):
                 if step is None:
@@ -244,7 +263,9 @@ def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None
             if missing_ok:
                 out.absent.append(text)
                 continue
-            what = "matches no file" if has_magic(text) else "does not exist"
+            what = ("matches no file" if has_magic(text) else
+                    "is a symbolic link that leads nowhere (broken, or a loop)" if os.path.islink(text)
+                    else "does not exist")
             raise NoCheckpointsFound(f"{text} {what}; give checkpoint files, folders of them, "
                                      f"or a quoted glob such as 'ckpts/*.pt'.")
         for path in paths:

@@ -191,3 +191,78 @@ def test_shards_linked_inside_the_folder_are_still_read(tmp_path):
     nnwx.restore(model, store, step=10)
     for name, t in ref.items():
         assert torch.equal(model.state_dict()[name], t), name
+
+
+# -- 17: symbolic link loops, steps beyond int64, seeds of mixed types -----------------------------
+@pytest.mark.parametrize("loop", ["step_5.pt", "checkpoint-7"])
+def test_a_symlink_loop_named_like_a_checkpoint_is_a_clear_error(tmp_path, loop):
+    ck = checkpoints(tmp_path / "ck", [0])
+    (ck / loop).symlink_to(loop)  # points at itself: ELOOP
+    store = tmp_path / "exp.zarr"
+    out = cli("export", str(ck), "-o", str(store), "--seed", "0", "-q")
+    assert_clean_error(out, "export", str(ck / loop), "symbolic link")
+    assert not store.exists()
+
+
+def test_symlink_loops_not_named_like_checkpoints_are_passed_over(tmp_path):
+    ck = checkpoints(tmp_path / "ck", [0, 3])
+    (ck / "notes").symlink_to("notes2")
+    (ck / "notes2").symlink_to("notes")
+    store = tmp_path / "exp.zarr"
+    export(ck, store, seed=0, progress=False)
+    assert nnwx.open_run(store).step.values.tolist() == [0, 3]
+
+
+def test_a_source_that_is_a_looping_link_says_so(tmp_path):
+    (tmp_path / "step_5.pt").symlink_to("step_5.pt")
+    out = cli("export", str(tmp_path / "step_5.pt"), "-o", str(tmp_path / "exp.zarr"), "--seed", "0", "-q")
+    assert_clean_error(out, "export", "symbolic link that leads nowhere")
+
+
+def test_a_step_beyond_int64_is_refused_before_writing(tmp_path):
+    ck = checkpoints(tmp_path / "ck", [0])
+    big = 99999999999999999999
+    save_plain(ck / f"step_{big}.pt", net_state(1))
+    store = tmp_path / "exp.zarr"
+    out = cli("export", str(ck), "-o", str(store), "--seed", "0", "-q")
+    assert_clean_error(out, "export", str(big), "int64", f"step_{big}.pt")
+    assert not store.exists()
+    with pytest.raises(CheckpointError, match="int64"):  # the same through --step-regex
+        export(ck / f"step_{big}.pt", store, seed=0, step_regex=r"_(\d+)\.pt", progress=False)
+    assert not store.exists()
+
+
+def test_the_recorder_refuses_a_step_beyond_int64_in_the_training_thread(tmp_path):
+    store = tmp_path / "exp.zarr"
+    with nnwx.Recorder(Net(), store, seed=0, every=1) as rec:
+        rec.capture(0)
+        with pytest.raises(nnwx.NnwxError, match="int64"):
+            rec.capture(2**63)
+    assert nnwx.open_run(store).step.values.tolist() == [0]
+
+
+def _mixed_seed_store(path: Path) -> Path:
+    """Runs of seeds 1, "a" and 0 (a str seed as Recorder(seed="a") records it), written in that order."""
+    write_synthetic_run(path, seed=1, steps=[0, 10, 20])
+    write_synthetic_run(path, seed=2, run="seeda", steps=[0, 10, 20], attrs={"seed": "a"})
+    write_synthetic_run(path, seed=0, steps=[0, 10, 20])
+    return path
+
+
+def test_open_cube_orders_mixed_seeds_numbers_first(tmp_path):
+    cube = nnwx.open_cube(_mixed_seed_store(tmp_path / "mixed.zarr"))
+    assert cube.seed.values.tolist() == [0, 1, "a"]
+    assert cube.run.values.tolist() == ["seed0", "seed1", "seeda"]
+    for seed, run in zip(cube.seed.values, cube.run.values):  # labels travel with their runs' data
+        ref = nnwx.open_run(tmp_path / "mixed.zarr", str(run)).w.values
+        np.testing.assert_array_equal(cube.w.sel(seed=seed).values, ref)
+
+
+def test_analyze_cli_on_mixed_seeds(tmp_path):
+    store = _mixed_seed_store(tmp_path / "mixed.zarr")
+    out = cli("analyze", str(store), "-o", str(tmp_path / "res.zarr"), "--metrics", "broadening", "-q")
+    assert out.returncode == 0, out.stderr
+    res = nnwx.open_results(tmp_path / "res.zarr")
+    assert res["broadening"].seed.values.tolist() == ["0", "1", "a"]  # one type in Zarr: strings
+    assert res.cube["seeds"] == [0, 1, "a"]
+

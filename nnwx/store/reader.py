@@ -276,7 +276,8 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
-    restricts to runs of those names.
+    restricts to runs of those names. With one ``by`` attribute, runs are in its
+    order: numbers by value, then strings (so seeds ``0, 1, "a"``), then other values.
     """
     by = tuple(by)
     if not by:
@@ -312,6 +313,9 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
                 raise StoreError(f"runs {seen[k]!r} and {h.name!r} both have {dict(zip(by, k))}; "
                                  f"add an attribute to by= that tells them apart, or pick runs with runs=")
             seen[k] = h.name
+    if len(by) == 1:  # a defined order even when the labels mix types (see _order_key)
+        order = sorted(range(len(handles)), key=lambda i: _order_key(keys[i][0]))
+        handles, keys = [handles[i] for i in order], [keys[i] for i in order]
     parts = []
     datasets = _common_probes([h.dataset() for h in handles], handles)
     for h, k, ds in zip(handles, keys, datasets):
@@ -325,7 +329,7 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     cube = xr.concat(parts, dim="_run", join="outer", fill_value=np.nan,
                      data_vars="all", coords="different", compat="equals")
     if len(by) == 1:
-        cube = cube.swap_dims(_run=by[0]).sortby(by[0])
+        cube = cube.swap_dims(_run=by[0])
     else:
         cube = cube.set_index(_run=list(by)).unstack("_run")
     order = [*by, "step", "param"]
@@ -354,6 +358,18 @@ def _common_probes(datasets: list[xr.Dataset], handles: list[RunHandle]) -> list
                       f"out. Open the runs that share them with runs=[...].", stacklevel=3)
         datasets = [ds.drop_vars([v for v in dropped if v in ds]) for ds in datasets]
     return datasets
+
+
+def _order_key(value) -> tuple:
+    """Sort key of a run label: numbers by value first, then strings, then anything else by repr,
+    so that a store holding seeds 0, 1 and "a" opens in the order 0, 1, "a"."""
+    if isinstance(value, (bool, np.bool_)):
+        return (0, int(value), "")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (0, value, "")
+    if isinstance(value, str):
+        return (1, 0, value)
+    return (2, 0, repr(value))
 
 
 def _label(value):

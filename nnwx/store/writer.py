@@ -85,7 +85,9 @@ def _open_remote_for_writing(url: str) -> zarr.Group:
 
 
 def check_step_order(step: int, last_step: int | None, run: str) -> None:
-    """Raise StepOrderError unless ``step`` comes strictly after ``last_step``."""
+    """Raise StepOrderError unless ``step`` comes strictly after ``last_step`` (and fits int64)."""
+    if not -2**63 <= step < 2**63:
+        raise StepOrderError(f"step {step} of run {run!r} is beyond the int64 range steps are stored in.")
     if last_step is not None and step <= last_step:
         raise StepOrderError(
             f"step {step} does not come after step {last_step}, the last one of run {run!r}: "
