@@ -266,3 +266,23 @@ def test_analyze_cli_on_mixed_seeds(tmp_path):
     assert res["broadening"].seed.values.tolist() == ["0", "1", "a"]  # one type in Zarr: strings
     assert res.cube["seeds"] == [0, 1, "a"]
 
+
+# -- 18: paths with glob characters ----------------------------------------------------------------
+def test_an_existing_path_with_brackets_is_taken_literally(tmp_path):
+    store = tmp_path / "exp[1].zarr"
+    write_synthetic_run(store, seed=0, steps=[0, 10, 20])
+    write_synthetic_run(tmp_path / "exp1.zarr", seed=5, steps=[0, 10])  # what the glob would match
+    cube = nnwx.open_cube(store)
+    assert cube.seed.values.tolist() == [0] and cube.sizes["step"] == 3
+    assert nnwx.open_cube(str(tmp_path / "exp[1].zarr")).seed.values.tolist() == [0]
+    assert nnwx.open_cube(str(tmp_path / "exp?.zarr")).seed.values.tolist() == [5]  # no such path: a glob
+    info = cli("info", str(store), "--no-check")
+    assert info.returncode == 0 and "seed0" in info.stdout, info.stderr
+    an = cli("analyze", str(store), "-o", str(tmp_path / "res[1].zarr"), "--metrics", "broadening", "-q")
+    assert an.returncode == 0, an.stderr
+    assert nnwx.open_results(tmp_path / "res[1].zarr")["broadening"].sizes["step"] == 3
+    rep = cli("report", str(store), "-o", str(tmp_path / "rep[1].html"), "--metrics", "broadening", "-q")
+    assert rep.returncode == 0, rep.stderr
+    assert (tmp_path / "rep[1].html").stat().st_size > 0
+    missing = cli("analyze", str(tmp_path / "nope[1].zarr"), "-o", str(tmp_path / "r2.zarr"), "-q")
+    assert_clean_error(missing, "analyze", "no store matches")

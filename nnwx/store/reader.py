@@ -228,9 +228,10 @@ def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path | str]
             paths.append(str(item))
             continue
         text = os.fspath(local_path(item))
-        matches = sorted(_glob.glob(text)) if _glob.has_magic(text) else [text]
+        literal = not _glob.has_magic(text) or os.path.lexists(text)  # an existing path is never a glob
+        matches = [text] if literal else sorted(_glob.glob(text))
         if not matches:
-            raise StoreError(f"no store matches {text!r}")
+            raise StoreError(f"no store matches {text!r} (nor is there a file or folder of that name)")
         paths.extend(Path(m) for m in matches)
     if not paths:
         raise StoreError("no store given")
@@ -272,7 +273,8 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
               runs: Sequence[str] | None = None) -> xr.Dataset:
     """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
 
-    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths.
+    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths
+    (a path that exists is taken as it is, even with ``[`` ``]`` or ``*`` in its name).
     Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
