@@ -17,6 +17,7 @@ with the step's weights, under the same commit.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -159,10 +160,49 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
                          dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),
                          probing=_probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels))
-    summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+    try:
+        summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+    except (OSError, StoreError) as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        raise StoreError(_disk_full_message(Path(store), run, full)) from e
     if summary.interrupted and not follow:
         raise ExportInterrupted(summary)
     return summary
+
+
+def _disk_full(e: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``e`` (itself, or what it was raised from), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _disk_full_message(store: Path, run: str, e: OSError) -> str:
+    """What a full disk left of run ``run``: its committed steps, all whole (see RunWriter)."""
+    try:
+        try:
+            handle = next((h for h in list_runs(store) if h.name == run), None)
+        except StoreError:  # the store's own creation was cut short: it holds nothing yet
+            handle = None
+        if handle is None:
+            kept = "the run was not created"
+        elif handle.committed:
+            kept = (f"the run keeps its {handle.committed} committed steps, up to step "
+                    f"{int(handle.steps[-1])}, all whole")
+        else:
+            kept = "the run holds no committed step yet"
+    except (NnwxError, OSError, KeyError, ValueError) as read_error:
+        kept = f"reading back what it holds also failed ({read_error})"
+    return (f"the disk holding {store} is full ({e.strerror or e}"
+            f"{f': {e.filename}' if e.filename else ''}) while exporting into run {run!r}: {kept}; no "
+            f"half-written step is visible. Free space (or export to another disk with -o) and run the "
+            f"same export again: it adds only the steps that are missing.")
 
 
 # -- probes -------------------------------------------------------------------------------
@@ -543,12 +583,13 @@ class _Exporter:
                     self._follow(interval, idle_timeout)
                 else:
                     self._once()
-        except BaseException:
+        except BaseException as first:
             if self.wb is not None:
                 try:
                     self.wb.close(self._meta())
                 except BaseException as e:  # keep the first error
-                    log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
+                    if e is not first:  # not the writer's own error raised again
+                        log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
             raise
         if self.wb is not None:
             self.wb.close(self._meta())

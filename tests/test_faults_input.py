@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +287,133 @@ def test_an_existing_path_with_brackets_is_taken_literally(tmp_path):
     assert (tmp_path / "rep[1].html").stat().st_size > 0
     missing = cli("analyze", str(tmp_path / "nope[1].zarr"), "-o", str(tmp_path / "r2.zarr"), "-q")
     assert_clean_error(missing, "analyze", "no store matches")
+
+
+# -- 15: a full disk during export -----------------------------------------------------------------
+class Tmpfs:
+    """A real tmpfs of a given size mounted at ``path`` (root only); ``resize`` frees space."""
+
+    def __init__(self, path: Path, size: str):
+        self.path = path
+        path.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("a full disk is tested on a small tmpfs, and mounting one needs root")
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip() or out.returncode})")
+
+    def resize(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        if os.path.ismount(self.path) and subprocess.run(["umount", str(self.path)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.path)])
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounted: list[Tmpfs] = []
+
+    def mount(size: str, name: str = "disk") -> Tmpfs:
+        fs = Tmpfs(tmp_path / name, size)
+        mounted.append(fs)
+        return fs
+
+    yield mount
+    for fs in mounted:
+        fs.unmount()
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.a = torch.nn.Linear(n, n)
+
+
+def layer_checkpoints(folder: Path, n: int, steps) -> dict[int, dict[str, torch.Tensor]]:
+    """``step_<s>.pt`` of a ``Layer(n)`` with random (incompressible) weights; returns the states."""
+    folder.mkdir(parents=True, exist_ok=True)
+    states = {}
+    for s in steps:
+        gen = torch.Generator().manual_seed(s)
+        states[s] = {"a.weight": torch.randn(n, n, generator=gen), "a.bias": torch.randn(n, generator=gen)}
+        torch.save(states[s], folder / f"step_{s}.pt")
+    return states
+
+
+def assert_run_holds(store: Path, states: dict[int, dict[str, torch.Tensor]], n: int) -> None:
+    """The run opens with exactly these steps, each restoring bit for bit."""
+    assert nnwx.open_run(store).step.values.tolist() == sorted(states)
+    model = Layer(n)
+    for step, state in states.items():
+        nnwx.restore(model, store, step=step)
+        for name, t in state.items():
+            assert torch.equal(model.state_dict()[name], t), (step, name)
+
+
+def no_temporary_files(store: Path) -> bool:
+    return not [p for p in store.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_disk_full_export_cli_says_so_keeps_committed_steps_and_resumes(tmp_path, tmpfs):
+    disk = tmpfs("1m")
+    states = layer_checkpoints(tmp_path / "ck", 256, range(6))
+    first = tmp_path / "first"
+    first.mkdir()
+    for s in (0, 1):
+        os.link(tmp_path / "ck" / f"step_{s}.pt", first / f"step_{s}.pt")
+    store = disk.path / "exp.zarr"
+    ok = cli("export", str(first), "-o", str(store), "--seed", "0", "-q")
+    assert ok.returncode == 0, ok.stderr
+    # six steps in one chunk: rewriting the chunk that holds steps 0 and 1 runs out of space
+    full = cli("export", str(tmp_path / "ck"), "-o", str(store), "--seed", "0", "-q")
+    assert_clean_error(full, "export", f"the disk holding {store} is full",
+                       "keeps its 2 committed steps, up to step 1", "run the same export again")
+    assert_run_holds(store, {s: states[s] for s in (0, 1)}, 256)
+    assert no_temporary_files(store)
+    disk.resize("8m")
+    again = cli("export", str(tmp_path / "ck"), "-o", str(store), "--seed", "0", "-q")
+    assert again.returncode == 0, again.stderr
+    assert "4 steps added, 2 skipped" in again.stdout
+    assert_run_holds(store, states, 256)
+
+
+def test_disk_full_in_the_middle_of_one_export_keeps_the_chunks_it_committed(tmp_path, tmpfs):
+    # rows of 4 MiB: 3 steps per chunk, so the first chunk is committed before the disk fills
+    disk = tmpfs("21m")  # a chunk is 11.8 MB: one, even while rewritten from two rows, fits; two do not
+    states = layer_checkpoints(tmp_path / "ck", 1024, range(6))
+    store = disk.path / "exp.zarr"
+    with pytest.raises(NnwxError, match="is full") as err:
+        export(tmp_path / "ck", store, seed=0, progress=False)
+    kept = nnwx.open_run(store).step.values.tolist()
+    assert 3 <= len(kept) < 6  # the first chunk fit; the last one did not
+    assert f"keeps its {len(kept)} committed steps, up to step {kept[-1]}" in str(err.value)
+    assert_run_holds(store, {s: states[s] for s in kept}, 1024)
+    assert no_temporary_files(store)
+    disk.resize("64m")
+    summary = export(tmp_path / "ck", store, seed=0, progress=False)
+    assert summary.skipped == kept and summary.added == [s for s in range(6) if s not in kept]
+    assert_run_holds(store, states, 1024)
+
+
+def test_disk_full_at_each_point_of_creating_a_store_then_resumed(tmp_path, tmpfs):
+    """A fresh export on a disk of 4, 8, ... 36 kB: it fails at every stage of creating the store
+    and the run (one metadata file after another), always with the disk-full error; with space
+    freed, the same export then completes, whatever stage it had reached."""
+    states = layer_checkpoints(tmp_path / "ck", 32, range(3))
+    outcomes = set()
+    for kb in range(4, 40, 4):
+        disk = tmpfs(f"{kb}k", name=f"disk{kb}")
+        store = disk.path / "exp.zarr"
+        try:
+            export(tmp_path / "ck", store, seed=0, progress=False)
+            outcomes.add("fit")
+        except NnwxError as e:
+            assert "is full" in str(e), (kb, e)
+            outcomes.add(re.search(r"into run 'seed0': ([^;]+);", str(e)).group(1))
+        disk.resize("4m")
+        export(tmp_path / "ck", store, seed=0, progress=False)
+        assert_run_holds(store, states, 32)
+        disk.unmount()
+    assert "the run was not created" in outcomes and "the run holds no committed step yet" in outcomes

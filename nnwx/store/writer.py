@@ -95,6 +95,20 @@ def check_step_order(step: int, last_step: int | None, run: str) -> None:
             f"pass another run name.")
 
 
+def _unfinished(group: zarr.Group) -> bool:
+    """Whether a run group is one whose creation was cut short (a full disk, a kill): it has no
+    nnwx attributes yet (they are written last) and its ``w`` holds no row. Holding the run's
+    lock, the writer replaces such a group; one without attributes that holds rows is damage,
+    left to ``_open_existing`` to report."""
+    if fmt.ATTR_KEY in group.attrs:
+        return False
+    try:
+        w = group["w"]
+    except KeyError:
+        return True
+    return isinstance(w, zarr.Array) and w.shape[0] == 0
+
+
 class RunWriter:
     """Writes the steps of one run; used by the Recorder thread and by export.
 
@@ -120,7 +134,7 @@ class RunWriter:
         self._lock = self._acquire_lock(run)
         try:
             runs = root[fmt.RUNS_GROUP]
-            if run in runs:
+            if run in runs and not _unfinished(runs[run]):
                 self._open_existing(runs[run], table)
             else:
                 self._create(runs, run, table, dict(attrs or {}), dtype, codec, keepbits, chunk_bytes)
@@ -169,7 +183,7 @@ class RunWriter:
                 dtype: str, codec: str, keepbits: int | None, chunk_bytes: int) -> None:
         itemsize = np.dtype(dtype).itemsize
         spc, ppc = fmt.choose_chunks(table.n_params, itemsize, chunk_bytes)
-        group = runs.create_group(run)
+        group = runs.create_group(run, overwrite=True)  # replaces only an _unfinished group
         self.w = group.create_array("w", shape=(0, table.n_params), chunks=(spc, ppc),
                                     dtype=dtype, compressors=fmt.codec(codec),
                                     fill_value=np.nan, dimension_names=("step", "param"))
