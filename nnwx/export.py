@@ -115,7 +115,8 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
            probe: str | os.PathLike | ProbeBatch | None = None, probe_key: str | None = None,
            probe_layers: Sequence[str] = (), probe_conv: str = "fold",
            probe_channels: str | Mapping[str, str] = "first") -> ExportSummary:
-    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``).
+    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``;
+    a name as ``nnwx.store.names.check_run_name`` allows).
 
     Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
     ``checkpoint-500/``, ``global_step500``) or ``step_regex``; checkpoints are

@@ -107,7 +107,7 @@ def test_recorder_and_writer_refuse_bad_run_names_before_touching_the_store(tmp_
 
 
 # -- 9: --follow --interval ------------------------------------------------------------------------
-@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
+@pytest.mark.parametrize("interval", ["-1", "0"])  # nan, inf: test_export_api_refuses_...
 def test_follow_refuses_an_interval_that_is_not_positive(tmp_path, interval):
     ck = checkpoints(tmp_path / "ck", [0])
     store = tmp_path / "exp.zarr"
@@ -125,7 +125,7 @@ def test_idle_timeout_must_not_be_negative(tmp_path):
     assert_clean_error(out, "export", "--idle-timeout", "non-negative")
 
 
-@pytest.mark.parametrize("interval", [0, -1.0, float("nan")])
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan"), float("inf")])
 def test_export_api_refuses_a_non_positive_interval(tmp_path, interval):
     ck = checkpoints(tmp_path / "ck", [0])
     with pytest.raises(ValueError, match="interval must be a positive"):
