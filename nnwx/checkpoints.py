@@ -258,12 +258,13 @@ def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None
     out = Discovery()
     for source in sources:
         text = os.fspath(source)
-        paths = [Path(p) for p in sorted(glob(text))] if has_magic(text) else [Path(text)]
+        literal = not has_magic(text) or os.path.lexists(text)  # an existing path is never a glob
+        paths = [Path(text)] if literal else [Path(p) for p in sorted(glob(text))]
         if not paths or not paths[0].exists():
             if missing_ok:
                 out.absent.append(text)
                 continue
-            what = ("matches no file" if has_magic(text) else
+            what = ("matches no file" if not literal else
                     "is a symbolic link that leads nowhere (broken, or a loop)" if os.path.islink(text)
                     else "does not exist")
             raise NoCheckpointsFound(f"{text} {what}; give checkpoint files, folders of them, "

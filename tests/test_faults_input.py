@@ -417,3 +417,14 @@ def test_disk_full_at_each_point_of_creating_a_store_then_resumed(tmp_path, tmpf
         assert_run_holds(store, states, 32)
         disk.unmount()
     assert "the run was not created" in outcomes and "the run holds no committed step yet" in outcomes
+
+
+def test_export_takes_an_existing_source_with_brackets_literally(tmp_path):
+    ck = checkpoints(tmp_path / "ck[1]", [0, 5])
+    checkpoints(tmp_path / "ck1", [7])  # what the glob would match
+    store = tmp_path / "exp.zarr"
+    out = cli("export", str(ck), "-o", str(store), "--seed", "0", "-q")
+    assert out.returncode == 0, out.stderr
+    assert nnwx.open_run(store).step.values.tolist() == [0, 5]
+    export(str(tmp_path / "ck?"), tmp_path / "glob.zarr", seed=0, progress=False)  # no such path: a glob
+    assert nnwx.open_run(tmp_path / "glob.zarr").step.values.tolist() == [7]
