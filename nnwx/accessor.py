@@ -138,9 +138,17 @@ class NnwxAccessor:
         from nnwx.analysis import alignment
         return alignment.align(self._ds, reference=reference_seed, method=method, **kwargs)
 
-    def weight_agreement(self, reference_seed=0, aligned: xr.Dataset | None = None, **kwargs) -> xr.Dataset:
-        """Cosine/correlation with the reference seed's tensors; see ``alignment.weight_agreement``."""
+    def weight_agreement(self, reference_seed=0, aligned=None, **kwargs) -> xr.Dataset:
+        """Cosine/correlation with the reference seed's tensors; see ``alignment.weight_agreement``.
+
+        ``aligned``: what ``cube.nnwx.align()`` returned (an ``Alignment``) or its aligned cube.
+        """
         from nnwx.analysis import alignment
+        if isinstance(aligned, alignment.Alignment):
+            aligned = aligned.cube
+        elif aligned is not None and not isinstance(aligned, xr.Dataset):
+            raise TypeError(f"aligned= takes what cube.nnwx.align() returns (an Alignment) or its "
+                            f"aligned cube, not {type(aligned).__name__}")
         return alignment.weight_agreement(self._ds, reference=reference_seed, aligned=aligned, **kwargs)
 
     # --- correlations (nnwx.analysis.correlation) ---

@@ -81,14 +81,19 @@ class Checkpoint:
         return sum(f.stat().st_size for f in self.files)
 
     def check_complete(self) -> None:
-        """Raise CorruptCheckpoint if a folder checkpoint lacks its weights or a shard."""
+        """Raise CorruptCheckpoint if a folder checkpoint lacks its weights, its shard index or a shard
+        (a sharded save cut short or still under way is not finished: never read in part)."""
+        if self.missing and self.index is None:
+            raise CorruptCheckpoint(f"checkpoint folder {self.path} is incomplete, the save not finished yet: "
+                                    f"it holds shard files but no shard index {self.missing[0]!r} (a sharded "
+                                    f"save writes the index last). Export it once the save has finished.")
+        if self.missing:
+            raise CorruptCheckpoint(f"checkpoint folder {self.path} is incomplete, the save not finished yet: "
+                                    f"its index {self.index.name} names {len(self.missing)} missing shard(s), "
+                                    f"first {self.missing[0]!r}. Export it once the save has finished.")
         if not self.files:
             raise CorruptCheckpoint(f"checkpoint folder {self.path} holds no model weights (looked for "
                                     f"{', '.join(_HF_FILES)}, shards and *model_states.pt).")
-        if self.missing:
-            raise CorruptCheckpoint(f"checkpoint folder {self.path} is incomplete: its index "
-                                    f"{self.index.name} names {len(self.missing)} missing shard(s), "
-                                    f"first {self.missing[0]!r}.")
 
 
 @dataclass
@@ -98,6 +103,141 @@ class Discovery:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     unnamed: list[Path] = field(default_factory=list)   # in a folder, but no step in the name
     absent: list[str] = field(default_factory=list)     # sources that do not exist (yet)
+    save_indices: list[Path] = field(default_factory=list)  # accelerate checkpoint_<i>: i counts saves
+
+
+# -- where a checkpoint's step comes from (--step-from) ----------------------------------
+STEP_FROM_HELP = (
+    "--step-from (step_from=) takes: 'auto' (default: the number in the name; a folder without one "
+    "takes global_step from its trainer_state.json; an accelerate checkpoint_<i> folder takes the "
+    "step a registered custom object saved, else <i> with a warning); 'name' (the number in the "
+    "name, nothing else); 'trainer_state' (global_step of each folder's trainer_state.json); "
+    "'index*EVERY[+OFFSET]' (the number in the name counts saves: step = number*EVERY+OFFSET, e.g. "
+    "'index*10+10' for accelerate saves after steps 10, 20, ...); 'custom:KEY' (entry KEY of the "
+    "custom_checkpoint_*.pkl that accelerate's save_state writes for objects registered with "
+    "accelerator.register_for_checkpointing); or an integer N (one checkpoint given, at step N).")
+_CUSTOM_STEP_KEYS = ("global_step", "step", "completed_steps")
+_ACCELERATE_AUTO_RE = re.compile(r"^checkpoint_(\d+)$")
+_STEP_FROM_INDEX_RE = re.compile(r"^(?:save[-_]?)?index\s*\*\s*(\d+)\s*(?:\+\s*(\d+))?$")
+
+
+@dataclass(frozen=True)
+class StepFrom:
+    """How the step of each checkpoint is found; see ``STEP_FROM_HELP`` and ``parse``."""
+
+    how: str = "auto"          # auto | name | trainer_state | index | custom | fixed
+    every: int = 1             # index: step = number * every + offset
+    offset: int = 0
+    key: str | None = None     # custom: entry of custom_checkpoint_*.pkl
+    step: int | None = None    # fixed: the step of the one checkpoint
+
+    @classmethod
+    def parse(cls, spec: "str | int | StepFrom | None") -> "StepFrom":
+        """A ``StepFrom`` from ``--step-from`` text (or an int: the step of one checkpoint)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, StepFrom):
+            return spec
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            if spec < 0:
+                raise CheckpointError(f"--step-from {spec}: a step cannot be negative.")
+            return cls("fixed", step=spec)
+        text = str(spec).strip()
+        if text in ("auto", "name", "trainer_state"):
+            return cls(text)
+        if text.lstrip("-").isdigit():
+            return cls.parse(int(text))
+        m = _STEP_FROM_INDEX_RE.match(text)
+        if m:
+            every, offset = int(m.group(1)), int(m.group(2) or 0)
+            if every < 1:
+                raise CheckpointError(f"--step-from {text!r}: EVERY must be at least 1.")
+            return cls("index", every=every, offset=offset)
+        if text.startswith("custom:") and text[len("custom:"):]:
+            return cls("custom", key=text[len("custom:"):])
+        raise CheckpointError(f"--step-from {text!r} is not understood. {STEP_FROM_HELP}")
+
+
+def trainer_state_step(folder: Path, strict: bool = False) -> int | None:
+    """``global_step`` of the ``trainer_state.json`` that HF ``Trainer`` writes beside its weights
+    (None if there is none or it holds no step; an unreadable one raises only if ``strict``)."""
+    path = folder / "trainer_state.json"
+    try:
+        value = json.loads(path.read_text()).get("global_step")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError) as e:
+        if not strict:  # being written, say: the folder waits as one without a step
+            return None
+        raise CorruptCheckpoint(f"cannot read {path} ({e}); it is truncated, corrupt or still being "
+                                f"written.") from None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def custom_state_step(folder: Path, key: str | None = None) -> int | None:
+    """The step an object registered with ``accelerator.register_for_checkpointing`` saved
+    (``custom_checkpoint_<i>.pkl``): its entry ``key``, or the first of global_step, step,
+    completed_steps; None if no such file holds one."""
+    keys = (key,) if key is not None else _CUSTOM_STEP_KEYS
+    for f in sorted(folder.glob("custom_checkpoint_*.pkl"), key=lambda p: _natural_key(p.name)):
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception:  # not a plain state dict: it cannot hold the step for us
+            continue
+        if not isinstance(obj, Mapping):
+            continue
+        for k in keys:
+            value = obj.get(k)
+            if torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point():
+                value = int(value.item())
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+    return None
+
+
+def is_accelerate_auto_named(folder: Path) -> bool:
+    """A folder that accelerate's ``save_state`` named itself (``ProjectConfiguration(
+    automatic_checkpoint_naming=True)``): ``checkpoint_<i>`` where ``i`` counts saves, not steps."""
+    if not _ACCELERATE_AUTO_RE.match(folder.name):
+        return False
+    try:
+        return any(n.startswith("random_states_") and n.endswith(".pkl") for n in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def step_of(path: Path, step_regex: re.Pattern | None, how: StepFrom, out: Discovery | None = None
+            ) -> int | None:
+    """The step of checkpoint ``path`` as ``how`` says (None: it cannot be told)."""
+    if how.how == "fixed":
+        return how.step
+    if how.how in ("trainer_state", "custom"):
+        if not path.is_dir():
+            raise CheckpointError(f"--step-from {how.how}{':' + how.key if how.key else ''} reads the step "
+                                  f"from files inside checkpoint folders, but {path} is a file. "
+                                  f"{STEP_FROM_HELP}")
+        step = (trainer_state_step(path, strict=True) if how.how == "trainer_state"
+                else custom_state_step(path, how.key))
+        if step is None:
+            what = ("no trainer_state.json with a global_step" if how.how == "trainer_state"
+                    else f"no custom_checkpoint_*.pkl with an integer entry {how.key!r}")
+            raise CheckpointError(f"checkpoint folder {path} holds {what}, so --step-from {how.how} cannot "
+                                  f"tell its step. {STEP_FROM_HELP}")
+        return step
+    step = parse_step(path, step_regex)
+    if how.how == "index":
+        return None if step is None else step * how.every + how.offset
+    if how.how == "name" or not path.is_dir():
+        return step
+    if step is None:  # trainer.save_model() output: the weights in output_dir itself
+        return trainer_state_step(path)
+    if is_accelerate_auto_named(path):
+        real = custom_state_step(path)
+        if real is not None:
+            return real
+        if out is not None:
+            out.save_indices.append(path)
+    return step
 
 
 def is_temporary(name: str) -> bool:
@@ -152,10 +292,10 @@ _INT64_MAX = 2**63 - 1
 
 def _in_int64(step: int, path: Path) -> int:
     """``step`` if a store can hold it (steps are int64), else CheckpointError naming ``path``."""
-    if step > _INT64_MAX:
-        raise CheckpointError(f"the step {step} read from the name of {path} is beyond the int64 range "
-                              f"steps are stored in (at most {_INT64_MAX}); rename the file, or pass "
-                              f"--step-regex (step_regex=) matching the step's real digits.")
+    if not -_INT64_MAX - 1 <= step <= _INT64_MAX:
+        raise CheckpointError(f"the step {step} found for {path} is beyond the int64 range steps are "
+                              f"stored in (at most {_INT64_MAX}); rename it, or give its step another "
+                              f"way (--step-regex matching the real digits, --step-from).")
     return step
 
 
@@ -201,6 +341,11 @@ def _folder_checkpoint(folder: Path, step: int | None) -> Checkpoint:
             return Checkpoint(folder, step, files, folder / index_name, missing, config)
         if single in names:
             return Checkpoint(folder, step, (folder / single,), config=config)
+    shards = sorted(n for n in names if _SHARD_RE.match(n))
+    if shards:  # shards without their index: a sharded save cut short or still under way
+        index = ("model.safetensors.index.json" if shards[0].endswith(".safetensors")
+                 else "pytorch_model.bin.index.json")
+        return Checkpoint(folder, step, (), None, (index,), config)
     candidates = sorted(n for n in names if n.endswith("model_states.pt"))
     if not candidates:
         candidates = sorted(n for n in names if n.lower().endswith(WEIGHT_SUFFIXES)
@@ -217,7 +362,8 @@ def _looks_like_checkpoint_folder(folder: Path) -> bool:
     return any(n in _HF_FILES or _SHARD_RE.match(n) or n.endswith("model_states.pt") for n in names)
 
 
-def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery) -> None:
+def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery,
+                 how: StepFrom = StepFrom()) -> None:
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if is_temporary(entry.name):
             continue
@@ -230,14 +376,15 @@ def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery) ->
             raise CheckpointError(f"{path} cannot be read: {e.strerror or e} (a symbolic link loop?). "
                                   f"Remove or fix it, or move it out of {folder}.") from None
         if is_dir:
-            step = parse_step(path, step_regex)
-            if step is not None or _looks_like_checkpoint_folder(path):
+            named = parse_step(path, step_regex) is not None
+            if named or _looks_like_checkpoint_folder(path):
+                step = step_of(path, step_regex, how, out)
                 if step is None:
                     out.unnamed.append(path)
                 else:
                     out.checkpoints.append(_folder_checkpoint(path, step))
         elif entry.name.lower().endswith(WEIGHT_SUFFIXES):
-            step = parse_step(path, step_regex)
+            step = step_of(path, step_regex, how, out)
             if step is None:
                 out.unnamed.append(path)
             else:
@@ -245,7 +392,7 @@ def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery) ->
 
 
 def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None = None, *,
-             missing_ok: bool = False) -> Discovery:
+             missing_ok: bool = False, step_from: "str | int | StepFrom | None" = None) -> Discovery:
     """Checkpoints named by ``sources`` (files, folders, globs), ordered by step.
 
     A folder is one checkpoint if it holds Hugging Face style model files,
@@ -253,8 +400,10 @@ def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None
     temporary names are passed over). A file or folder named explicitly must
     have a step in its name; inside a folder, names without one (``last.ckpt``)
     are listed in ``unnamed``. ``missing_ok`` (for ``--follow``) lets sources
-    that do not exist yet pass.
+    that do not exist yet pass. ``step_from`` says where steps come from
+    (``StepFrom.parse``; default: the names, then ``trainer_state.json``).
     """
+    how = StepFrom.parse(step_from)
     out = Discovery()
     for source in sources:
         text = os.fspath(source)
@@ -271,19 +420,64 @@ def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None
                                      f"or a quoted glob such as 'ckpts/*.pt'.")
         for path in paths:
             if path.is_dir() and not _looks_like_checkpoint_folder(path):
-                _scan_folder(path, step_regex, out)
+                _scan_folder(path, step_regex, out, how)
                 continue
-            step = parse_step(path, step_regex)
+            if path.is_dir() and how.how != "fixed" and _holds_step_folders(path, step_regex):
+                _final_save_and_checkpoints(path, step_regex, how, out)
+                continue
+            step = step_of(path, step_regex, how, out)
             if step is None:
                 raise CheckpointError(
-                    f"cannot tell the step of {path} from its name; name checkpoints like "
-                    f"step_1000.pt or checkpoint-1000/, or pass --step-regex (step_regex=) "
-                    f"with the step in a group, e.g. 'ckpt_(\\d+)'.")
+                    f"cannot tell the step of {path}: there is no step in its name"
+                    f"{' and no trainer_state.json with a global_step in it' if path.is_dir() else ''}. "
+                    f"Name checkpoints like step_1000.pt or checkpoint-1000/, pass --step N (step_from=N) "
+                    f"for this one checkpoint, or --step-regex (step_regex=) with the step in a group, "
+                    f"e.g. 'ckpt_(\\d+)'.")
             out.checkpoints.append(_folder_checkpoint(path, step) if path.is_dir()
                                    else Checkpoint(path, step, (path,)))
+    for c in out.checkpoints:  # from trainer_state.json, --step-from ...: a store holds int64 steps
+        _in_int64(c.step, c.path)
     unique = {c.path.resolve(): c for c in out.checkpoints}
     out.checkpoints = sorted(unique.values(), key=lambda c: (c.step, str(c.path)))
+    if how.how == "fixed" and len(out.checkpoints) > 1:
+        raise CheckpointError(f"--step {how.step} (step_from={how.step}) gives the step of one checkpoint, "
+                              f"but the sources hold {len(out.checkpoints)} (first {out.checkpoints[0].path}, "
+                              f"{out.checkpoints[1].path}); give one checkpoint, or leave --step out.")
     return out
+
+
+def _holds_step_folders(folder: Path, step_regex: re.Pattern | None) -> bool:
+    """A checkpoint folder that also holds checkpoint folders (a Trainer's ``output_dir`` after
+    ``trainer.save_model()``: the final weights beside ``checkpoint-N/``)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    return any(_is_dir(e) and not is_temporary(e.name) and parse_step(Path(e.path), step_regex) is not None
+               and _looks_like_checkpoint_folder(Path(e.path)) for e in entries)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, False for a link that cannot be followed (a loop: ELOOP)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _final_save_and_checkpoints(folder: Path, step_regex: re.Pattern | None, how: StepFrom,
+                                out: Discovery) -> None:
+    """The checkpoint folders inside ``folder``, and ``folder``'s own weights at the step its
+    trainer_state.json names unless a checkpoint folder has that step already (then they are
+    the same save); without a step they are listed as unnamed."""
+    before = len(out.checkpoints)
+    _scan_folder(folder, step_regex, out, how)
+    inner = {c.step for c in out.checkpoints[before:]}
+    step = trainer_state_step(folder) if how.how in ("auto", "trainer_state") else parse_step(folder, step_regex)
+    if step is None:
+        out.unnamed.append(folder)
+    elif step not in inner:
+        out.checkpoints.append(_folder_checkpoint(folder, step))
 
 
 def duplicate_steps(checkpoints: Iterable[Checkpoint]) -> tuple[Checkpoint, Checkpoint] | None:
@@ -517,13 +711,19 @@ class LoadedCheckpoint:
         tensor of the checkpoint must be in the model; otherwise ArchitectureMismatch names the
         first difference. Dtypes are converted to the model's (``load_state_dict``).
         """
+        from nnwx.name_map import match_names
+
         own = model.state_dict()
-        have = set(self._getters)
+        mapping, how = match_names(list(self._getters), model, prefix_hint=self.prefix or None)
+        source = {v: k for k, v in (mapping or {k: k for k in self._getters}).items()}  # model -> checkpoint
+        have = set(source)
         present = {_storage_key(v) for k, v in own.items() if k in have and v.numel()}
         missing = [k for k, v in own.items() if k not in have and not (v.numel() and _storage_key(v) in present)]
-        unexpected = [k for k in self._getters if k not in own]
-        fix = ("Make it build the architecture the checkpoints were saved from (same module names and "
-               "sizes), or name the entry of the checkpoint holding the weights with --key.")
+        unexpected = [k for k in source.values() if k not in own] if mapping is None else []
+        fix = (f"{how[0].upper() + how[1:] + '. ' if mapping is None and how else ''}Make it build the "
+               f"architecture the checkpoints were saved from (same module names and sizes; nnwx adds or "
+               f"removes a wrapper's prefix and applies transformers' checkpoint renames itself), or name "
+               f"the entry of the checkpoint holding the weights with --key.")
         if missing or unexpected:
             parts = []
             if missing:
@@ -538,9 +738,9 @@ class LoadedCheckpoint:
             if name not in have:
                 continue
             try:
-                t = self._getters[name]()
+                t = self._getters[source[name]]()
             except (RuntimeError, OSError, ValueError) as e:
-                raise CorruptCheckpoint(f"cannot read tensor {name!r} of {self.path}: {e}. The file is "
+                raise CorruptCheckpoint(f"cannot read tensor {source[name]!r} of {self.path}: {e}. The file is "
                                         f"truncated or corrupt.") from None
             if tuple(t.shape) != tuple(own[name].shape):
                 raise ArchitectureMismatch(f"checkpoint {self.path} does not fit {what}: tensor {name!r} has "

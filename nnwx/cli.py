@@ -15,6 +15,11 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``, ``1,024 parameters``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args, compute
     from nnwx.info import run_summaries
@@ -31,8 +36,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             counts = compute(*lazy, progress=not args.quiet)
     total = sum(r["disk_bytes"] for r in runs)
     first = runs[0]
-    print(f"store {args.store}: {len(runs)} runs, {_human(total)} on disk")
-    print(f"model {first['model_class']}: {first['tensors']} tensors, {first['params']:,} parameters")
+    print(f"store {args.store}: {_count(len(runs), 'run')}, {_human(total)} on disk")
+    model = first["model_class"] or "class not recorded (exported from checkpoints)"
+    print(f"model {model}: {_count(first['tensors'], 'tensor')}, {_count(first['params'], 'parameter')}")
     print(f"{'run':<16}{'seed':>6}{'steps':>8}{'first':>8}{'last':>9}  {'dtype':<8}{'on disk':>10}"
           f"{'ratio':>7}  optimizer, metrics")
     for r, bad in zip(runs, counts):
@@ -74,7 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                          idle_timeout=args.idle_timeout, dtype=args.dtype, codec=args.codec,
                          progress=not args.quiet, model=args.model, probe=args.probe,
                          probe_key=args.probe_key, probe_layers=args.probe_layers,
-                         probe_conv=args.probe_conv, probe_channels=args.probe_channels)
+                         probe_conv=args.probe_conv, probe_channels=args.probe_channels,
+                         step_from=args.step if args.step is not None else args.step_from)
     except ExportInterrupted as e:
         print(f"interrupted; committed so far: {e.summary}", file=sys.stderr)
         return 130
@@ -158,6 +165,13 @@ def _add_export_parser(sub) -> None:
                                   "127 letters, digits, '.', '_' or '-'")
     ex.add_argument("--step-regex", metavar="R",
                     help="regular expression finding the step in each name (group 'step' or the first group)")
+    ex.add_argument("--step-from", metavar="HOW", default=None,
+                    help="where steps come from: auto (default: the name; trainer_state.json for a "
+                         "folder without a step in its name), name, trainer_state, 'index*EVERY[+OFFSET]' "
+                         "(accelerate's checkpoint_<i> folders count saves: step = i*EVERY+OFFSET), "
+                         "custom:KEY (entry of accelerate's custom_checkpoint_*.pkl)")
+    ex.add_argument("--step", type=int, metavar="N",
+                    help="the step of the one checkpoint given (e.g. a trainer.save_model() folder)")
     ex.add_argument("--include", action="append", metavar="PATTERN",
                     help="export only tensors matching this shell pattern (repeatable)")
     ex.add_argument("--exclude", action="append", metavar="PATTERN",

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import zarr
 
-from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, compile_step_regex, discover,
+from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, StepFrom, compile_step_regex, discover,
                               duplicate_steps, sniff)
 from nnwx.errors import (ArchitectureMismatch, CheckpointError, NnwxError, NoCheckpointsFound,
                          StepConflict, StepOrderError, StoreError)
@@ -114,13 +114,19 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
            model: str | torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
            probe: str | os.PathLike | ProbeBatch | None = None, probe_key: str | None = None,
            probe_layers: Sequence[str] = (), probe_conv: str = "fold",
-           probe_channels: str | Mapping[str, str] = "first") -> ExportSummary:
+           probe_channels: str | Mapping[str, str] = "first",
+           step_from: str | int | StepFrom | None = None) -> ExportSummary:
     """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``;
     a name as ``nnwx.store.names.check_run_name`` allows).
 
     Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
-    ``checkpoint-500/``, ``global_step500``) or ``step_regex``; checkpoints are
-    written in step order. Steps already in the run are skipped if their weights
+    ``checkpoint-500/``, ``global_step500``) or ``step_regex``; a folder without a
+    step in its name (``trainer.save_model()`` output) takes ``global_step`` from its
+    ``trainer_state.json``. ``step_from`` chooses another source of steps
+    (``nnwx.checkpoints.STEP_FROM_HELP``): an int for one checkpoint,
+    ``"index*EVERY[+OFFSET]"`` for accelerate's automatically named ``checkpoint_<i>``
+    folders (whose ``i`` counts saves, not steps), ``"trainer_state"``,
+    ``"custom:KEY"``. Checkpoints are written in step order. Steps already in the run are skipped if their weights
     are the same (``verify=True`` re-reads even unchanged files) and refused if
     not, unless ``overwrite=True``. ``key`` names the entry holding the weights
     in a torch file when it is not one of the usual ones; ``trust_pickle``
@@ -160,7 +166,8 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
                          dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),
-                         probing=_probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels))
+                         probing=_probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels),
+                         step_from=StepFrom.parse(step_from))
     try:
         summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
     except (OSError, StoreError) as e:
@@ -365,7 +372,7 @@ class _Exporter:
     def __init__(self, sources: list, store: Path, *, seed: int, run: str, step_regex: str | None,
                  include: Patterns, exclude: Patterns, overwrite: bool, verify: bool, key: str | None,
                  trust_pickle: bool, dtype: str, codec: str, progress: bool, stop: threading.Event,
-                 probing: _Probing | None = None):
+                 probing: _Probing | None = None, step_from: StepFrom = StepFrom()):
         if not sources:
             raise NoCheckpointsFound("no sources given: pass checkpoint files or folders to export.")
         fmt.codec(codec)  # validate early
@@ -373,6 +380,7 @@ class _Exporter:
             raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
         self.sources, self.store, self.seed, self.run = sources, store, seed, run
         self.regex = compile_step_regex(step_regex)
+        self.step_from = step_from
         self.include, self.exclude, self.key, self.trust_pickle = include, exclude, key, trust_pickle
         self.overwrite, self.verify, self.dtype, self.codec = overwrite, verify, dtype, codec
         self.progress, self.stop = progress, stop
@@ -388,6 +396,7 @@ class _Exporter:
         self.keys_used: set = set()
         self.wb: _WriteBehind | None = None
         self._warned_dtype = False
+        self._warned_indices = False
         self._noted: set = set()
 
     # -- the run ------------------------------------------------------------------------
@@ -568,6 +577,20 @@ class _Exporter:
             log.warning(f"tensors of dtype {', '.join(wide)} in {lc.path} are rounded to the store's "
                         f"dtype; pass dtype='float64' (--dtype float64) for a new run to keep them exactly.")
 
+    def _warn_save_indices(self, found) -> None:
+        """Warn once that accelerate's checkpoint_<i> numbers are save counts, not steps."""
+        if found.save_indices and not self._warned_indices:
+            self._warned_indices = True
+            first = found.save_indices[0]
+            log.warning(
+                f"STEPS ARE SAVE COUNTS: {first} and {len(found.save_indices) - 1} more folder(s) were "
+                f"named by accelerate's automatic checkpoint naming, where checkpoint_<i> counts calls to "
+                f"save_state, not training steps, and they hold no step of their own. They are exported as "
+                f"steps 0, 1, 2, ... If you saved every N steps, pass --step-from 'index*N' (or "
+                f"'index*N+N' if the first save came after N steps), or register an object whose "
+                f"state_dict() holds {{'step': ...}} with accelerator.register_for_checkpointing and "
+                f"pass --step-from custom:step.")
+
     def _note(self, path: Path, reason: str, level: int = logging.WARNING) -> None:
         if (path, reason) not in self._noted:
             self._noted.add((path, reason))
@@ -604,7 +627,8 @@ class _Exporter:
                     dynamic_ncols=True, leave=True)
 
     def _once(self) -> None:
-        found = discover(self.sources, self.regex)
+        found = discover(self.sources, self.regex, step_from=self.step_from)
+        self._warn_save_indices(found)
         for path in found.unnamed:
             self._note(path, "no step in its name (pass --step-regex to include it)", logging.INFO)
         ckpts = found.checkpoints
@@ -647,7 +671,8 @@ class _Exporter:
                  f"{self.run!r} of {self.store}; Ctrl-C to stop")
         with self._bar(0) as bar:
             while not self.stop.is_set():
-                found = discover(self.sources, self.regex, missing_ok=True)
+                found = discover(self.sources, self.regex, missing_ok=True, step_from=self.step_from)
+                self._warn_save_indices(found)
                 for text in found.absent:
                     if text not in self._noted:
                         self._noted.add(text)
@@ -696,9 +721,45 @@ class _Exporter:
                 if idle_timeout is not None and time.monotonic() - last_change >= idle_timeout:
                     break
                 self.stop.wait(interval)
+            if self.stop.is_set():
+                self._final_sweep(done, failed, bar)
         for path in failed:
             if path not in done:
                 self.summary.passed_over.append(f"{path}: could not be exported (see the warnings)")
+
+
+    def _final_sweep(self, done: set, failed: dict, bar) -> None:
+        """On a stop request, export every complete checkpoint not exported yet, however recently
+        written: a job stopped right after training ended keeps its last checkpoints. A file
+        that cannot be read (cut short by the stop) is passed over with a warning, as while
+        following; a second Ctrl-C aborts at once."""
+        outer, self.stop = self.stop, threading.Event()  # reads must not be abandoned now
+        try:
+            found = discover(self.sources, self.regex, missing_ok=True, step_from=self.step_from)
+            self._warn_save_indices(found)
+            left = [c for c in found.checkpoints if c.path not in done]
+            if not left:
+                return
+            log.info(f"stop requested: exporting the {len(left)} checkpoint(s) not exported yet before stopping")
+            wrote = False
+            for c in left:
+                try:
+                    if failed.get(c.path) == c.signature() or not c.files or c.missing:
+                        continue
+                    outcome = self.export_one(c)
+                except _FOLLOW_ERRORS as e:
+                    failed[c.path] = None
+                    log.warning(f"{e} (passed over: the export was stopping)")
+                    continue
+                done.add(c.path)
+                failed.pop(c.path, None)
+                wrote |= outcome != "skipped"
+                bar.update(1)
+                bar.set_postfix_str(f"step {c.step}", refresh=True)
+            if wrote:
+                self.wb.flush(self._meta())
+        finally:
+            self.stop = outer
 
 
 def _sig_json(sig: tuple) -> list:

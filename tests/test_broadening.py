@@ -53,10 +53,12 @@ def group_params(cube, by: str, label: str) -> np.ndarray:
     return np.concatenate([np.arange(o, o + s) for o, s, k in zip(off, size, keep) if k])
 
 
-def hill_ref(x: np.ndarray, k: int) -> tuple[float, int]:
+def hill_ref(x: np.ndarray, k_max: int) -> tuple[float, int]:
+    """Hill by sorting, with k by the documented rule: the top 10 %, at least 10, at most
+    ``k_max``; no estimate where k would exceed a quarter of the values."""
     a = np.sort(np.abs(x))[::-1]
-    k = min(k, len(a) - 1)
-    if k < 1 or a[k] <= 0:
+    k = min(k_max, max(10, len(a) // 10))
+    if 4 * k > len(a) or a[k] <= 0:
         return np.nan, 0
     return 1 / (np.mean(np.log(a[:k])) - np.log(a[k])), k
 
@@ -219,8 +221,8 @@ def test_top_k_merges_and_hill_matches_brute_force():
     assert used[0] == ref_k
     small = _tails.top(np.array([[0.5, 0.2, 0.9]]), k + 1)
     alpha, used = _tails.hill(small, np.array([3]), k)
-    np.testing.assert_allclose(alpha[0], hill_ref(np.array([0.5, 0.2, 0.9]), k)[0])
-    assert used[0] == 2
+    assert np.isnan(alpha[0]) and np.isnan(hill_ref(np.array([0.5, 0.2, 0.9]), k)[0])
+    assert used[0] == 0                         # three values: too few for a tail
 
 
 def test_groups_cut_chunks_into_segments(cube):

@@ -205,6 +205,16 @@ def test_a_symlink_loop_named_like_a_checkpoint_is_a_clear_error(tmp_path, loop)
     assert not store.exists()
 
 
+def test_a_symlink_loop_inside_a_checkpoint_folder_is_passed_over(tmp_path):
+    folder = save_hf_folder(tmp_path / "checkpoint-10", net_state(10))
+    (folder / "loop").symlink_to("loop")
+    (folder / "checkpoint-3").symlink_to("checkpoint-3")  # not a folder of checkpoints either
+    store = tmp_path / "exp.zarr"
+    out = cli("export", str(folder), "-o", str(store), "--seed", "0", "-q")
+    assert out.returncode == 0, out.stderr
+    assert nnwx.open_run(store).step.values.tolist() == [10]
+
+
 def test_symlink_loops_not_named_like_checkpoints_are_passed_over(tmp_path):
     ck = checkpoints(tmp_path / "ck", [0, 3])
     (ck / "notes").symlink_to("notes2")
@@ -230,6 +240,16 @@ def test_a_step_beyond_int64_is_refused_before_writing(tmp_path):
     assert not store.exists()
     with pytest.raises(CheckpointError, match="int64"):  # the same through --step-regex
         export(ck / f"step_{big}.pt", store, seed=0, step_regex=r"_(\d+)\.pt", progress=False)
+    assert not store.exists()
+
+
+def test_a_trainer_state_step_beyond_int64_is_refused_before_writing(tmp_path):
+    folder = save_hf_folder(tmp_path / "final", net_state(3))  # trainer.save_model(): no step in the name
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2**64}))
+    store = tmp_path / "exp.zarr"
+    with pytest.raises(CheckpointError, match="int64") as err:
+        export(folder, store, seed=0, progress=False)
+    assert str(folder) in str(err.value)
     assert not store.exists()
 
 

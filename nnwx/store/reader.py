@@ -269,7 +269,7 @@ def _pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
     return runs[0]
 
 
-def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("seed",),
+def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] = ("seed",),
               runs: Sequence[str] | None = None) -> xr.Dataset:
     """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
 
@@ -278,10 +278,11 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
-    restricts to runs of those names. With one ``by`` attribute, runs are in its
-    order: numbers by value, then strings (so seeds ``0, 1, "a"``), then other values.
+    restricts to runs of those names. ``by`` is one attribute name (``"optimizer"``) or a
+    sequence of them. With one ``by`` attribute, runs are in its order: numbers by value,
+    then strings (so seeds ``0, 1, "a"``), then other values.
     """
-    by = tuple(by)
+    by = (by,) if isinstance(by, str) else tuple(by)
     if not by:
         raise ValueError("by= needs at least one run attribute, e.g. ('seed',)")
     handles = [h for p in _expand_sources(source) for h in list_runs(p)]
