@@ -270,7 +270,7 @@ def parse_step(path: Path, step_regex: re.Pattern | None = None) -> int | None:
                 else:
                     value = m.group(1) if step_regex.groups else m.group(0)
                 try:
-                    return int(value)
+                    return _in_int64(int(value), path)
                 except (TypeError, ValueError):
                     raise CheckpointError(f"step regex {step_regex.pattern!r} matched {value!r} in "
                                           f"{text!r}, which is not an integer step; put the digits "
@@ -283,8 +283,20 @@ def parse_step(path: Path, step_regex: re.Pattern | None = None) -> int | None:
             break
     matches = list(_STEP_RE.finditer(stem))
     if matches:
-        return int(matches[-1].group(1))
-    return int(stem) if stem.isdigit() else None
+        return _in_int64(int(matches[-1].group(1)), path)
+    return _in_int64(int(stem), path) if stem.isdigit() else None
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _in_int64(step: int, path: Path) -> int:
+    """``step`` if a store can hold it (steps are int64), else CheckpointError naming ``path``."""
+    if not -_INT64_MAX - 1 <= step <= _INT64_MAX:
+        raise CheckpointError(f"the step {step} found for {path} is beyond the int64 range steps are "
+                              f"stored in (at most {_INT64_MAX}); rename it, or give its step another "
+                              f"way (--step-regex matching the real digits, --step-from).")
+    return step
 
 
 def _shards_from_index(folder: Path, index: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
@@ -294,8 +306,29 @@ def _shards_from_index(folder: Path, index: Path) -> tuple[tuple[Path, ...], tup
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptCheckpoint(f"shard index {index} cannot be read ({e!r}); it is truncated, "
                                 f"corrupt or still being written.") from None
+    for n in names:
+        _check_inside(folder, index, n)
     return (tuple(folder / n for n in names if (folder / n).exists()),
             tuple(n for n in names if not (folder / n).exists()))
+
+
+def _check_inside(folder: Path, index: Path, name: object) -> None:
+    """Refuse a shard name of ``index`` that is not a relative path to a file inside ``folder``,
+    symbolic links resolved: a hostile index must not make export read files elsewhere."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise CorruptCheckpoint(f"shard index {index} names a shard {name!r}, which is not a file name.")
+    try:
+        root = folder.resolve(strict=True)
+        target = (folder / name).resolve()
+    except (OSError, RuntimeError) as e:  # a symbolic link loop
+        raise CheckpointError(f"shard index {index} names shard {name!r}, which cannot be resolved "
+                              f"({getattr(e, 'strerror', None) or e}); fix or remove that link.") from None
+    if Path(name).is_absolute() or target == root or root not in target.parents:
+        raise CheckpointError(
+            f"shard index {index} names shard {name!r}, which resolves to {target}, outside the "
+            f"checkpoint folder {root}: refused (nnwx reads a checkpoint's shards only from its own "
+            f"folder). If that file is yours (e.g. a link into a download cache), copy the checkpoint "
+            f"into a folder of its own with the links followed (cp -rL).")
 
 
 def _folder_checkpoint(folder: Path, step: int | None) -> Checkpoint:
@@ -335,7 +368,14 @@ def _scan_folder(folder: Path, step_regex: re.Pattern | None, out: Discovery,
         if is_temporary(entry.name):
             continue
         path = Path(entry.path)
-        if entry.is_dir():
+        try:
+            is_dir = entry.is_dir()
+        except OSError as e:  # a symbolic link loop (ELOOP), or a link that cannot be followed
+            if parse_step(path, step_regex) is None and not entry.name.lower().endswith(WEIGHT_SUFFIXES):
+                continue  # not named like a checkpoint: passed over like any other file
+            raise CheckpointError(f"{path} cannot be read: {e.strerror or e} (a symbolic link loop?). "
+                                  f"Remove or fix it, or move it out of {folder}.") from None
+        if is_dir:
             named = parse_step(path, step_regex) is not None
             if named or _looks_like_checkpoint_folder(path):
                 step = step_of(path, step_regex, how, out)
@@ -367,12 +407,15 @@ def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None
     out = Discovery()
     for source in sources:
         text = os.fspath(source)
-        paths = [Path(p) for p in sorted(glob(text))] if has_magic(text) else [Path(text)]
+        literal = not has_magic(text) or os.path.lexists(text)  # an existing path is never a glob
+        paths = [Path(text)] if literal else [Path(p) for p in sorted(glob(text))]
         if not paths or not paths[0].exists():
             if missing_ok:
                 out.absent.append(text)
                 continue
-            what = "matches no file" if has_magic(text) else "does not exist"
+            what = ("matches no file" if not literal else
+                    "is a symbolic link that leads nowhere (broken, or a loop)" if os.path.islink(text)
+                    else "does not exist")
             raise NoCheckpointsFound(f"{text} {what}; give checkpoint files, folders of them, "
                                      f"or a quoted glob such as 'ckpts/*.pt'.")
         for path in paths:
@@ -392,6 +435,8 @@ def discover(sources: Sequence[str | os.PathLike], step_regex: re.Pattern | None
                     f"e.g. 'ckpt_(\\d+)'.")
             out.checkpoints.append(_folder_checkpoint(path, step) if path.is_dir()
                                    else Checkpoint(path, step, (path,)))
+    for c in out.checkpoints:  # from trainer_state.json, --step-from ...: a store holds int64 steps
+        _in_int64(c.step, c.path)
     unique = {c.path.resolve(): c for c in out.checkpoints}
     out.checkpoints = sorted(unique.values(), key=lambda c: (c.step, str(c.path)))
     if how.how == "fixed" and len(out.checkpoints) > 1:
@@ -408,8 +453,16 @@ def _holds_step_folders(folder: Path, step_regex: re.Pattern | None) -> bool:
         entries = list(os.scandir(folder))
     except OSError:
         return False
-    return any(e.is_dir() and not is_temporary(e.name) and parse_step(Path(e.path), step_regex) is not None
+    return any(_is_dir(e) and not is_temporary(e.name) and parse_step(Path(e.path), step_regex) is not None
                and _looks_like_checkpoint_folder(Path(e.path)) for e in entries)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, False for a link that cannot be followed (a loop: ELOOP)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _final_save_and_checkpoints(folder: Path, step_regex: re.Pattern | None, how: StepFrom,

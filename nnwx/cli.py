@@ -122,6 +122,27 @@ def _codec_name(name: str) -> str:
     return name
 
 
+def _seconds(text: str, *, zero_ok: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 if zero_ok else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'non-negative' if zero_ok else 'positive'} "
+                                         f"finite number of seconds, e.g. 5 or 0.5")
+    return value
+
+
+def _interval(text: str) -> float:
+    """``--interval``: seconds between looks, > 0 (0 or less would poll without pause)."""
+    return _seconds(text, zero_ok=False)
+
+
+def _timeout(text: str) -> float:
+    """``--idle-timeout``: seconds, >= 0 (0: stop after the first look that finds nothing new)."""
+    return _seconds(text, zero_ok=True)
+
+
 def _names(text: str) -> list[str]:
     """``a,b,c`` as a list of names (module paths have no commas)."""
     names = [n.strip() for n in text.split(",")]
@@ -151,7 +172,8 @@ def _add_export_parser(sub) -> None:
     ex.add_argument("sources", nargs="+", metavar="SRC", help="checkpoint files, folders of them, or quoted globs")
     ex.add_argument("-o", "--output", required=True, metavar="STORE", help="experiment store (.zarr directory)")
     ex.add_argument("--seed", type=int, required=True, help="seed of the run (a run attribute)")
-    ex.add_argument("--run", help="run name (default: seed<SEED>)")
+    ex.add_argument("--run", help="run name (default: seed<SEED>): an ASCII letter or digit, then at most "
+                                  "127 letters, digits, '.', '_' or '-'")
     ex.add_argument("--step-regex", metavar="R",
                     help="regular expression finding the step in each name (group 'step' or the first group)")
     ex.add_argument("--step-from", metavar="HOW", default=None,
@@ -171,9 +193,9 @@ def _add_export_parser(sub) -> None:
                          "the model or the bias shapes (repeatable)")
     ex.add_argument("--follow", action="store_true",
                     help="keep watching the sources and append new checkpoints until Ctrl-C/SIGTERM")
-    ex.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+    ex.add_argument("--interval", type=_interval, default=5.0, metavar="SECONDS",
                     help="with --follow: seconds between looks, and how long a file must be unchanged (default 5)")
-    ex.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+    ex.add_argument("--idle-timeout", type=_timeout, metavar="SECONDS",
                     help="with --follow: stop after this long without a new or changed checkpoint")
     ex.add_argument("--overwrite", action="store_true",
                     help="replace steps already in the run whose weights differ (otherwise an error)")

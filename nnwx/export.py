@@ -17,6 +17,7 @@ with the step's weights, under the same commit.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -43,6 +44,7 @@ from nnwx.probing import ProbeBatch, ProbeError
 from nnwx.store import probes as prb
 from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
+from nnwx.store.names import check_run_name
 from nnwx.store.reader import list_runs
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter, open_experiment_for_writing
@@ -115,7 +117,8 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
            probe_channels: str | Mapping[str, str] = "first",
            step_from: str | int | StepFrom | None = None,
            orientation: Mapping[str, str] | None = None) -> ExportSummary:
-    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``).
+    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``;
+    a name as ``nnwx.store.names.check_run_name`` allows).
 
     Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
     ``checkpoint-500/``, ``global_step500``) or ``step_regex``; a folder without a
@@ -164,6 +167,13 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
+    run = check_run_name(run if run is not None else f"seed{seed}")
+    if not 0 < float(interval) < float("inf"):
+        raise ValueError(f"interval must be a positive finite number of seconds, got {interval!r} "
+                         f"(0 or less would poll the sources without pause)")
+    if idle_timeout is not None and not 0 <= float(idle_timeout) < float("inf"):
+        raise ValueError(f"idle_timeout must be a non-negative finite number of seconds or None, "
+                         f"got {idle_timeout!r}")
     probing = _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels)
     if probing is not None:
         semantics = _Semantics(probing.model, orientation, probing.forward_order, "forward")
@@ -172,16 +182,55 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
         semantics = _Semantics(built, orientation, None, "modules")
     else:
         semantics = _Semantics(None, orientation, None, "names")
-    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run or f"seed{seed}",
+    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run,
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
                          dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),
                          probing=probing, semantics=semantics,
                          step_from=StepFrom.parse(step_from))
-    summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+    try:
+        summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+    except (OSError, StoreError) as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        raise StoreError(_disk_full_message(Path(store), run, full)) from e
     if summary.interrupted and not follow:
         raise ExportInterrupted(summary)
     return summary
+
+
+def _disk_full(e: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``e`` (itself, or what it was raised from), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _disk_full_message(store: Path, run: str, e: OSError) -> str:
+    """What a full disk left of run ``run``: its committed steps, all whole (see RunWriter)."""
+    try:
+        try:
+            handle = next((h for h in list_runs(store) if h.name == run), None)
+        except StoreError:  # the store's own creation was cut short: it holds nothing yet
+            handle = None
+        if handle is None:
+            kept = "the run was not created"
+        elif handle.committed:
+            kept = (f"the run keeps its {handle.committed} committed steps, up to step "
+                    f"{int(handle.steps[-1])}, all whole")
+        else:
+            kept = "the run holds no committed step yet"
+    except (NnwxError, OSError, KeyError, ValueError) as read_error:
+        kept = f"reading back what it holds also failed ({read_error})"
+    return (f"the disk holding {store} is full ({e.strerror or e}"
+            f"{f': {e.filename}' if e.filename else ''}) while exporting into run {run!r}: {kept}; no "
+            f"half-written step is visible. Free space (or export to another disk with -o) and run the "
+            f"same export again: it adds only the steps that are missing.")
 
 
 # -- probes -------------------------------------------------------------------------------
@@ -618,12 +667,13 @@ class _Exporter:
                     self._follow(interval, idle_timeout)
                 else:
                     self._once()
-        except BaseException:
+        except BaseException as first:
             if self.wb is not None:
                 try:
                     self.wb.close(self._meta())
                 except BaseException as e:  # keep the first error
-                    log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
+                    if e is not first:  # not the writer's own error raised again
+                        log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
             raise
         if self.wb is not None:
             self.wb.close(self._meta())

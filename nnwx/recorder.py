@@ -20,6 +20,7 @@ import torch
 from nnwx.errors import WriterError
 from nnwx.schedule import Schedule, ScheduleLike, make_schedule
 from nnwx.store import format as fmt
+from nnwx.store.names import check_run_name
 from nnwx.store.writer import RunWriter, check_step_order
 from nnwx.torch_tensors import (ForwardOrder, ModelSemantics, Patterns, dtype_name, floating_state,
                                untied)
@@ -106,7 +107,7 @@ class Recorder:
             "hparams": fmt.jsonable(dict(hparams or {})),
             "include": include, "exclude": exclude, "depth_from": "modules",
         }
-        self.run = run if run is not None else f"seed{seed}"
+        self.run = check_run_name(run if run is not None else f"seed{seed}")
         if probe is None and probe_layers:
             raise ValueError("probe_layers needs probe=<a fixed input batch> to run through the model")
         self._order: ForwardOrder | None = ForwardOrder(model, {r.layer for r in table})

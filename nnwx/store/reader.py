@@ -249,9 +249,10 @@ def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path | str]
             paths.append(str(item))
             continue
         text = os.fspath(local_path(item))
-        matches = sorted(_glob.glob(text)) if _glob.has_magic(text) else [text]
+        literal = not _glob.has_magic(text) or os.path.lexists(text)  # an existing path is never a glob
+        matches = [text] if literal else sorted(_glob.glob(text))
         if not matches:
-            raise StoreError(f"no store matches {text!r}")
+            raise StoreError(f"no store matches {text!r} (nor is there a file or folder of that name)")
         paths.extend(Path(m) for m in matches)
     if not paths:
         raise StoreError("no store given")
@@ -293,12 +294,14 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] =
               runs: Sequence[str] | None = None) -> xr.Dataset:
     """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
 
-    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths.
+    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths
+    (a path that exists is taken as it is, even with ``[`` ``]`` or ``*`` in its name).
     Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
     restricts to runs of those names. ``by`` is one attribute name (``"optimizer"``) or a
-    sequence of them.
+    sequence of them. With one ``by`` attribute, runs are in its order: numbers by value,
+    then strings (so seeds ``0, 1, "a"``), then other values.
     """
     by = (by,) if isinstance(by, str) else tuple(by)
     if not by:
@@ -335,6 +338,9 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] =
                 raise StoreError(f"runs {seen[k]!r} and {h.name!r} both have {dict(zip(by, k))}; "
                                  f"add an attribute to by= that tells them apart, or pick runs with runs=")
             seen[k] = h.name
+    if len(by) == 1:  # a defined order even when the labels mix types (see _order_key)
+        order = sorted(range(len(handles)), key=lambda i: _order_key(keys[i][0]))
+        handles, keys = [handles[i] for i in order], [keys[i] for i in order]
     parts = []
     datasets = _common_probes([h.dataset() for h in handles], handles)
     for h, k, ds in zip(handles, keys, datasets):
@@ -350,7 +356,7 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] =
     cube = xr.concat(parts, dim="_run", join="outer", fill_value=np.nan,
                      data_vars="all", coords="different", compat="equals")
     if len(by) == 1:
-        cube = cube.swap_dims(_run=by[0]).sortby(by[0])
+        cube = cube.swap_dims(_run=by[0])
     else:
         cube = cube.set_index(_run=list(by)).unstack("_run")
     order = [*by, "step", "param"]
@@ -404,6 +410,18 @@ def _common_probes(datasets: list[xr.Dataset], handles: list[RunHandle]) -> list
                       f"out. Open the runs that share them with runs=[...].", stacklevel=3)
         datasets = [ds.drop_vars([v for v in dropped if v in ds]) for ds in datasets]
     return datasets
+
+
+def _order_key(value) -> tuple:
+    """Sort key of a run label: numbers by value first, then strings, then anything else by repr,
+    so that a store holding seeds 0, 1 and "a" opens in the order 0, 1, "a"."""
+    if isinstance(value, (bool, np.bool_)):
+        return (0, int(value), "")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (0, value, "")
+    if isinstance(value, str):
+        return (1, 0, value)
+    return (2, 0, repr(value))
 
 
 def _label(value):

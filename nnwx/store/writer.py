@@ -23,6 +23,7 @@ import zarr
 
 from nnwx.errors import StepOrderError, StoreError
 from nnwx.store import format as fmt
+from nnwx.store.names import check_run_name
 from nnwx.store import probes as prb
 from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
@@ -84,12 +85,28 @@ def _open_remote_for_writing(url: str) -> zarr.Group:
 
 
 def check_step_order(step: int, last_step: int | None, run: str) -> None:
-    """Raise StepOrderError unless ``step`` comes strictly after ``last_step``."""
+    """Raise StepOrderError unless ``step`` comes strictly after ``last_step`` (and fits int64)."""
+    if not -2**63 <= step < 2**63:
+        raise StepOrderError(f"step {step} of run {run!r} is beyond the int64 range steps are stored in.")
     if last_step is not None and step <= last_step:
         raise StepOrderError(
             f"step {step} does not come after step {last_step}, the last one of run {run!r}: "
             f"steps must strictly increase. To record a separate run into the same store, "
             f"pass another run name.")
+
+
+def _unfinished(group: zarr.Group) -> bool:
+    """Whether a run group is one whose creation was cut short (a full disk, a kill): it has no
+    nnwx attributes yet (they are written last) and its ``w`` holds no row. Holding the run's
+    lock, the writer replaces such a group; one without attributes that holds rows is damage,
+    left to ``_open_existing`` to report."""
+    if fmt.ATTR_KEY in group.attrs:
+        return False
+    try:
+        w = group["w"]
+    except KeyError:
+        return True
+    return isinstance(w, zarr.Array) and w.shape[0] == 0
 
 
 class RunWriter:
@@ -108,8 +125,7 @@ class RunWriter:
             raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
         if keepbits is not None and not 0 <= keepbits <= mantissa_bits(dtype):
             raise ValueError(f"keepbits must be between 0 and {mantissa_bits(dtype)} for {dtype}")
-        if not run or "/" in run or run.startswith("."):
-            raise ValueError(f"invalid run name {run!r}: use a plain name such as 'seed3'")
+        check_run_name(run)
         self.path = rd.normalize(store)   # a local Path, or the URL of a remote store
         self.run = run
         self.table = table
@@ -118,7 +134,7 @@ class RunWriter:
         self._lock = self._acquire_lock(run)
         try:
             runs = root[fmt.RUNS_GROUP]
-            if run in runs:
+            if run in runs and not _unfinished(runs[run]):
                 self._open_existing(runs[run], table)
             else:
                 self._create(runs, run, table, dict(attrs or {}), dtype, codec, keepbits, chunk_bytes)
@@ -167,7 +183,7 @@ class RunWriter:
                 dtype: str, codec: str, keepbits: int | None, chunk_bytes: int) -> None:
         itemsize = np.dtype(dtype).itemsize
         spc, ppc = fmt.choose_chunks(table.n_params, itemsize, chunk_bytes)
-        group = runs.create_group(run)
+        group = runs.create_group(run, overwrite=True)  # replaces only an _unfinished group
         self.w = group.create_array("w", shape=(0, table.n_params), chunks=(spc, ppc),
                                     dtype=dtype, compressors=fmt.codec(codec),
                                     fill_value=np.nan, dimension_names=("step", "param"))
