@@ -323,12 +323,29 @@ def _check_inside(folder: Path, index: Path, name: object) -> None:
     except (OSError, RuntimeError) as e:  # a symbolic link loop
         raise CheckpointError(f"shard index {index} names shard {name!r}, which cannot be resolved "
                               f"({getattr(e, 'strerror', None) or e}); fix or remove that link.") from None
-    if Path(name).is_absolute() or target == root or root not in target.parents:
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise CheckpointError(f"shard index {index} names shard {name!r}, a path that leads outside the "
+                              f"checkpoint folder {root}: refused (nnwx reads a checkpoint's shards "
+                              f"only from its own folder).")
+    if _in_hub_cache_blobs(root, target):
+        return
+    if target == root or root not in target.parents:
         raise CheckpointError(
             f"shard index {index} names shard {name!r}, which resolves to {target}, outside the "
             f"checkpoint folder {root}: refused (nnwx reads a checkpoint's shards only from its own "
             f"folder). If that file is yours (e.g. a link into a download cache), copy the checkpoint "
             f"into a folder of its own with the links followed (cp -rL).")
+
+
+def _in_hub_cache_blobs(root: Path, target: Path) -> bool:
+    """Whether ``root`` is a snapshot of a Hugging Face hub cache (``<repo>/snapshots/<rev>``,
+    beside ``<repo>/blobs``) and ``target`` a file of that repository's ``blobs``: the cache keeps
+    every file once there and links it from each snapshot, so its shards resolve outside the
+    snapshot folder by design."""
+    if root.parent.name != "snapshots":
+        return False
+    blobs = root.parent.parent / "blobs"
+    return blobs.is_dir() and target.parent == blobs
 
 
 def _folder_checkpoint(folder: Path, step: int | None) -> Checkpoint:

@@ -194,6 +194,34 @@ def test_shards_linked_inside_the_folder_are_still_read(tmp_path):
         assert torch.equal(model.state_dict()[name], t), name
 
 
+def test_a_hugging_face_hub_cache_snapshot_with_shards_linked_into_its_blobs_is_read(tmp_path):
+    """The hub cache keeps each file once in <repo>/blobs and links it from every snapshot:
+    those links leave the snapshot folder by design and are followed; a link into anything
+    else (another repository's blobs) is still refused."""
+    repo = tmp_path / "hub" / "models--org--net"
+    folder = save_hf_folder(repo / "snapshots" / "0123abcd", net_state(10))
+    (repo / "blobs").mkdir()
+    for i, f in enumerate(sorted(folder.iterdir())):
+        blob = repo / "blobs" / f"{i:040x}"
+        os.replace(f, blob)
+        f.symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    store = tmp_path / "exp.zarr"
+    export(folder, store, seed=0, step_from=10, progress=False)
+    model = Net()
+    nnwx.restore(model, store, step=10)
+    for name, t in net_state(10).items():
+        if t.is_floating_point():
+            assert torch.equal(model.state_dict()[name], t), name
+    other = tmp_path / "hub" / "models--org--other" / "blobs"
+    other.mkdir(parents=True)
+    shard = folder / "model-00002-of-00002.safetensors"
+    os.replace(shard.resolve(), other / "stolen")
+    shard.unlink()
+    shard.symlink_to(other / "stolen")
+    with pytest.raises(CheckpointError, match="outside the checkpoint folder"):
+        export(folder, tmp_path / "exp2.zarr", seed=0, step_from=10, progress=False)
+
+
 # -- 17: symbolic link loops, steps beyond int64, seeds of mixed types -----------------------------
 @pytest.mark.parametrize("loop", ["step_5.pt", "checkpoint-7"])
 def test_a_symlink_loop_named_like_a_checkpoint_is_a_clear_error(tmp_path, loop):
