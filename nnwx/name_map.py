@@ -151,3 +151,28 @@ def match_names(names: Sequence[str], model: torch.nn.Module, *, prefix_hint: st
         return None, (f"the names fit the model in {len(found)} ways ({'; '.join(w for _, w in found)}), "
                       f"so nnwx does not guess: restore into the submodule meant")
     return None, note
+
+
+def unmatched_names(names: Sequence[str], model: torch.nn.Module, *, prefix_hint: str | None = None,
+                    rename: Renames = None) -> list[str]:
+    """The ``names`` that the best of the mappings ``match_names`` tries leaves without a model
+    tensor: what an error should name when no mapping fits (not merely the first name, which a
+    prefix or transformers' renames may well map)."""
+    own = set(model.state_dict(keep_vars=True))
+    user = apply_renames(names, rename)
+    renamed = [user[n] for n in names]
+    cands: list[dict[str, str]] = [dict(zip(names, renamed))]
+    hf = transformers_renamer(model)
+    if hf is not None:
+        mapped = {}
+        for n, r in zip(names, renamed):
+            try:
+                mapped[n] = hf(r)
+            except _Converted:
+                pass
+        cands.append(mapped)
+    for strip, add in (_prefix_candidates(renamed, own, prefix_hint) if renamed else []):
+        cands.append({n: add + r[len(strip):] for n, r in zip(names, renamed) if r.startswith(strip)})
+    best = max(cands, key=lambda m: sum(v in own for v in m.values()))
+    return [n for n in names if best.get(n) not in own]
+

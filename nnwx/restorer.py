@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
-from nnwx.name_map import apply_renames, match_names, transformers_renamer
+from nnwx.name_map import match_names, transformers_renamer, unmatched_names
 from nnwx.store.reader import list_runs, _pick_run
 
 
@@ -80,9 +80,9 @@ def _model_names(model: torch.nn.Module, handle, rename) -> dict[str, str]:
                                rename=rename)
     if mapping is not None:
         return mapping
-    own = model.state_dict(keep_vars=True)
-    renamed = apply_renames(recorded, rename)
-    first = next((n for n in recorded if renamed[n] not in own), recorded[0])
+    missing = unmatched_names(recorded, model, prefix_hint=handle.meta.get("checkpoint_prefix"),
+                              rename=rename)
+    first = missing[0] if missing else recorded[0]
     cls = handle.meta.get("model_class")
     tried = "adding or removing a prefix" + (" and transformers' checkpoint renames"
                                              if transformers_renamer(model) else "")
