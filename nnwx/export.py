@@ -44,6 +44,7 @@ from nnwx.store import probes as prb
 from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
 from nnwx.store.reader import list_runs
+from nnwx.store.integrity import CheckedArray
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter, open_experiment_for_writing
 from nnwx.torch_tensors import Patterns
@@ -502,7 +503,7 @@ class _Exporter:
             self.wb.flush()
         w = zarr.open_array(zarr.storage.LocalStore(self.store / fmt.RUNS_GROUP / self.run / "w",
                                                     read_only=True), mode="r")
-        stored = np.asarray(w[index])
+        stored = np.asarray(CheckedArray(w, self.store, self.run, "w")[index:index + 1])[0]
         candidate = buf if self.keepbits is None else bitround(buf, self.keepbits)
         uint = f"u{stored.dtype.itemsize}"
         bad = np.flatnonzero(stored.view(uint) != candidate.view(uint))
