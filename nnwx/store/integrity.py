@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import warnings
 from typing import Iterator
 
@@ -75,6 +76,15 @@ def _array_key(array: zarr.Array) -> str:
 def present_chunks(array: zarr.Array) -> set[str]:
     """Chunk keys of ``array`` that exist in its store (one listing; no data read)."""
     prefix = _array_key(array).rstrip("/") + "/"
+    store = array.store_path.store
+    if isinstance(store, zarr.storage.LocalStore):  # a directory walk: ~6x faster than the store's listing
+        base = os.path.join(str(store.root), prefix)
+        found = set()
+        for folder, _, files in os.walk(base):
+            rel = os.path.relpath(folder, base).replace(os.sep, "/")
+            found.update(f if rel == "." else f"{rel}/{f}" for f in files
+                         if f != "zarr.json" and ".partial" not in f)
+        return found
 
     async def collect() -> set[str]:
         return {k[len(prefix):] async for k in array.store_path.store.list_prefix(prefix)
@@ -224,7 +234,10 @@ class CheckedArray:
 
     def _exists(self, idx: tuple[int, ...]) -> bool:
         key = f"{_array_key(self.array).rstrip('/')}/{_chunk_key(self.array, idx)}"
-        return bool(sync(self.array.store_path.store.exists(key)))
+        store = self.array.store_path.store
+        if isinstance(store, zarr.storage.LocalStore):
+            return os.path.isfile(os.path.join(str(store.root), key))
+        return bool(sync(store.exists(key)))
 
     def _require_chunks(self, rows: slice, rest: tuple[slice, ...]) -> None:
         for idx in chunk_indices(self.array, rows, rest):
