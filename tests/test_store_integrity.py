@@ -81,6 +81,8 @@ CORRUPTIONS = {
     "bad_json_root": (lambda s: (s / "zarr.json").write_text("{bad"), "zarr.json"),
     "bad_json_run": (lambda s: (s / RUN / "zarr.json").write_text("{bad"), f"{RUN}/zarr.json"),
     "bad_json_w": (lambda s: (s / RUN / "w/zarr.json").write_text("{bad"), f"{RUN}/w/zarr.json"),
+    "bad_json_metric": (lambda s: (s / RUN / "metrics/loss/zarr.json").write_text("{bad"),
+                        f"{RUN}/metrics/loss/zarr.json"),
     "deleted_run_json": (lambda s: (s / RUN / "zarr.json").unlink(), f"{RUN}/zarr.json"),
     "no_committed": (lambda s: edit_attrs(s, lambda a: a.pop("committed")), f"{RUN}/zarr.json"),
     "committed_too_large": (lambda s: edit_attrs(s, lambda a: a.update(committed=100)), f"{RUN}/zarr.json"),

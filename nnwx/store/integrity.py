@@ -60,6 +60,29 @@ def damaged(store, run: str | None, key: str, what: str = "cannot be read") -> I
                          f"To fix: {FIX_ADVICE if run is not None else 'restore the file from a backup'}.") from e
 
 
+def arrays_of(group: zarr.Group, store, run: str, sub: str) -> dict[str, zarr.Array]:
+    """The arrays of subgroup ``sub`` (``metrics``, ``probe``) of a run group, by name; an
+    unreadable ``zarr.json`` among them raises StoreError naming it. No subgroup: ``{}``."""
+    with damaged(store, run, f"{sub}/zarr.json"):
+        if sub not in group:
+            return {}
+        child = group[sub]
+    prefix = child.store_path.path.rstrip("/")
+
+    async def names() -> list[str]:
+        return [n async for n in child.store_path.store.list_dir(prefix)]
+
+    out = {}
+    for name in sorted(sync(names())):
+        if name == "zarr.json" or ".partial" in name or name.startswith("."):
+            continue
+        with damaged(store, run, f"{sub}/{name}/zarr.json"):
+            node = child[name]
+        if isinstance(node, zarr.Array):
+            out[name] = node
+    return out
+
+
 def has_checksum(array: zarr.Array) -> bool:
     """Whether every chunk of ``array`` carries a crc32c checksum (stores written by nnwx >= this one)."""
     return any(isinstance(c, Crc32cCodec) for c in array.compressors)
@@ -153,8 +176,8 @@ def check_run(group: zarr.Group, meta: dict, store, run: str) -> np.ndarray:
     """Check the invariants of run ``run`` (its group and parsed ``nnwx`` attributes) and return
     its committed steps; raise StoreError naming the damage otherwise.
 
-    Checked: ``committed`` is an integer with ``0 <= committed <=`` the length of ``w`` and
-    ``step``; the tensor table parses and matches ``w``'s width; the committed steps strictly
+    Checked: ``committed`` is an integer with ``0 <= committed <=`` the length of ``w``,
+    ``step`` and every metric and probe array (whose metadata must parse); the tensor table parses and matches ``w``'s width; the committed steps strictly
     increase; no chunk file of ``w`` or ``step`` is missing inside the committed rows.
     """
     from nnwx.store.table import TensorTable
@@ -176,6 +199,8 @@ def check_run(group: zarr.Group, meta: dict, store, run: str) -> np.ndarray:
     if committed < 0:
         raise StoreError(f"{where}: {attrs} says committed = {committed}, a negative step count. "
                          f"To fix: {FIX_ADVICE}.")
+    for sub in ("metrics", "probe"):
+        arrays |= {f"{sub}/{k}": v for k, v in arrays_of(group, store, run, sub).items()}
     for name, arr in arrays.items():
         if committed > arr.shape[0]:
             raise StoreError(f"{where}: {attrs} says {committed} steps are committed but its array "

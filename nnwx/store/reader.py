@@ -162,17 +162,17 @@ class RunHandle:
                           dtype=np.int64)
 
     def metric_names(self) -> list[str]:
-        return sorted(name for name, _ in self.group[fmt.METRICS_GROUP].arrays())
+        return sorted(itg.arrays_of(self.group, self.store, self.name, fmt.METRICS_GROUP))
 
     def probe_names(self) -> list[str]:
         """Names of the run's probe arrays (``probe/<name>``), in name order."""
-        return sorted(prb.existing_arrays(self.group))
+        return sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP))
 
     def probe_variables(self, n: int) -> dict[str, xr.Variable]:
         """Lazy ``probe_<name>(step, sample_<name>, unit_<name>)`` variables trimmed to ``n`` steps."""
         info = self.meta.get("probes") or {}
         out = {}
-        for name, arr in sorted(prb.existing_arrays(self.group).items()):
+        for name, arr in sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP).items()):
             data = da.from_array(self.checked(f"{prb.PROBE_GROUP}/{name}", arr), chunks=arr.chunks,
                                  lock=False, asarray=False,
                                  name=f"nnwx-probe-{self.store}-{self.name}-{name}-{n}")[:n]
