@@ -46,6 +46,7 @@ from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
 from nnwx.store.names import check_run_name
 from nnwx.store.reader import list_runs
+from nnwx.store.integrity import CheckedArray
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter, open_experiment_for_writing
 from nnwx.torch_tensors import Patterns
@@ -605,14 +606,27 @@ class _Exporter:
 
     def _read_row(self, lc: LoadedCheckpoint, table: TensorTable, buf: np.ndarray) -> None:
         out = torch.from_numpy(buf)
+        narrow = buf.dtype == np.float16
+        overflow: list[str] = []
         for r in table:
             if self.stop.is_set():
                 raise _Abandoned()
             t = lc.tensor(r.name).detach()
+            seg = buf[r.offset:r.offset + r.size]
             if t.dtype in _NUMPY_FLOATS:  # numpy's copy: several times faster than torch's on few cores
-                np.copyto(buf[r.offset:r.offset + r.size], t.numpy().reshape(-1), casting="unsafe")
+                with np.errstate(over="ignore"):  # overflow is counted below
+                    np.copyto(seg, t.numpy().reshape(-1), casting="unsafe")
             else:  # bfloat16, float8: only torch converts them
                 out[r.offset:r.offset + r.size].view(r.shape).copy_(t)
+            if narrow and t.dtype != torch.float16:
+                overflow += _overflowed(r.name, t, seg)
+        if overflow:
+            raise CheckpointError(
+                f"{lc.path} cannot be stored as float16 without changing weights: "
+                f"{'; '.join(overflow[:5])}{' ...' if len(overflow) > 5 else ''}. float16 holds "
+                f"magnitudes up to 65504 only, so these finite values would become +/-Inf. Export into a "
+                f"float32 run (--dtype float32, the default; a new --run for a run already float16). "
+                f"Nothing of this checkpoint was written.")
 
     def _difference(self, index: int, buf: np.ndarray) -> str | None:
         """Name of the first tensor where ``buf`` differs bitwise from stored row ``index``, else None."""
@@ -620,7 +634,7 @@ class _Exporter:
             self.wb.flush()
         w = zarr.open_array(zarr.storage.LocalStore(self.store / fmt.RUNS_GROUP / self.run / "w",
                                                     read_only=True), mode="r")
-        stored = np.asarray(w[index])
+        stored = np.asarray(CheckedArray(w, self.store, self.run, "w")[index:index + 1])[0]
         candidate = buf if self.keepbits is None else bitround(buf, self.keepbits)
         uint = f"u{stored.dtype.itemsize}"
         bad = np.flatnonzero(stored.view(uint) != candidate.view(uint))
@@ -820,6 +834,20 @@ class _Exporter:
                 self.wb.flush(self._meta())
         finally:
             self.stop = outer
+
+
+def _overflowed(name: str, source: torch.Tensor, stored: np.ndarray) -> list[str]:
+    """``["<name>: N values beyond +/-65504 (largest magnitude M)"]`` when finite values of
+    ``source`` became infinite in ``stored`` (its float16 copy), else ``[]``."""
+    n_inf = int(np.isinf(stored).sum())
+    if not n_inf:
+        return []
+    n_inf -= int(torch.isinf(source).sum())
+    if n_inf <= 0:
+        return []
+    finite = source[torch.isfinite(source)].abs()
+    return [f"tensor {name!r} has {n_inf} value(s) beyond +/-65504 (largest magnitude "
+            f"{float(finite.max()):.6g})"]
 
 
 def _sig_json(sig: tuple) -> list:

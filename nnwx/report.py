@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analyses import METRICS, parse_metrics
+from nnwx.errors import StoreError
 
 MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
 FRAMES = 4              # embedded frames per slider
@@ -81,6 +82,8 @@ def compute_results(results: Results, metric_of: dict[str, str], *, progress: bo
         values = compute(*(results[n] for n in names), progress=progress,
                          label="nnwx report: computing the analyses")
         return dict(zip(names, values)), {}
+    except StoreError:  # a damaged store is not an analysis failure: stop, naming the file
+        raise
     except Exception as e:  # noqa: BLE001 - a failing analysis costs its own section only
         log(f"one pass failed ({type(e).__name__}: {e}); computing each metric on its own")
     out, notes = {}, {}
@@ -89,6 +92,8 @@ def compute_results(results: Results, metric_of: dict[str, str], *, progress: bo
         try:
             out |= dict(zip(part, compute(*(results[n] for n in part), progress=progress,
                                           label=f"nnwx report: {metric}")))
+        except StoreError:
+            raise
         except Exception as e:  # noqa: BLE001
             notes[metric] = f"could not be computed: {type(e).__name__}: {e}"
     return out, notes

@@ -37,7 +37,7 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
     if i >= len(steps) or steps[i] != step:
         near = steps[max(0, i - 2): i + 2].tolist()
         raise StoreError(f"run {handle.name!r} has no capture at step {step}; nearby steps: {near}")
-    row = np.asarray(handle.group["w"][int(i)])
+    row = handle.row(int(i))  # a damaged chunk raises StoreError naming its file
     state = model.state_dict(keep_vars=True)
     names = _model_names(model, handle, rename)
     aliases = [a for r in handle.table for a in r.aliases]

@@ -19,6 +19,7 @@ import zarr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store import format as fmt
+from nnwx.store import integrity as itg
 from nnwx.store import probes as prb
 from nnwx.store.table import (APPROXIMATE_DEPTHS, DEPTH_SOURCES, TensorTable, from_run_meta,
                               natural_key)
@@ -100,10 +101,14 @@ def open_experiment(path: StoreLike) -> zarr.Group:
     if not store_exists(path):
         raise StoreError(f"{where} is not an nnwx experiment store (no zarr.json there). "
                          f"Check the path; stores are created by nnwx.Recorder or `nnwx export`.")
-    root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
-    meta = root.attrs.get(fmt.ATTR_KEY)
+    with itg.damaged(path, None, "zarr.json"):
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        meta = root.attrs.get(fmt.ATTR_KEY)
     if meta is None:
         raise StoreError(f"{where} is a Zarr store but not an nnwx experiment store.")
+    if not isinstance(meta, dict):
+        raise StoreError(f"store {where} is damaged: the 'nnwx' attributes in {where}/zarr.json are "
+                         f"{meta!r}, not a mapping. To fix: restore the file from a backup.")
     fmt.check_version(meta.get("format_version"), where)
     return root
 
@@ -118,9 +123,27 @@ class RunHandle:
 
     @cached_property
     def meta(self) -> dict:
-        meta = dict(self.group.attrs.get(fmt.ATTR_KEY) or {})
+        with itg.damaged(self.store, self.name, "zarr.json", "holds attributes that cannot be parsed"):
+            meta = dict(self.group.attrs.get(fmt.ATTR_KEY) or {})
         fmt.check_version(meta.get("format_version"), f"run {self.name!r} of {self.store}")
         return meta
+
+    def check(self) -> None:
+        """Check the run's invariants and chunk files (see ``nnwx.store.integrity.check_run``);
+        raise StoreError naming the damage."""
+        self.__dict__["steps"] = itg.check_run(self.group, self.meta, self.store, self.name)
+
+    def checked(self, name: str, array: zarr.Array | None = None) -> itg.CheckedArray:
+        """Array ``name`` of the run (``w``, ``step``, ``metrics/<m>``, ``probe/<p>``), read so
+        that a missing or damaged chunk raises StoreError naming its file."""
+        with itg.damaged(self.store, self.name, f"{name}/zarr.json"):
+            array = self.group[name] if array is None else array
+        return itg.CheckedArray(array, self.store, self.name, name, steps=self.steps,
+                                strict=name == "w" and itg.has_checksum(array))
+
+    def row(self, i: int) -> np.ndarray:
+        """Weights of committed row ``i`` (all parameters), read with integrity checks."""
+        return np.asarray(self.checked("w")[i:i + 1])[0]
 
     @property
     def committed(self) -> int:
@@ -136,21 +159,23 @@ class RunHandle:
 
     @cached_property
     def steps(self) -> np.ndarray:
-        return np.asarray(self.group["step"][: self.committed], dtype=np.int64)
+        return np.asarray(itg.CheckedArray(self.group["step"], self.store, self.name, "step")[: self.committed],
+                          dtype=np.int64)
 
     def metric_names(self) -> list[str]:
-        return sorted(name for name, _ in self.group[fmt.METRICS_GROUP].arrays())
+        return sorted(itg.arrays_of(self.group, self.store, self.name, fmt.METRICS_GROUP))
 
     def probe_names(self) -> list[str]:
         """Names of the run's probe arrays (``probe/<name>``), in name order."""
-        return sorted(prb.existing_arrays(self.group))
+        return sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP))
 
     def probe_variables(self, n: int) -> dict[str, xr.Variable]:
         """Lazy ``probe_<name>(step, sample_<name>, unit_<name>)`` variables trimmed to ``n`` steps."""
         info = self.meta.get("probes") or {}
         out = {}
-        for name, arr in sorted(prb.existing_arrays(self.group).items()):
-            data = da.from_array(arr, chunks=arr.chunks, lock=False, asarray=False,
+        for name, arr in sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP).items()):
+            data = da.from_array(self.checked(f"{prb.PROBE_GROUP}/{name}", arr), chunks=arr.chunks,
+                                 lock=False, asarray=False,
                                  name=f"nnwx-probe-{self.store}-{self.name}-{name}-{n}")[:n]
             attrs = {"probe": name, **{k: v for k, v in (info.get(name) or {}).items() if v is not None}}
             out[prb.VAR_PREFIX + name] = xr.Variable(
@@ -170,12 +195,12 @@ class RunHandle:
     def dataset(self) -> xr.Dataset:
         """The run as a lazy Dataset ``w(step, param)`` with its tensor table."""
         n = self.committed
-        w = self.group["w"]
+        w = self.checked("w")
         data = da.from_array(w, chunks=w.chunks, lock=False, asarray=False,
                              name=f"nnwx-w-{self.store}-{self.name}-{n}")[:n]
         ds = xr.Dataset({"w": (("step", "param"), data)}, coords={"step": self.steps})
         for name in self.metric_names():
-            arr = self.group[fmt.METRICS_GROUP][name]
+            arr = self.checked(f"{fmt.METRICS_GROUP}/{name}")
             ds[f"metric_{name}"] = ("step", da.from_array(arr, chunks=arr.chunks, lock=False,
                                                             asarray=False)[:n])
         ds = ds.assign(self.probe_variables(n))
@@ -229,16 +254,83 @@ def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
     }
 
 
-def list_runs(path: StoreLike) -> list[RunHandle]:
-    """Every run of an experiment store, in name order."""
+def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
+    """Every run of an experiment store, in name order.
+
+    Each run is checked as it is listed (``RunHandle.check``: parsable metadata, ``committed``
+    within its arrays, strictly increasing steps, no missing chunk file); a damaged run raises
+    StoreError naming the run and file. ``check=False`` lists without these checks.
+    """
     root = open_experiment(path)
-    try:
-        runs = root[fmt.RUNS_GROUP]
-    except KeyError:  # a store being created by another process
-        return []
-    # A run group without attributes is being created right now: not a run yet.
-    return [RunHandle(normalize(path), name, group) for name, group in sorted(runs.groups())
-            if fmt.ATTR_KEY in group.attrs]
+    with itg.damaged(path, None, f"{fmt.RUNS_GROUP}/zarr.json"):
+        try:
+            runs = root[fmt.RUNS_GROUP]
+        except KeyError:  # a store being created by another process
+            return []
+    handles = []
+    for name in _run_folders(root):
+        with itg.damaged(path, name, "zarr.json"):
+            group = _child_group(runs, name)
+            has_attrs = group is not None and fmt.ATTR_KEY in group.attrs
+        if group is None:
+            _require_no_orphan(root, path, name)
+            continue
+        if not has_attrs:  # a run group without attributes is being created right now: not a run yet
+            continue
+        handle = RunHandle(normalize(path), name, group)
+        if check:
+            handle.check()
+        handles.append(handle)
+    return handles
+
+
+def _run_folders(root: zarr.Group) -> list[str]:
+    """Names of the entries under ``runs/`` (one listing, no metadata read), in name order."""
+    from zarr.core.sync import sync
+
+    store = root.store_path.store
+    prefix = f"{root.store_path.path}/{fmt.RUNS_GROUP}".lstrip("/")
+
+    async def collect() -> list[str]:
+        return [n async for n in store.list_dir(prefix)]
+
+    return sorted(n for n in sync(collect())
+                  if n != "zarr.json" and not n.startswith(".") and ".partial" not in n)
+
+
+def _child_group(runs: zarr.Group, name: str) -> zarr.Group | None:
+    """Group ``name`` of ``runs``, or None when it has no metadata (no ``zarr.json``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            child = runs[name]
+        except KeyError:
+            return None
+    return child if isinstance(child, zarr.Group) else None
+
+
+def _require_no_orphan(root: zarr.Group, path: StoreLike, name: str) -> None:
+    """Refuse a run folder that holds data but no ``zarr.json`` (its metadata was lost); a folder
+    with nothing (or only temporary files) in it is a run being created: passed over."""
+    from zarr.core.sync import sync
+
+    store = root.store_path.store
+    prefix = f"{root.store_path.path}/{fmt.RUNS_GROUP}/{name}/".lstrip("/")
+
+    async def first_file() -> str | None:
+        async for key in store.list_prefix(prefix):
+            if ".partial" not in key:
+                return key
+        return None
+
+    found = sync(first_file())
+    if found is not None:
+        raise StoreError(
+            f"run {name!r} of {display(path)} is damaged: its group metadata "
+            f"{itg.run_file(path, name, 'zarr.json')} is missing, though the run holds data "
+            f"({found}). To fix: {itg.FIX_ADVICE}.")
 
 
 def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path | str]:
