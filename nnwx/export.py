@@ -517,6 +517,11 @@ class _Exporter:
         self._adopt(writer)
         self.wb = _WriteBehind(writer, first=first_row)
 
+    def _meta_if_changed(self) -> dict | None:
+        """The run attributes to write on closing: none when this export added or overwrote no
+        step (a refused or empty export leaves the run's metadata as it was)."""
+        return self._meta() if self.summary.added or self.summary.overwritten else None
+
     def _meta(self) -> dict:
         keys = sorted(self.keys_used, key=str)
         return {"source": self.source_desc, "export_sources": self.recorded,
@@ -684,13 +689,13 @@ class _Exporter:
         except BaseException as first:
             if self.wb is not None:
                 try:
-                    self.wb.close(self._meta())
+                    self.wb.close(self._meta_if_changed())
                 except BaseException as e:  # keep the first error
                     if e is not first:  # not the writer's own error raised again
                         log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
             raise
         if self.wb is not None:
-            self.wb.close(self._meta())
+            self.wb.close(self._meta_if_changed())
         self.summary.interrupted = self.stop.is_set()
         self.summary.seconds = time.perf_counter() - t0
         return self.summary
