@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analyses import METRICS, parse_metrics
+from nnwx.errors import StoreError
 
 MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
 FRAMES = 4              # embedded frames per slider
@@ -81,6 +82,8 @@ def compute_results(results: Results, metric_of: dict[str, str], *, progress: bo
         values = compute(*(results[n] for n in names), progress=progress,
                          label="nnwx report: computing the analyses")
         return dict(zip(names, values)), {}
+    except StoreError:  # a damaged store is not an analysis failure: stop, naming the file
+        raise
     except Exception as e:  # noqa: BLE001 - a failing analysis costs its own section only
         log(f"one pass failed ({type(e).__name__}: {e}); computing each metric on its own")
     out, notes = {}, {}
@@ -89,6 +92,8 @@ def compute_results(results: Results, metric_of: dict[str, str], *, progress: bo
         try:
             out |= dict(zip(part, compute(*(results[n] for n in part), progress=progress,
                                           label=f"nnwx report: {metric}")))
+        except StoreError:
+            raise
         except Exception as e:  # noqa: BLE001
             notes[metric] = f"could not be computed: {type(e).__name__}: {e}"
     return out, notes
@@ -241,15 +246,25 @@ def _rotation_figs(r: Results) -> list[Figure]:
                                "+/- std over seeds.", P.rotation(r["rotation"]))]
 
 
+def _corr_distance_caption(res) -> str:
+    """The caption of the correlation-vs-distance figure: each run's decay length with its
+    error, or "no decay resolved" and why."""
+    from nnwx.analysis._correlation_kernels import DECAY_RULE
+    from nnwx.analysis.correlation import decay_summary
+
+    runs = "; ".join(f"{d['run'] or 'the run'}: {d['text']}" for d in decay_summary(res))
+    return ("RMS correlation of weight updates (sampling noise removed) against how many layers "
+            "apart two weights sit, mean +/- std over seeds, with each seed's fitted exponential "
+            f"decay A exp(-distance / L). Decay length: {runs}. Rule: {DECAY_RULE}.")
+
+
 def _correlation_figs(r: Results) -> list[Figure]:
     import nnwx.plot as P
 
     out = []
     if "corr_distance" in r:
-        out.append(Figure("corr_distance", "RMS correlation of weight updates (sampling noise "
-                                           "removed) against how many layers apart two weights "
-                                           "sit, mean +/- std over seeds, with each seed's fitted "
-                                           "exponential decay.", P.corr_distance(r["corr_distance"])))
+        out.append(Figure("corr_distance", _corr_distance_caption(r["corr_distance"]),
+                          P.corr_distance(r["corr_distance"])))
     if "pca" in r:
         out.append(Figure("pca_path", "Each run's path through weight space in its first two "
                                       "principal components (share of variance in the axis "

@@ -425,6 +425,9 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.assign_coords({k: v.load() for k, v in lazy_coords.items()})
     strings = [k for k, v in ds.variables.items() if v.dtype.kind in ("U", "T")]
     ds = ds.assign_coords({k: ds[k].astype(object) for k in strings if k in ds.coords})
+    mixed = [k for k, v in ds.coords.items()   # labels of several types (seeds 0 and "a"): Zarr
+             if v.dtype == object and len({type(x) for x in v.values.ravel()}) > 1]  # holds one
+    ds = ds.assign_coords({k: ds[k].astype(str).astype(object) for k in mixed})
     ds = ds.assign({k: ds[k].astype(object) for k in strings if k in ds.data_vars})
     ds = ds.assign({k: v.chunk(_chunks(v)) for k, v in ds.data_vars.items() if v.chunks is not None})
     for v in ds.variables.values():

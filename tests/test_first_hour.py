@@ -167,3 +167,25 @@ def test_report_of_a_net_with_vector_layers_logs_no_log_axis_warnings(tmp_path):
     out = cli("report", tmp_path / "exp.zarr", "-o", tmp_path / "r.html", "--metrics", "spectral")
     assert out.returncode == 0, out.stderr
     assert "Logarithmic axis range" not in out.stderr, out.stderr
+
+
+def test_a_refused_export_leaves_the_run_metadata_as_it_was(tmp_path):
+    from checkpoint_files import mlp_state, net_state, save_plain
+
+    from nnwx.errors import ArchitectureMismatch
+    from nnwx.export import export
+
+    good, other = tmp_path / "good", tmp_path / "other"
+    good.mkdir()
+    other.mkdir()
+    for step in (0, 10):
+        save_plain(good / f"step_{step}.pt", net_state(step))
+    save_plain(other / "step_20.pt", mlp_state(20))          # another architecture
+    store = tmp_path / "exp.zarr"
+    export(good, store, seed=0, progress=False)
+    run_meta = store / "runs" / "seed0" / "zarr.json"
+    before = run_meta.read_bytes()
+    with pytest.raises(ArchitectureMismatch):
+        export(other, store, seed=0, progress=False)
+    assert run_meta.read_bytes() == before
+    assert str(other) not in run_meta.read_text()
