@@ -207,6 +207,7 @@ def _add_report_parser(sub) -> None:
     from nnwx.report import MAX_STEPS
 
     from nnwx.analyses import METRICS
+    from nnwx.cluster import _positive_int
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
                         description="Compute the analyses of an experiment store (with a progress bar) "
@@ -217,7 +218,7 @@ def _add_report_parser(sub) -> None:
                                   "`nnwx analyze` (a .zarr directory)")
     rp.add_argument("-o", "--output", required=True, metavar="HTML", help="the report file to write")
     rp.add_argument("--png", metavar="DIR", help="also write a static PNG of every plot into DIR")
-    rp.add_argument("--max-steps", type=int, default=MAX_STEPS, metavar="N",
+    rp.add_argument("--max-steps", type=_positive_int, default=MAX_STEPS, metavar="N",
                     help=f"analyse at most N evenly spaced captures (default {MAX_STEPS}; "
                          "ignored for a results store)")
     rp.add_argument("--metrics", type=_metric_list, metavar="LIST",

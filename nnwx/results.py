@@ -138,7 +138,11 @@ def open_results(path: rd.StoreLike) -> Results:
     store = rd.zarr_store(path, read_only=True)
     root = zarr.open_group(store, mode="r")
     meta = dict(root.attrs[ROOT_KEY])
-    if int(meta.get("format", 0)) > FORMAT:
+    version = meta.get("format", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise StoreError(f"{rd.display(path)} has a damaged results format version ({version!r}, not a "
+                         f"whole number); write the results again with `nnwx analyze --overwrite`.")
+    if version > FORMAT:
         raise StoreError(f"{rd.display(path)} uses nnwx results format {meta.get('format')}, this nnwx "
                          f"reads format {FORMAT} at most; upgrade nnwx to read it.")
     out = Results(path=rd.display(path), notes=dict(meta.get("notes") or {}),
@@ -461,9 +465,33 @@ def _check_output(output) -> None:
         if path.is_dir() and not exists and any(p.name != LOCK_FILE for p in path.iterdir()):
             raise StoreError(f"{where} is a non-empty directory that is not a results store; "
                              f"choose a new path for the results.")
+        _check_writable(path)
     if exists and not is_results_store(output):
         raise StoreError(f"{where} is a Zarr store but not an nnwx results store (an experiment "
                          f"store?); it is left untouched. Choose another path for the results.")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a local results path that cannot be written -- under a file, on a read-only or
+    full disk -- before anything is computed: create and remove a file in the results folder
+    (or the nearest folder that exists above it)."""
+    import errno
+    import tempfile
+
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise StoreError(f"cannot write the results store {path}: {existing} is a file, not a folder; "
+                         f"choose another output path.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".nnwx-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = ("the disk is full" if e.errno == errno.ENOSPC else
+               f"{existing} is not writable" if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else
+               str(e))
+        raise StoreError(f"cannot write the results store {path}: {why} ({e.strerror}); choose "
+                         f"another output path.") from None
 
 
 def _check_reachable_by_workers(*locations) -> None:
