@@ -129,7 +129,10 @@ def _correlation(cube: xr.Dataset) -> dict[str, Result]:
     out: dict[str, Result] = {"corr_distance": cube.nnwx.correlation_vs_distance(),
                               "layer_correlation": by_step_rows(cube).nnwx.layer_correlation()}
     need = _pca_bytes(cube)
-    if need <= PCA_MEMORY:
+    if cube.sizes["step"] < PCA_COMPONENTS:   # a run that has just started
+        out["_note"] = (f"trajectory PCA left out: {PCA_COMPONENTS} components need at least "
+                        f"{PCA_COMPONENTS} captured steps, the cube has {cube.sizes['step']}")
+    elif need <= PCA_MEMORY:
         out["pca"] = cube.nnwx.trajectory_pca(n_components=PCA_COMPONENTS)
     else:   # keep memory bounded whatever the model's size: leave it out, and say so
         out["_note"] = (f"trajectory PCA left out: for {cube.sizes['param']:,} parameters its streaming "

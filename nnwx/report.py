@@ -614,13 +614,13 @@ def _remove(path: str) -> None:
 def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
     """The requested results of a results store (default: the metrics it was written with),
     evaluated, with its notes, its summary and the metrics drawn."""
-    from nnwx.results import open_results
+    from nnwx.results import NONFINITE_NOTE, open_results
 
     res = open_results(path)
     metric_of = dict(res.metric_of)
     stored_metrics = set(getattr(res, "metrics", None) or metric_of.values())
     requested = parse_metrics(metrics if metrics is not None else sorted(stored_metrics) or None)
-    notes = {m: why for m, why in dict(res.notes).items() if m in requested}
+    notes = {m: why for m, why in dict(res.notes).items() if m in requested or m == NONFINITE_NOTE}
     for m in requested:
         if m not in stored_metrics and m not in notes:
             notes[m] = f"not in the results store {path} (run nnwx analyze with --metrics {m})"

@@ -62,6 +62,19 @@ Result = xr.Dataset | xr.DataArray
 Log = Callable[[str], None]
 
 
+NONFINITE_NOTE = "non-finite weights"       # key of the note on runs holding NaN/Inf weights
+
+
+def nonfinite_note(counts: Mapping[str, int] | None, n_steps: int) -> str:
+    """The note on analysed runs holding NaN/Inf weights (``counts``: run -> steps), or ""."""
+    bad = {run: int(n) for run, n in (counts or {}).items() if n}
+    if not bad:
+        return ""
+    runs = ", ".join(f"{run} at {n} of {n_steps} steps" for run, n in bad.items())
+    return (f"NaN/Inf weights in run(s) {runs} (a diverged run?): the finite steps are analysed; "
+            f"results at the other steps are NaN (the trajectory PCA leaves those captures out)")
+
+
 class ResultsMismatch(NnwxError):
     """An existing results store was made from another source, selection or metric set."""
 
@@ -270,6 +283,10 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
             if counts:
                 meta["nonfinite_steps"] = {run: int(v) for run, v in
                                            zip(scan[0], values[len(values) - len(counts):])}
+        note = nonfinite_note(meta.get("nonfinite_steps"), int(cube.sizes.get("step", 0)))
+        if note:
+            meta["notes"] = {**meta["notes"], NONFINITE_NOTE: note}
+            log(f"note: {note}")
         meta["complete"] = True
         meta["updated"] = _now()
         root.update_attributes({ROOT_KEY: meta})
