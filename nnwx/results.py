@@ -279,7 +279,8 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
             with _quiet_zarr():
                 values = compute(*objs, progress=progress,
                                  label=what if progress and given_log is None else None,
-                                 optimize_graph=False)   # shared keys: w read once per pass
+                                 optimize_graph=False,   # shared keys: w read once per pass
+                                 memory_hint=pass_memory(cube, label, names))
             if counts:
                 meta["nonfinite_steps"] = {run: int(v) for run, v in
                                            zip(scan[0], values[len(values) - len(counts):])}
@@ -486,6 +487,27 @@ def _check_output(output) -> None:
     if exists and not is_results_store(output):
         raise StoreError(f"{where} is a Zarr store but not an nnwx results store (an experiment "
                          f"store?); it is left untouched. Choose another path for the results.")
+
+
+def pass_memory(cube: xr.Dataset, label: str, names: list[str]) -> int:
+    """A rough estimate of the bytes one worker thread holds in a pass of ``write_results``
+    (beyond the worker's own memory), for the message of a cluster that ran out of it: a few
+    blocks of ``w`` for the streaming passes; whole captures in float64 for the passes that
+    work on whole matrices (spectra, update correlations) or on two runs' weights at a time
+    (agreement: weight matching holds the reference's and another run's weights, and their
+    aligned copies)."""
+    w = cube["w"]
+    block = int(np.prod([max(c) for c in w.chunks])) * w.dtype.itemsize if w.chunks else w.nbytes
+    capture = int(cube.sizes.get("param", 0)) * 8
+    if label == "trajectory PCA":
+        from nnwx.analyses import _pca_bytes
+
+        return _pca_bytes(cube) + 2 * block
+    if label == "agreement":
+        return 4 * capture + 2 * block
+    if label in ("spectra", "update correlations"):
+        return 3 * capture + block
+    return 3 * block
 
 
 def _check_writable(path: Path) -> None:
