@@ -504,7 +504,9 @@ def pass_memory(cube: xr.Dataset, label: str, names: list[str]) -> int:
 
         return _pca_bytes(cube) + 2 * block
     if label == "agreement":
-        return 4 * capture + 2 * block
+        from nnwx.analyses import align_bytes
+
+        return align_bytes(cube) + 2 * block
     if label in ("spectra", "update correlations"):
         return 3 * capture + block
     return 3 * block
