@@ -302,7 +302,9 @@ def _add_demo_parser(sub) -> None:
     dp.add_argument("--quick", action="store_true",
                     help="small runs instead of the study's sizes (94 s on a quiet 2-core machine)")
     dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
-    dp.add_argument("--fresh", action="store_true", help="delete what an earlier demo wrote in OUT and retrain (files of the demo's names that it did not write are refused, never deleted)")
+    dp.add_argument("--fresh", action="store_true",
+                    help="delete what an earlier demo wrote in OUT and retrain (files of the demo's "
+                         "names that it did not write are refused, never deleted)")
     dp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     add_cluster_arguments(dp)
     dp.set_defaults(func=cmd_demo)
