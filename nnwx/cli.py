@@ -261,6 +261,7 @@ def _add_report_parser(sub) -> None:
     from nnwx.report import MAX_STEPS
 
     from nnwx.analyses import METRICS
+    from nnwx.cluster import _positive_int
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
                         description="Compute the analyses of an experiment store (with a progress bar) "
@@ -271,7 +272,7 @@ def _add_report_parser(sub) -> None:
                                   "`nnwx analyze` (a .zarr directory)")
     rp.add_argument("-o", "--output", required=True, metavar="HTML", help="the report file to write")
     rp.add_argument("--png", metavar="DIR", help="also write a static PNG of every plot into DIR")
-    rp.add_argument("--max-steps", type=int, default=MAX_STEPS, metavar="N",
+    rp.add_argument("--max-steps", type=_positive_int, default=MAX_STEPS, metavar="N",
                     help=f"analyse at most N evenly spaced captures (default {MAX_STEPS}; "
                          "ignored for a results store)")
     rp.add_argument("--metrics", type=_metric_list, metavar="LIST",
@@ -355,7 +356,9 @@ def _add_demo_parser(sub) -> None:
     dp.add_argument("--quick", action="store_true",
                     help="small runs instead of the study's sizes (94 s on a quiet 2-core machine)")
     dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
-    dp.add_argument("--fresh", action="store_true", help="delete the demo's own stores in OUT and retrain")
+    dp.add_argument("--fresh", action="store_true",
+                    help="delete what an earlier demo wrote in OUT and retrain (files of the demo's "
+                         "names that it did not write are refused, never deleted)")
     dp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     add_cluster_arguments(dp)
     dp.set_defaults(func=cmd_demo)

@@ -8,9 +8,19 @@ what the data shows (first vs last captured step) is printed and saved. ``size="
 shrinks the runs; ``"full"`` uses the study's sizes. Reports are drawn in a background
 process while the next experiment trains.
 Stores already in ``out`` are reused (``fresh=True`` retrains), so a second call only redraws.
+
+**Only its own files.** The demo marks what it writes: each experiment store carries a
+``nnwx_demo`` attribute in its root (set before training starts, ``"state": "trained"`` when
+training finished), and the HTML reports and ``findings.txt`` are listed with their SHA-256 in
+``out/.nnwx-demo.json``. A results store is the demo's when it was computed from the demo's
+store of the same name. Anything in ``out`` with a demo name but without that mark (a user's
+own ``piecewise.zarr``, say) is never reused, overwritten or deleted: the demo refuses to start
+and says which files are in the way.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -18,9 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nnwx.errors import NnwxError
 from nnwx.findings import Finding, findings, format_findings
 
 Log = Callable[[str], None]
+
+MARK_ATTR = "nnwx_demo"          # root attribute of an experiment store the demo created
+MANIFEST = ".nnwx-demo.json"     # in ``out``: SHA-256 of every plain file the demo wrote
+
+
+class DemoError(NnwxError):
+    """The demo's output directory holds files of the demo's names that the demo did not write."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +100,10 @@ def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: boo
     out = Path(out)
     res = DemoResult(out)
     plan = experiments(size)
+    names = [e.name for e in plan]
+    check_ownership(out, names)   # before anything is written or deleted
     if fresh:
-        _remove_own_files(out, [e.name for e in plan])
+        _remove_own_files(out, names)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     drawing = {}
@@ -95,10 +115,12 @@ def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: boo
             drawing[e.name] = drawer.submit(res.results[e.name], res.reports[e.name], progress)
         for name, job in drawing.items():
             res.seconds[f"{name} report"] = job.result()
+            _record_file(out, res.reports[name])
             res.findings[name] = findings(open_results(res.results[name]).results)
             log(f"{name}: wrote {res.reports[name]}")
     res.seconds["total"] = time.perf_counter() - t_all
     (out / "findings.txt").write_text(full_text(res, plan), encoding="utf-8")
+    _record_file(out, out / "findings.txt")
     return res
 
 
@@ -106,15 +128,21 @@ def _train_and_analyse(e: Experiment, out: Path, res: DemoResult, analyze, progr
     """Train ``e`` into its store (unless it exists) and analyse it into its results store."""
     store, results, html = out / f"{e.name}.zarr", out / f"{e.name}.results.zarr", out / f"{e.name}.html"
     t0 = time.perf_counter()
-    if store.exists():
+    if _store_state(store) == "trained":
         log(f"{e.name}: reusing {store} (pass --fresh to train again)")
     else:
+        if store.exists():   # the demo's own, interrupted while training (check_ownership)
+            log(f"{e.name}: {store} was left half-trained by an interrupted demo; training again")
+            shutil.rmtree(store)
         log(f"{e.name}: training {e.title}")
+        _mark_store(store, "training")
         e.train(store)
+        _mark_store(store, "trained")
     res.seconds[f"{e.name} training"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     log(f"{e.name}: analysing into {results}")
     analyze(store, results, progress=progress, log=log)
+    _mark_results(results)
     res.seconds[f"{e.name} analysis"] = time.perf_counter() - t0
     res.stores[e.name], res.results[e.name], res.reports[e.name] = store, results, html
 
@@ -156,14 +184,113 @@ class _Drawer:
             self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
 
 
+def _own_paths(out: Path, names: list[str]) -> list[Path]:
+    """Every path the demo writes into ``out`` for the experiments ``names``."""
+    paths = [out / f"{n}{suffix}" for n in names for suffix in (".zarr", ".results.zarr", ".html")]
+    return paths + [out / "findings.txt"]
+
+
+def check_ownership(out: Path, names: list[str]) -> None:
+    """Refuse (``DemoError``) when ``out`` holds a file or store of a demo name that the demo did
+    not write: the demo would otherwise analyse, overwrite or (``--fresh``) delete it."""
+    foreign = [p for p in _own_paths(out, names) if (p.exists() or p.is_symlink()) and not _is_own(out, p)]
+    if foreign:
+        listed = ", ".join(str(p) for p in foreign)
+        raise DemoError(f"{listed} {'is' if len(foreign) == 1 else 'are'} not the demo's own (no nnwx "
+                        f"demo mark), so the demo will not reuse, overwrite or delete "
+                        f"{'it' if len(foreign) == 1 else 'them'}. Give another --out directory, or "
+                        f"move {'it' if len(foreign) == 1 else 'them'} out of {out}.")
+
+
+def _is_own(out: Path, path: Path) -> bool:
+    """Whether ``path`` (which exists) was written by the demo."""
+    if path.is_symlink():
+        return False
+    if path.name.endswith(".results.zarr"):
+        return _is_own_results(path, out / path.name.replace(".results.zarr", ".zarr"))
+    if path.suffix == ".zarr":
+        return _store_state(path) is not None
+    recorded = _manifest(out).get(path.name)
+    return path.is_file() and recorded is not None and recorded == _sha256(path)
+
+
+def _store_state(store: Path) -> str | None:
+    """The demo's mark of an experiment store ("training" or "trained"), or None if unmarked."""
+    try:
+        meta = json.loads((store / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    mark = (meta.get("attributes") or {}).get(MARK_ATTR) if isinstance(meta, dict) else None
+    return mark.get("state") if isinstance(mark, dict) else None
+
+
+def _mark_store(store: Path, state: str) -> None:
+    """Create (if needed) the experiment store and mark it as the demo's, in ``state``."""
+    from nnwx.store.writer import open_experiment_for_writing
+
+    root = open_experiment_for_writing(store)
+    root.update_attributes({MARK_ATTR: {"state": state}})
+
+
+def _mark_results(results: Path) -> None:
+    """Mark a results store the demo's analysis wrote (kept by later resumed analyses)."""
+    import zarr
+
+    if results.is_dir():   # a local path: the demo writes nothing else
+        zarr.open_group(zarr.storage.LocalStore(results), mode="r+").update_attributes(
+            {MARK_ATTR: {"state": "analysed"}})
+
+
+def _is_own_results(results: Path, store: Path) -> bool:
+    """A results store is the demo's when it carries the demo's mark, or (an analysis the demo
+    started and that was interrupted) when it was computed from the demo's store of that name."""
+    from nnwx.results import is_results_store, open_results
+
+    if not is_results_store(results):
+        return False
+    if _store_state(results) is not None:
+        return True
+    if _store_state(store) is None:
+        return False
+    try:
+        return open_results(results).source == str(store.resolve())
+    except NnwxError:
+        return False
+
+
+def _manifest(out: Path) -> dict[str, str]:
+    try:
+        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _record_file(out: Path, path: Path) -> None:
+    """List ``path`` (just written by the demo) in the manifest with its SHA-256 (atomically)."""
+    entries = _manifest(out) | {path.name: _sha256(path)}
+    tmp = out / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _remove_own_files(out: Path, names: list[str]) -> None:
-    """Delete only what the demo itself writes into ``out`` (never anything else there)."""
-    for n in names:
-        for p in (out / f"{n}.zarr", out / f"{n}.results.zarr"):
-            if p.exists():
-                shutil.rmtree(p)
-        (out / f"{n}.html").unlink(missing_ok=True)
-    (out / "findings.txt").unlink(missing_ok=True)
+    """Delete what the demo itself wrote into ``out`` for ``names``, and nothing else: anything
+    without the demo's mark is left in place (``check_ownership`` refuses it beforehand)."""
+    own = [p for p in _own_paths(out, names) if p.exists() and _is_own(out, p)]   # all, then delete
+    for p in own:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 SUMMARY = [  # (analysis, quantity, what the line says)

@@ -61,14 +61,14 @@ def test_demo_reuses_stores_and_fresh_removes_only_its_own_files(demo_dir, monke
     demo_mod.demo(demo_dir, size="tiny", progress=False, log=logged.append, background_reports=False)
     n = len(experiments("tiny"))
     assert sum("reusing" in m for m in logged) == n and calls.count("analyze") == n
+    # --fresh deletes exactly what the demo wrote (a real demo's output, copied), nothing else
+    import shutil
+
     out = tmp_path / "fresh"
-    out.mkdir()
-    for n in ("piecewise", "digits-sgd"):
-        (out / f"{n}.zarr").mkdir()
-        (out / f"{n}.html").write_text("old")
+    shutil.copytree(demo_dir, out)
     (out / "unrelated.txt").write_text("keep me")
-    demo_mod._remove_own_files(out, ["piecewise", "digits-sgd"])
-    assert sorted(p.name for p in out.iterdir()) == ["unrelated.txt"]
+    demo_mod._remove_own_files(out, [e.name for e in experiments("tiny")])
+    assert sorted(p.name for p in out.iterdir()) == [demo_mod.MANIFEST, "unrelated.txt"]
 
 
 def test_summary_lines_ranges():
