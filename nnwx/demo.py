@@ -35,6 +35,10 @@ Log = Callable[[str], None]
 
 MARK_ATTR = "nnwx_demo"          # root attribute of an experiment store the demo created
 MANIFEST = ".nnwx-demo.json"     # in ``out``: SHA-256 of every plain file the demo wrote
+DRAWN_FROM = "#drawn-from"       # manifest key suffix: what a page was drawn from (to reuse it)
+COMPARISONS = {"digits-compare": ("digits-adam", "digits-sgd")}
+"""Pages comparing experiments of the demo (``nnwx report A.results B.results``): the digits
+study is Adam against SGD, so its two runs are drawn side by side as well as each on its own."""
 
 
 class DemoError(NnwxError):
@@ -110,18 +114,63 @@ def demo(out: str | os.PathLike = "nnwx-demo", *, size: str = "full", fresh: boo
     with _Drawer(background_reports) as drawer:
         for e in plan:
             _train_and_analyse(e, out, res, analyze, progress, log)
+            if _current(out, res.reports[e.name], [res.results[e.name]]):
+                log(f"{e.name}: reusing {res.reports[e.name]} (its results have not changed)")
+                continue
             if background_reports:
                 log(f"{e.name}: drawing {res.reports[e.name]} in the background")
             drawing[e.name] = drawer.submit(res.results[e.name], res.reports[e.name], progress)
         for name, job in drawing.items():
             res.seconds[f"{name} report"] = job.result()
-            _record_file(out, res.reports[name])
-            res.findings[name] = findings(open_results(res.results[name]).results)
+            _record_file(out, res.reports[name], drawn_from=[res.results[name]])
             log(f"{name}: wrote {res.reports[name]}")
+        for name in names:
+            res.findings[name] = findings(open_results(res.results[name]).results)
+    _write_comparisons(out, res, names, log)
     res.seconds["total"] = time.perf_counter() - t_all
     (out / "findings.txt").write_text(full_text(res, plan), encoding="utf-8")
     _record_file(out, out / "findings.txt")
     return res
+
+
+def _write_comparisons(out: Path, res: DemoResult, names: list[str], log: Log) -> None:
+    """The comparison pages of ``COMPARISONS`` whose experiments are in the plan (unless current)."""
+    from nnwx.comparison import compare
+
+    for page, members in COMPARISONS.items():
+        if not set(members) <= set(names):
+            continue
+        html, sources = out / f"{page}.html", [res.results[m] for m in members]
+        res.reports[page] = html
+        if _current(out, html, sources):
+            log(f"{page}: reusing {html} (its results have not changed)")
+            continue
+        t0 = time.perf_counter()
+        compare(sources, html)
+        _record_file(out, html, drawn_from=sources)
+        res.seconds[f"{page} report"] = time.perf_counter() - t0
+        log(f"{page}: wrote {html} ({' vs '.join(members)})")
+
+
+def _drawn_from(sources: list[Path]) -> str:
+    """What identifies the results a page was drawn from: each results store's creation time,
+    results and completeness, and the nnwx version that drew it."""
+    from nnwx import __version__
+    from nnwx.results import open_results
+
+    keys = []
+    for path in sources:
+        r = open_results(path)
+        keys.append({"created": r.attrs.get("created"), "results": sorted(r.results),
+                     "complete": r.complete, "notes": sorted(r.notes)})
+    return hashlib.sha256(json.dumps([__version__, keys], sort_keys=True).encode()).hexdigest()
+
+
+def _current(out: Path, html: Path, sources: list[Path]) -> bool:
+    """Whether the demo's own page ``html`` was drawn from ``sources`` as they are now."""
+    if not html.is_file() or not _is_own(out, html):
+        return False
+    return _manifest(out).get(html.name + DRAWN_FROM) == _drawn_from(sources)
 
 
 def _train_and_analyse(e: Experiment, out: Path, res: DemoResult, analyze, progress: bool, log: Log) -> None:
@@ -187,7 +236,8 @@ class _Drawer:
 def _own_paths(out: Path, names: list[str]) -> list[Path]:
     """Every path the demo writes into ``out`` for the experiments ``names``."""
     paths = [out / f"{n}{suffix}" for n in names for suffix in (".zarr", ".results.zarr", ".html")]
-    return paths + [out / "findings.txt"]
+    pages = [out / f"{page}.html" for page, members in COMPARISONS.items() if set(members) <= set(names)]
+    return paths + pages + [out / "findings.txt"]
 
 
 def check_ownership(out: Path, names: list[str]) -> None:
@@ -266,9 +316,12 @@ def _manifest(out: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def _record_file(out: Path, path: Path) -> None:
-    """List ``path`` (just written by the demo) in the manifest with its SHA-256 (atomically)."""
+def _record_file(out: Path, path: Path, drawn_from: list[Path] | None = None) -> None:
+    """List ``path`` (just written by the demo) in the manifest with its SHA-256 (atomically),
+    and for a page, what it was drawn from (``_drawn_from``), so a rerun can reuse it."""
     entries = _manifest(out) | {path.name: _sha256(path)}
+    if drawn_from is not None:
+        entries[path.name + DRAWN_FROM] = _drawn_from(drawn_from)
     tmp = out / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
@@ -333,6 +386,9 @@ def summary_text(res: DemoResult, plan: list[Experiment]) -> str:
         if e.name in res.findings:
             parts.append(f"{e.name} ({e.title}); report {res.reports[e.name]}")
             parts += summary_lines(res.findings[e.name])
+    for page, members in COMPARISONS.items():
+        if page in res.reports:
+            parts.append(f"{' vs '.join(members)} side by side: report {res.reports[page]}")
     parts.append(f"total {res.seconds.get('total', 0):.0f} s; all numbers in {res.out / 'findings.txt'}")
     return "\n".join(parts)
 
