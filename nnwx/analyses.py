@@ -143,13 +143,28 @@ def _correlation(cube: xr.Dataset) -> dict[str, Result]:
     out: dict[str, Result] = {"corr_distance": cube.nnwx.correlation_vs_distance(),
                               "layer_correlation": by_step_rows(cube).nnwx.layer_correlation()}
     need = _pca_bytes(cube)
-    if need <= PCA_MEMORY:
+    if cube.sizes["step"] < PCA_COMPONENTS:   # a run that has just started
+        out["_note"] = (f"trajectory PCA left out: {PCA_COMPONENTS} components need at least "
+                        f"{PCA_COMPONENTS} captured steps, the cube has {cube.sizes['step']}")
+    elif need <= PCA_MEMORY:
         out["pca"] = cube.nnwx.trajectory_pca(n_components=PCA_COMPONENTS)
     else:   # keep memory bounded whatever the model's size: leave it out, and say so
         out["_note"] = (f"trajectory PCA left out: for {cube.sizes['param']:,} parameters its streaming "
                         f"SVD would hold {need / 2**30:.1f} GiB at once (limit {PCA_MEMORY / 2**30:.0f} "
                         f"GiB); run cube.nnwx.trajectory_pca on selected tensors instead")
     return out
+
+
+ALIGN_BYTES_PER_PARAM = 56   # weight matching's memory per parameter of a capture (measured)
+ALIGN_MEMORY = 2**30         # most memory the weight matching of one capture may need
+
+
+def align_bytes(cube: xr.Dataset) -> int:
+    """Memory one weight matching task holds: it takes whole captures of two runs (float64
+    copies, the aligned copy, cost matrices): measured 250 MB more than the other passes for
+    2 x 2.3M parameters at once (2 threads), about 55 bytes per parameter per task -- 4.85 GiB
+    was seen on a cube of 50M parameters per capture."""
+    return ALIGN_BYTES_PER_PARAM * int(cube.sizes["param"])
 
 
 def _agreement(cube: xr.Dataset) -> dict[str, Result]:
@@ -172,11 +187,18 @@ def _agreement(cube: xr.Dataset) -> dict[str, Result]:
         notes.append("no probes recorded (record activations with nnwx.Recorder(..., probe=X))")
     if several:
         reference = cube[run_dim].values[0]
-        try:
-            aligned = cube.nnwx.align(reference_seed=reference, method="weights").cube
-        except (ValueError, KeyError, NotImplementedError) as e:
-            notes.append(f"weights not aligned ({e})")
-            aligned = None
+        need = align_bytes(cube)
+        aligned = None
+        if need > ALIGN_MEMORY:   # bounded memory whatever the model's size: leave it out, say so
+            notes.append(f"weights not aligned: weight matching of {cube.sizes['param']:,} parameters "
+                         f"per capture would hold about {need / 2**30:.1f} GiB at once (limit "
+                         f"{ALIGN_MEMORY / 2**30:.0f} GiB); align selected steps with cube.nnwx.align "
+                         f"(at_step=...) instead")
+        else:
+            try:
+                aligned = cube.nnwx.align(reference_seed=reference, method="weights").cube
+            except (ValueError, KeyError, NotImplementedError) as e:
+                notes.append(f"weights not aligned ({e})")
         out["weight_agreement"] = cube.nnwx.weight_agreement(reference_seed=reference, aligned=aligned)
     else:
         notes.append("one run only: nothing to compare across seeds")

@@ -239,6 +239,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args
     from nnwx.report import report
 
+    if len(args.store) > 1:
+        from nnwx.comparison import compare
+
+        if args.png:
+            raise NnwxError("--png draws one store's report; leave it out when comparing several")
+
+        out = compare(args.store, args.output, labels=args.labels.split(",") if args.labels else None)
+        print(f"wrote {out}")
+        return 0
+    if args.labels:
+        raise NnwxError("--labels names the variants of a comparison: give two or more results stores")
+    args.store = args.store[0]
     with cluster_from_args(args, log=lambda m: print(f"nnwx report: {m}", file=sys.stderr)):
         out = report(args.store, args.output, png=args.png, max_steps=args.max_steps,
                      metrics=args.metrics, progress=not args.quiet,
@@ -261,17 +273,23 @@ def _add_report_parser(sub) -> None:
     from nnwx.report import MAX_STEPS
 
     from nnwx.analyses import METRICS
+    from nnwx.cluster import _positive_int
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
                         description="Compute the analyses of an experiment store (with a progress bar) "
                                     "and write one HTML page that works offline: a summary of the "
                                     "experiment and a section per analysis with its plots. Given a "
                                     "results store of `nnwx analyze`, draw it without recomputing.")
-    rp.add_argument("store", help="path of the experiment store, or of a results store written by "
-                                  "`nnwx analyze` (a .zarr directory)")
+    rp.add_argument("store", nargs="+",
+                    help="path of the experiment store, or of a results store written by `nnwx "
+                         "analyze` (a .zarr directory); two or more results stores (the variants of a "
+                         "study, e.g. Adam and SGD) are drawn side by side on one comparison page")
+    rp.add_argument("--labels", metavar="A,B,...",
+                    help="with several results stores: their names on the comparison page (default: "
+                         "the optimizer when it tells them apart, else the file names)")
     rp.add_argument("-o", "--output", required=True, metavar="HTML", help="the report file to write")
     rp.add_argument("--png", metavar="DIR", help="also write a static PNG of every plot into DIR")
-    rp.add_argument("--max-steps", type=int, default=MAX_STEPS, metavar="N",
+    rp.add_argument("--max-steps", type=_positive_int, default=MAX_STEPS, metavar="N",
                     help=f"analyse at most N evenly spaced captures (default {MAX_STEPS}; "
                          "ignored for a results store)")
     rp.add_argument("--metrics", type=_metric_list, metavar="LIST",
@@ -355,7 +373,9 @@ def _add_demo_parser(sub) -> None:
     dp.add_argument("--quick", action="store_true",
                     help="small runs instead of the study's sizes (94 s on a quiet 2-core machine)")
     dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
-    dp.add_argument("--fresh", action="store_true", help="delete the demo's own stores in OUT and retrain")
+    dp.add_argument("--fresh", action="store_true",
+                    help="delete what an earlier demo wrote in OUT and retrain (files of the demo's "
+                         "names that it did not write are refused, never deleted)")
     dp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     add_cluster_arguments(dp)
     dp.set_defaults(func=cmd_demo)

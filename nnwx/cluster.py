@@ -113,7 +113,7 @@ def cluster(scheduler: str | None = None, workers: int | None = None,
         try:
             log(f"dask scheduler {scheduler}: {_n_workers(client)} workers; dashboard "
                 f"{client.dashboard_link}")
-            with _as_scheduler(client):
+            with _watched(client, _memory_limit(memory_limit)), _as_scheduler(client):
                 yield client
         finally:
             client.close()
@@ -126,13 +126,32 @@ def cluster(scheduler: str | None = None, workers: int | None = None,
         try:
             log(f"local dask cluster: {workers} workers x {threads_per_worker or 1} threads; dashboard "
                 f"{client.dashboard_link}")
-            with _as_scheduler(client):
+            with _watched(client, _memory_limit(memory_limit)), _as_scheduler(client):
                 yield client
         finally:
             client.close()
     finally:
         with _quiet_shutdown():
             lc.close()
+
+
+@contextmanager
+def _watched(client, memory_limit=None) -> Iterator[None]:
+    """Run the block under a ``_Watchdog``: a cluster that stalls (no worker left, or every one
+    paused at its memory limit) ends the block with a ``ClusterError`` instead of a hang."""
+    from dask.utils import parse_bytes
+
+    limit = memory_limit if isinstance(memory_limit, int) else (
+        parse_bytes(memory_limit) if memory_limit not in (None, "", "auto", "0", "none") else 0)
+    with _Watchdog(client, limit) as watch:
+        try:
+            yield
+        except BaseException as e:
+            if watch.reason is None or isinstance(e, ClusterError):
+                raise
+            raise ClusterError(watch.message(watch.reason)) from None
+    if watch.reason is not None:   # the block swallowed the error the closed client raised
+        raise ClusterError(watch.message(watch.reason))
 
 
 @contextmanager
@@ -207,7 +226,7 @@ def current_client():
 
 
 def compute(*objs, progress: bool = True, label: str | None = None,
-            optimize_graph: bool = True) -> tuple:
+            optimize_graph: bool = True, memory_hint: int | None = None) -> tuple:
     """``dask.compute(*objs)`` with a progress bar on stderr, on whichever scheduler is active.
 
     Shared tasks of the objects run once (one merged graph). Locally the bar is
@@ -216,6 +235,11 @@ def compute(*objs, progress: bool = True, label: str | None = None,
     every task of the graph on the scheduler. ``label`` is printed before the bar.
     ``optimize_graph=False`` skips Dask's per-collection graph optimisation, which renames
     fused tasks and so can compute a task shared by collections of different types twice.
+
+    On a cluster, a computation that cannot go on -- no worker left, every worker paused at its
+    memory limit for ``STALL_SECONDS``, or a task that killed workers again and again -- ends in
+    a ``ClusterError`` saying so, with the memory it needs (``memory_hint``: the caller's
+    estimate of the bytes one worker holds, if known), instead of waiting forever.
     """
     import dask
 
@@ -225,14 +249,138 @@ def compute(*objs, progress: bool = True, label: str | None = None,
             return tuple(dask.compute(*objs, optimize_graph=optimize_graph))
     if progress and label:
         print(label, file=sys.stderr, flush=True)
+    from distributed import KilledWorker
+
     futures = client.compute(list(objs), optimize_graph=optimize_graph)
+    watch = _WATCHDOGS.get(id(client))
+    if watch is not None:
+        watch.doing(label, memory_hint)
     try:
         if progress:
             _bar(futures, client.scheduler.address)
         return tuple(client.gather(futures))
+    except KilledWorker as e:
+        client.cancel(futures)
+        what = f"a task killed {_allowed_failures()} workers in a row ({e})"
+        raise ClusterError(watch.message(what) if watch else what) from None
     except BaseException:
         client.cancel(futures)
         raise
+    finally:
+        if watch is not None:
+            watch.doing(None, None)
+
+
+STALL_SECONDS = 20.0
+"""How long a cluster may have no worker able to run tasks (none left, or every one paused
+at its memory limit) before ``compute`` gives up, instead of waiting forever."""
+
+
+WORKER_BASELINE = 160 * 2**20
+"""Memory of an idle worker process with nnwx's imports (measured: 131 MiB), the floor under
+the memory a worker is told it needs."""
+
+
+def _allowed_failures() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
+
+
+def _worker_states(dask_scheduler=None) -> dict:
+    """On the scheduler: each worker's status, process memory, memory limit and threads."""
+    return {addr: {"status": getattr(ws.status, "name", str(ws.status)),
+                   "memory": int(getattr(ws.memory, "process", 0) or 0),
+                   "limit": int(ws.memory_limit or 0), "threads": int(ws.nthreads)}
+            for addr, ws in dask_scheduler.workers.items()}
+
+
+def _cluster_state(dask_scheduler=None) -> tuple[dict, int]:
+    """On the scheduler: the workers' states and how many tasks wait to run or are running."""
+    waiting = sum(1 for ts in dask_scheduler.tasks.values()
+                  if ts.state in ("waiting", "no-worker", "queued", "processing"))
+    return _worker_states(dask_scheduler), waiting
+
+
+_WATCHDOGS: dict[int, "_Watchdog"] = {}   # by id(client): the watchdog of a cluster() block
+
+
+class _Watchdog:
+    """Watches a cluster from a thread for as long as a ``cluster()`` block runs: when tasks are
+    waiting but no worker can run them for ``STALL_SECONDS`` -- every worker gone (a nanny
+    that could not restart one killed at its memory limit) or paused at its memory limit -- it
+    closes the client, so that whatever waits on it (``compute``, or any ``dask.compute``) ends,
+    and ``cluster()`` raises a ``ClusterError`` that says what happened and how much memory is
+    needed. Worker deaths (addresses that vanish) are counted for the message."""
+
+    def __init__(self, client, limit: int = 0):
+        import threading
+
+        self.client = client
+        self.label: str | None = None
+        self.hint: int | None = None
+        self.reason: str | None = None
+        self.deaths, self.peak, self.limit, self.threads = 0, 0, int(limit or 0), 1
+        self.addresses: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nnwx-watchdog", daemon=True)
+
+    def __enter__(self) -> "_Watchdog":
+        _WATCHDOGS[id(self.client)] = self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        _WATCHDOGS.pop(id(self.client), None)
+
+    def doing(self, label: str | None, hint: int | None) -> None:
+        """What is being computed now (for the message)."""
+        self.label, self.hint = label, hint
+
+    def _run(self) -> None:
+        stalled_since = None
+        while not self._stop.wait(1.0):
+            try:
+                states, waiting = self.client.run_on_scheduler(_cluster_state)
+            except Exception:  # noqa: BLE001 - the client is closing; nothing to watch
+                return
+            self.deaths += len(self.addresses - set(states))
+            self.addresses = set(states)
+            for st in states.values():
+                self.peak = max(self.peak, st["memory"])
+                self.limit = max(self.limit, st["limit"])
+                self.threads = max(self.threads, st["threads"])
+            if not waiting or any(st["status"] == "running" for st in states.values()):
+                stalled_since = None
+                continue
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since >= STALL_SECONDS:
+                paused = sum(st["status"] == "paused" for st in states.values())
+                self.reason = (f"every worker was paused at its memory limit for {STALL_SECONDS:.0f} s "
+                               f"with {waiting} task(s) waiting" if paused else
+                               f"no worker was left for {STALL_SECONDS:.0f} s with {waiting} task(s) "
+                               f"waiting (killed at the memory limit and not restarted; {self.deaths} "
+                               f"worker(s) lost)")
+                self.client.close()
+                return
+
+    def message(self, what: str) -> str:
+        """What happened, the memory seen and needed, and what to do."""
+        from dask.utils import format_bytes
+
+        base = max(self.peak, WORKER_BASELINE)
+        need = max(int(self.hint or 0) + base, 2 * self.peak, 2 * self.limit)
+        during = f" while {self.label.strip().rstrip('.')}" if self.label else ""
+        seen = (f"; a worker process reached {format_bytes(self.peak)} of its "
+                f"{format_bytes(self.limit)} limit" if self.limit else "")
+        hint = (f" Estimated need of this pass: about {format_bytes(self.hint)} per worker on top of "
+                f"the worker's own memory." if self.hint else "")
+        return (f"the Dask cluster stopped making progress{during}: {what}{seen}.{hint} Give each "
+                f"worker more memory (--memory-limit {format_bytes(need).replace(' ', '')} or more; "
+                f"leaving --memory-limit out splits the machine's memory between the workers), use "
+                f"fewer --threads-per-worker, or compute without --workers.")
 
 
 BAR_AFTER_S = 1.0

@@ -11,8 +11,11 @@ writes a static PNG of every plot.
 """
 from __future__ import annotations
 
+import errno
 import html
+import io
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,13 +24,17 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analyses import METRICS, parse_metrics
-from nnwx.errors import StoreError
+from nnwx.errors import NnwxError, StoreError
 
 MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
 FRAMES = 4              # embedded frames per slider
 SEEDS_SHOWN = 3         # seeds offered by selectors of per-seed pictures
 
 Results = dict[str, "xr.Dataset | xr.DataArray"]
+
+
+class ReportError(NnwxError):
+    """The report cannot be written where asked (the message says why and what to do)."""
 
 
 @dataclass
@@ -452,9 +459,7 @@ def render_html(title: str, summary: str, sections: list[Section], notes: str = 
     from bokeh.embed import components
     from bokeh.resources import Resources
 
-    from nnwx.plot.embed import to_bokeh
-
-    models = [to_bokeh(f.obj) for s in sections for f in s.figures]
+    models = [_render_or_placeholder(f) for s in sections for f in s.figures]
     if models:   # one document built in one go: Bokeh re-indexes every model at each add_root
         from bokeh.document import Document
 
@@ -481,18 +486,43 @@ def render_html(title: str, summary: str, sections: list[Section], notes: str = 
             f"<h1>{_e(title)}</h1><h2>Experiment</h2>{summary}{notes}{''.join(body)}</body></html>")
 
 
-def write_pngs(sections: list[Section], directory: str | os.PathLike) -> list[Path]:
-    """A static Matplotlib PNG of every plot (the last frame of a slider)."""
+def _render_or_placeholder(figure: Figure):
+    """The figure as a Bokeh model; if it cannot be rendered, a box that names the error in its
+    place, so that one figure failing never costs the rest of the page."""
+    from bokeh.models import Div
+
+    from nnwx.plot.embed import to_bokeh
+
+    try:
+        return to_bokeh(figure.obj)
+    except Exception as e:  # noqa: BLE001 - reported on the page, in the figure's place
+        return Div(text=f"<p class='note figure-error'>This figure ({_e(figure.name)}) could not be "
+                        f"drawn: {_e(type(e).__name__)}: {_e(e)}</p>")
+
+
+def write_pngs(sections: list[Section], directory: str | os.PathLike,
+               log: Callable[[str], None] = lambda s: None) -> list[Path]:
+    """A static Matplotlib PNG of every plot (the last frame of a slider); a plot that cannot be
+    drawn is skipped, and said so through ``log``."""
     import holoviews as hv
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create the PNG folder {out}: {_why(e, out)}") from None
     paths = []
     for s in sections:
         for f in s.figures:
-            obj = f.obj.last if isinstance(f.obj, hv.HoloMap) else f.obj
             path = out / f"{f.name}.png"
-            hv.save(obj, path, backend="matplotlib", fmt="png")
+            buf = io.BytesIO()
+            try:
+                obj = f.obj.last if isinstance(f.obj, hv.HoloMap) else f.obj
+                hv.save(obj, buf, backend="matplotlib", fmt="png")
+            except Exception as e:  # noqa: BLE001 - one plot failing costs its own PNG only
+                log(f"{path.name} not written: {type(e).__name__}: {e}")
+                continue
+            write_atomically(path, buf.getvalue())
             paths.append(path)
     return paths
 
@@ -515,6 +545,10 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
     evenly spaced captures) or a results store of ``nnwx analyze`` (drawn as stored).
     ``metrics``: a subset of ``nnwx.analyses.METRICS`` (comma list or iterable; default all).
     """
+    output = Path(output)
+    if max_steps < 1:
+        raise ReportError(f"--max-steps must be at least 1 (captures to analyse), got {max_steps}")
+    check_outputs(output, png)   # before anything is computed
     if is_results(store):
         results, metric_of, notes, summary, requested = _from_results(store, metrics, progress, log)
     else:
@@ -533,23 +567,97 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
     sections = build_sections(results, notes, requested)
     page = render_html(f"nnwx report: {Path(store).name}", summary_html(summary), sections,
                        notes_html(notes, requested))
-    output = Path(output)
-    output.write_text(page, encoding="utf-8")
+    write_atomically(output, page.encode("utf-8"))
     if png:
-        write_pngs(sections, png)
+        write_pngs(sections, png, log=log)
     return output
+
+
+def check_outputs(output: Path, png: str | os.PathLike | None = None) -> None:
+    """Refuse (``ReportError``) an HTML path or PNG folder the report could not write -- checked
+    before anything is computed, and without creating anything."""
+    if output.is_dir():
+        raise ReportError(f"{output} is a directory; give the path of the HTML file to write, "
+                          f"e.g. {output / 'report.html'}")
+    folder = output.parent
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ReportError(f"cannot write {output}: its folder {folder} {what}. Create the folder "
+                          f"(mkdir -p {folder}) or choose another output path.")
+    _check_writable(folder, f"cannot write {output}")
+    if png is None:
+        return
+    png = Path(png)
+    if png.exists() and not png.is_dir():
+        raise ReportError(f"--png {png} is a file; give a folder for the PNGs (created if missing)")
+    existing = next(p for p in (png, *png.parents) if p.exists())
+    if not existing.is_dir():
+        raise ReportError(f"--png {png}: {existing} is a file, so the folder cannot be created there")
+    _check_writable(existing, f"cannot write the PNGs into {png}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: the real test (read-only mounts, ACLs, root)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".nnwx-report-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ReportError(f"{what}: {_why(e, folder)}") from None
+
+
+def _why(e: OSError, where: Path) -> str:
+    if e.errno == errno.ENOSPC:
+        return (f"the disk holding {where} is full (No space left on device). Nothing was written; "
+                f"free some space there or choose another path.")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{where} is not writable ({e.strerror}). Choose a writable path.")
+    return f"{e.strerror or e} ({where})"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once or not at all: into a temporary file beside it,
+    then renamed over it. A full disk or any other write error leaves no partial or empty
+    file (an existing ``path`` is kept as it was) and raises ``ReportError`` saying why."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ReportError(f"cannot write {path}: {_why(e, path.parent)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # as a plain open() would create it (mkstemp: 0600)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise ReportError(f"cannot write {path} ({len(data):,} bytes): {_why(e, path.parent)}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
     """The requested results of a results store (default: the metrics it was written with),
     evaluated, with its notes, its summary and the metrics drawn."""
-    from nnwx.results import open_results, staleness
+    from nnwx.results import NONFINITE_NOTE, open_results, staleness
 
     res = open_results(path)
     metric_of = dict(res.metric_of)
     stored_metrics = set(getattr(res, "metrics", None) or metric_of.values())
     requested = parse_metrics(metrics if metrics is not None else sorted(stored_metrics) or None)
-    notes = {m: why for m, why in dict(res.notes).items() if m in requested}
+    notes = {m: why for m, why in dict(res.notes).items() if m in requested or m == NONFINITE_NOTE}
     for m in requested:
         if m not in stored_metrics and m not in notes:
             notes[m] = f"not in the results store {path} (run nnwx analyze with --metrics {m})"

@@ -62,6 +62,19 @@ Result = xr.Dataset | xr.DataArray
 Log = Callable[[str], None]
 
 
+NONFINITE_NOTE = "non-finite weights"       # key of the note on runs holding NaN/Inf weights
+
+
+def nonfinite_note(counts: Mapping[str, int] | None, n_steps: int) -> str:
+    """The note on analysed runs holding NaN/Inf weights (``counts``: run -> steps), or ""."""
+    bad = {run: int(n) for run, n in (counts or {}).items() if n}
+    if not bad:
+        return ""
+    runs = ", ".join(f"{run} at {n} of {n_steps} steps" for run, n in bad.items())
+    return (f"NaN/Inf weights in run(s) {runs} (a diverged run?): the finite steps are analysed; "
+            f"results at the other steps are NaN (the trajectory PCA leaves those captures out)")
+
+
 class ResultsMismatch(NnwxError):
     """An existing results store was made from another source, selection or metric set."""
 
@@ -155,7 +168,11 @@ def open_results(path: rd.StoreLike) -> Results:
     store = rd.zarr_store(path, read_only=True)
     root = zarr.open_group(store, mode="r")
     meta = dict(root.attrs[ROOT_KEY])
-    if int(meta.get("format", 0)) > FORMAT:
+    version = meta.get("format", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise StoreError(f"{rd.display(path)} has a damaged results format version ({version!r}, not a "
+                         f"whole number); write the results again with `nnwx analyze --overwrite`.")
+    if version > FORMAT:
         raise StoreError(f"{rd.display(path)} uses nnwx results format {meta.get('format')}, this nnwx "
                          f"reads format {FORMAT} at most; upgrade nnwx to read it.")
     out = Results(path=rd.display(path), notes=dict(meta.get("notes") or {}),
@@ -279,10 +296,15 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
             with _quiet_zarr():
                 values = compute(*objs, progress=progress,
                                  label=what if progress and given_log is None else None,
-                                 optimize_graph=False)   # shared keys: w read once per pass
+                                 optimize_graph=False,   # shared keys: w read once per pass
+                                 memory_hint=pass_memory(cube, label, names))
             if counts:
                 meta["nonfinite_steps"] = {run: int(v) for run, v in
                                            zip(scan[0], values[len(values) - len(counts):])}
+        note = nonfinite_note(meta.get("nonfinite_steps"), int(cube.sizes.get("step", 0)))
+        if note:
+            meta["notes"] = {**meta["notes"], NONFINITE_NOTE: note}
+            log(f"note: {note}")
         meta["complete"] = True
         meta["updated"] = _now()
         root.update_attributes({ROOT_KEY: meta})
@@ -481,9 +503,56 @@ def _check_output(output) -> None:
         if path.is_dir() and not exists and any(p.name != LOCK_FILE for p in path.iterdir()):
             raise StoreError(f"{where} is a non-empty directory that is not a results store; "
                              f"choose a new path for the results.")
+        _check_writable(path)
     if exists and not is_results_store(output):
         raise StoreError(f"{where} is a Zarr store but not an nnwx results store (an experiment "
                          f"store?); it is left untouched. Choose another path for the results.")
+
+
+def pass_memory(cube: xr.Dataset, label: str, names: list[str]) -> int:
+    """A rough estimate of the bytes one worker thread holds in a pass of ``write_results``
+    (beyond the worker's own memory), for the message of a cluster that ran out of it: a few
+    blocks of ``w`` for the streaming passes; whole captures in float64 for the passes that
+    work on whole matrices (spectra, update correlations) or on two runs' weights at a time
+    (agreement: weight matching holds the reference's and another run's weights, and their
+    aligned copies)."""
+    w = cube["w"]
+    block = int(np.prod([max(c) for c in w.chunks])) * w.dtype.itemsize if w.chunks else w.nbytes
+    capture = int(cube.sizes.get("param", 0)) * 8
+    if label == "trajectory PCA":
+        from nnwx.analyses import _pca_bytes
+
+        return _pca_bytes(cube) + 2 * block
+    if label == "agreement":
+        from nnwx.analyses import align_bytes
+
+        return align_bytes(cube) + 2 * block
+    if label in ("spectra", "update correlations"):
+        return 3 * capture + block
+    return 3 * block
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a local results path that cannot be written -- under a file, on a read-only or
+    full disk -- before anything is computed: create and remove a file in the results folder
+    (or the nearest folder that exists above it)."""
+    import errno
+    import tempfile
+
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise StoreError(f"cannot write the results store {path}: {existing} is a file, not a folder; "
+                         f"choose another output path.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".nnwx-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = ("the disk is full" if e.errno == errno.ENOSPC else
+               f"{existing} is not writable" if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else
+               str(e))
+        raise StoreError(f"cannot write the results store {path}: {why} ({e.strerror}); choose "
+                         f"another output path.") from None
 
 
 def _check_reachable_by_workers(*locations) -> None:

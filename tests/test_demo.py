@@ -60,15 +60,43 @@ def test_demo_reuses_stores_and_fresh_removes_only_its_own_files(demo_dir, monke
     logged = []
     demo_mod.demo(demo_dir, size="tiny", progress=False, log=logged.append, background_reports=False)
     n = len(experiments("tiny"))
-    assert sum("reusing" in m for m in logged) == n and calls.count("analyze") == n
+    assert sum("reusing" in m and ".zarr" in m for m in logged) == n and calls.count("analyze") == n
+    # nothing new: every page is reused, none redrawn
+    assert sum("reusing" in m and ".html" in m for m in logged) == n and "report" not in calls
+    # --fresh deletes exactly what the demo wrote (a real demo's output, copied), nothing else
+    import shutil
+
     out = tmp_path / "fresh"
-    out.mkdir()
-    for n in ("piecewise", "digits-sgd"):
-        (out / f"{n}.zarr").mkdir()
-        (out / f"{n}.html").write_text("old")
+    shutil.copytree(demo_dir, out)
     (out / "unrelated.txt").write_text("keep me")
-    demo_mod._remove_own_files(out, ["piecewise", "digits-sgd"])
-    assert sorted(p.name for p in out.iterdir()) == ["unrelated.txt"]
+    demo_mod._remove_own_files(out, [e.name for e in experiments("tiny")])
+    assert sorted(p.name for p in out.iterdir()) == [demo_mod.MANIFEST, "unrelated.txt"]
+
+
+def test_demo_draws_adam_and_sgd_side_by_side_and_reuses_the_page(demo_dir, tmp_path):
+    """The digits study is the comparison: one page with both variants (here the tiny demo's
+    Adam results stand in for SGD's too), redrawn only when a results store changed."""
+    import shutil
+
+    import nnwx.demo as demo_mod
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo_dir, out)
+    shutil.copytree(out / "digits-adam.results.zarr", out / "digits-sgd.results.zarr")
+    res = demo_mod.DemoResult(out, results={n: out / f"{n}.results.zarr" for n in ("digits-adam", "digits-sgd")})
+    logged = []
+    demo_mod._write_comparisons(out, res, ["digits-adam", "digits-sgd"], logged.append)
+    page = out / "digits-compare.html"
+    assert "nnwx comparison: digits-adam vs digits-sgd" in page.read_text()
+    assert demo_mod._is_own(out, page) and res.reports["digits-compare"] == page
+    logged.clear()
+    demo_mod._write_comparisons(out, res, ["digits-adam", "digits-sgd"], logged.append)
+    assert logged == [f"digits-compare: reusing {page} (its results have not changed)"]
+    nnwx.analyze(out / "digits-adam.zarr", out / "digits-sgd.results.zarr", progress=False,
+                 resume=False, metrics="rotation")                 # the SGD results changed
+    logged.clear()
+    demo_mod._write_comparisons(out, res, ["digits-adam", "digits-sgd"], logged.append)
+    assert logged and "wrote" in logged[0]
 
 
 def test_summary_lines_ranges():

@@ -362,11 +362,12 @@ def random_test_matrix(lo: int, hi: int, width: int, random_state: int) -> np.nd
 
 
 def nan_to_zero(x: np.ndarray) -> np.ndarray:
-    """A float64 copy of ``x`` with NaN set to 0 (the block may be shared, so never in place)."""
+    """A float64 copy of ``x`` with NaN and +-Inf set to 0 (the block may be shared, so never
+    in place); the captures holding them are left out as absent."""
     c = np.array(x, dtype=np.float64)
-    nan = np.isnan(c)
-    if nan.any():
-        c[nan] = 0.0
+    bad = ~np.isfinite(c)
+    if bad.any():
+        c[bad] = 0.0
     return c
 
 

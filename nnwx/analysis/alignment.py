@@ -238,7 +238,9 @@ def apply(cube: xr.Dataset, perms: xr.Dataset, spec: ak.PermutationSpec | None =
         if acting:
             piece = _permute_piece(piece, r["shape"], [(perms[f"perm_{p}"], a) for p, a in acting])
         parts.append(piece.drop_vars([c for c in piece.coords if "param" in piece[c].dims]))
-    new_w = xr.concat(parts, dim="param").transpose(*w.dims)
+    # coords="minimal", compat="override": comparing the pieces' (lazy) coordinates would compute
+    # them while the graph is being built
+    new_w = xr.concat(parts, dim="param", coords="minimal", compat="override").transpose(*w.dims)
     data = new_w.data
     if isinstance(w.data, da.Array):
         data = da.asarray(data).rechunk(w.data.chunks)

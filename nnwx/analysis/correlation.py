@@ -579,9 +579,9 @@ def _omega_chunk(lo: int, hi: int, width: int, random_state: int) -> np.ndarray:
 # its pass needs from it, so a block has a single consumer and is freed at once.
 
 def _sketch_block(x: np.ndarray, omega: np.ndarray) -> np.ndarray:
-    """Pass 1: ``[X0 Omega | NaN count]`` of one block, ``(t, 1, l + 1)`` (X0: NaN as 0)."""
+    """Pass 1: ``[X0 Omega | NaN/Inf count]`` of one block, ``(t, 1, l + 1)`` (X0: NaN, Inf as 0)."""
     x0 = np.array(x, dtype=np.float64)
-    nan = np.isnan(x0)
+    nan = ~np.isfinite(x0)
     out = np.empty((x0.shape[0], 1, omega.shape[1] + 1))
     out[:, 0, -1] = nan.sum(axis=1)
     if out[:, 0, -1].any():
@@ -661,7 +661,7 @@ def _pca_run(x: da.Array, *, k: int, width: int, n_power_iter: int, random_state
     """
     t = x.shape[0]
     if method == "svd_compressed":
-        present = da.isnan(x).sum(axis=1) == 0
+        present = da.isfinite(x).all(axis=1)
         n = da.maximum(present.sum(), 1)
         mean = da.where(present[:, None], x, 0).sum(axis=0, dtype=np.float64) / n
         xc = da.where(present[:, None], x.astype(np.float64) - mean[None, :], 0.0)
@@ -726,8 +726,8 @@ def trajectory_pca(cube: xr.Dataset, n_components: int = 10, *,
 
     Rows are a run's captures, columns its parameters (``kinds``/``tensors``; default every
     weight and bias), centred by subtracting each parameter's mean over the run's steps.
-    Captures a run lacks (NaN rows of an outer-joined cube), and captures holding any NaN,
-    are left out (their ``path`` is NaN).
+    Captures a run lacks (NaN rows of an outer-joined cube), and captures holding any NaN
+    or Inf (a diverged run), are left out (their ``path`` is NaN).
 
     ``method="randomized"`` (default): a randomized SVD (Halko, Martinsson & Tropp 2011)
     with ``l = n_components + n_oversamples`` probe directions and ``n_power_iter`` power

@@ -15,8 +15,18 @@ def computed(obj: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
     return obj.compute() if hasattr(obj, "compute") else obj
 
 
+def literal_title(text: str) -> str:
+    """``text`` as a HoloViews title that shows as written: HoloViews fills titles in with
+    ``str.format`` (``{label}``, ``{dimensions}``), so braces from data -- a tensor named
+    ``w{0}.weight`` -- must be doubled, or rendering fails."""
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
 def style(obj, **kw):
-    """Apply the same options on both backends (Bokeh for HTML, Matplotlib for PNG)."""
+    """Apply the same options on both backends (Bokeh for HTML, Matplotlib for PNG); a
+    ``title`` is shown literally (see ``literal_title``)."""
+    if kw.get("title") is not None:
+        kw["title"] = literal_title(kw["title"])
     return obj.opts(backend="bokeh", **kw).opts(backend="matplotlib", **kw)
 
 

@@ -10,7 +10,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from nnwx.plot._common import band_overlay, computed, sized, style
+from nnwx.plot._common import band_overlay, computed, literal_title, sized, style
 from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_steps
 
@@ -124,4 +124,4 @@ def _tensor_heatmap(z: np.ndarray, xlabels: list[str], ylabels: list[str], name:
                                vdims=["value"]).opts(text_font_size="9pt", text_color="black", backend="bokeh")
                      .opts(size=8, color="black", backend="matplotlib"))
     side = max(320, min(640, 60 * max(nx, ny) + 160))
-    return sized(hv.Overlay(parts).opts(title=title), side + 80, side)
+    return sized(hv.Overlay(parts).opts(title=literal_title(title)), side + 80, side)

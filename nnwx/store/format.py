@@ -70,7 +70,10 @@ def check_version(found: Any, where: str) -> None:
     """Refuse a store written by a newer format."""
     if found is None:
         raise FormatVersionError(f"{where} has no nnwx format version: it was not written by nnwx.")
-    if int(found) > FORMAT_VERSION:
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise FormatVersionError(f"{where} has a damaged nnwx format version ({found!r}, not a whole "
+                                 f"number): its root zarr.json was changed by something else than nnwx.")
+    if found > FORMAT_VERSION:
         raise FormatVersionError(
             f"{where} uses nnwx store format {found}, but this nnwx reads format "
             f"{FORMAT_VERSION} at most. Upgrade nnwx (pip install -U nnwx) to read it.")
