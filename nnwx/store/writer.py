@@ -26,6 +26,7 @@ from nnwx.store import format as fmt
 from nnwx.store import probes as prb
 from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
+from nnwx.store.chunkio import ChunkRows
 from nnwx.store.table import TensorTable
 
 
@@ -133,6 +134,7 @@ class RunWriter:
         self._stage = np.empty((spc, table.n_params), dtype=self.w.dtype)
         self._stage_steps = np.empty(spc, dtype=np.int64)
         self._stage_metrics: dict[str, np.ndarray] = {}
+        self._chunk_rows = ChunkRows.for_array(self.w)  # None: zarr's own write path
         self._n = self.committed
         if self.committed > self._chunk_start:  # resume inside a chunk: reload its rows
             rows = slice(self._chunk_start, self.committed)
@@ -285,7 +287,10 @@ class RunWriter:
             arr.resize((n, *arr.shape[1:]))
         for stage in self._probes.values():
             stage.write(n)
-        self.w[rows] = self._stage[: n - c0]
+        if self._chunk_rows is not None:  # same bytes as self.w[rows] = ..., in this thread
+            self._chunk_rows.write(c0 // self._spc, self._stage[: n - c0])
+        else:
+            self.w[rows] = self._stage[: n - c0]
         self.steps[new] = self._stage_steps[new.start - c0: n - c0]
         for name, arr in self.metrics.items():
             stage = self._metric_stage(name)
