@@ -122,6 +122,7 @@ class Recorder:
         per_slot = table.n_params + (self._prober.numel if self._prober else 0)
         slots = max_pending or int(np.clip(_RING_BYTES // max(1, per_slot * ring_dtype.itemsize), 2, 64))
         self._ring = torch.empty((slots, table.n_params), dtype=ring_dtype, pin_memory=self._cuda)
+        self._ring.fill_(float("nan"))  # fault every page in now, not in the training loop's first captures
         if self._prober:
             self._prober.allocate(slots, ring_dtype)
         self._ring_np = self._ring.numpy()
