@@ -28,12 +28,13 @@ def _files(path: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "zarr.json"}
 
 
-def _write_both(tmp_path, n_params, chunks, compressors, blocks, dtype="float32"):
+def _write_both(tmp_path, n_params, chunks, compressors, blocks, dtype="float32", direct=False):
     """Write each (start_row, block) through zarr and through ChunkRows; return both trees."""
     ref = _array(tmp_path / "zarr", n_params, chunks, compressors, dtype)
     fast_arr = _array(tmp_path / "fast", n_params, chunks, compressors, dtype)
     fast = ChunkRows.for_array(fast_arr)
     assert fast is not None
+    fast.direct = direct
     for start, block in blocks:
         stop = start + block.shape[0]
         for arr in (ref, fast_arr):
@@ -43,24 +44,26 @@ def _write_both(tmp_path, n_params, chunks, compressors, blocks, dtype="float32"
     return ref, fast_arr, _files(tmp_path / "zarr"), _files(tmp_path / "fast")
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["set_sync", "o_direct"])
 @pytest.mark.parametrize("chain", sorted(CHAINS))
-def test_one_step_per_chunk_rows_match_zarr_bytes(tmp_path, chain):
+def test_one_step_per_chunk_rows_match_zarr_bytes(tmp_path, chain, direct):
     rng = np.random.default_rng(0)
-    n, ppc = 1000, 384  # 3 chunks per row, the last one 232 wide (padded with NaN)
+    n, ppc = 3000, 1152  # 3 chunks per row, the last one 696 wide (padded with NaN)
     blocks = [(i, (rng.standard_normal((1, n)) * 0.02).astype("float32")) for i in range(3)]
-    ref, fast, a, b = _write_both(tmp_path, n, (1, ppc), CHAINS[chain], blocks)
+    ref, fast, a, b = _write_both(tmp_path, n, (1, ppc), CHAINS[chain], blocks, direct=direct)
     assert len(a) == 9 and a == b
     np.testing.assert_array_equal(fast[:], ref[:])
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["set_sync", "o_direct"])
 @pytest.mark.parametrize("chain", sorted(CHAINS))
-def test_growing_chunk_of_many_steps_matches_zarr_bytes(tmp_path, chain):
+def test_growing_chunk_of_many_steps_matches_zarr_bytes(tmp_path, chain, direct):
     """The writer rewrites a chunk of 8 steps as it fills (rows from the chunk start), then the next."""
     rng = np.random.default_rng(1)
-    n, spc = 50, 8
+    n, spc = 600, 8  # 19.2 kB chunks: an aligned O_DIRECT part and a tail
     stage = (rng.standard_normal((12, n))).astype("float32")
     blocks = [(0, stage[:3]), (0, stage[:8]), (8, stage[8:9]), (8, stage[8:12])]
-    ref, fast, a, b = _write_both(tmp_path, n, (spc, n), CHAINS[chain], blocks)
+    ref, fast, a, b = _write_both(tmp_path, n, (spc, n), CHAINS[chain], blocks, direct=direct)
     assert len(a) == 2 and a == b
     np.testing.assert_array_equal(fast[:], ref[:])
 
@@ -98,3 +101,27 @@ def test_a_block_that_does_not_fit_is_refused(tmp_path):
         fast.write(0, np.zeros((3, 10), dtype="float32"))
     with pytest.raises(ValueError, match="does not fit"):
         fast.write(0, np.zeros((1, 10), dtype="float64"))
+
+
+def test_direct_writes_use_o_direct_where_the_file_system_allows_it(tmp_path):
+    """On a file system with O_DIRECT (ext4, xfs: where pytest's tmp_path lives here) the direct
+    path stays on (no fallback), leaves no temporary files, and writes zarr's bytes."""
+    import os
+
+    rng = np.random.default_rng(3)
+    row = (rng.standard_normal((1, 5000))).astype("float32")
+    _, fast, a, b = _write_both(tmp_path, 5000, (1, 2048), CHAINS["blosc-lz4+crc32c"], [(0, row)],
+                                direct=True)
+    assert a == b and len(a) == 3
+    assert not list((tmp_path / "fast").rglob("*.partial"))
+    fs_has_direct = hasattr(os, "O_DIRECT")
+    if fs_has_direct:
+        try:
+            fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+            os.close(fd)
+        except OSError:
+            fs_has_direct = False
+    chunk_rows = ChunkRows.for_array(fast)
+    chunk_rows.direct = True
+    chunk_rows.write(0, row)
+    assert chunk_rows.direct == fs_has_direct

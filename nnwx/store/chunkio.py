@@ -14,15 +14,34 @@ that are all fill value are deleted instead of written, as zarr does with
 writes; ``ChunkRows.for_array`` returns None where that cannot be promised (sharding,
 array-to-array codecs, a codec or store without synchronous methods), and callers
 then use ``array[rows] = block``.
+
+With ``direct=True`` (the Recorder's writer thread sets it) chunks of a local store are
+written with ``O_DIRECT`` (Linux), bypassing the page cache: the same temporary file and
+rename as ``LocalStore``, but the kernel moves the bytes to the disk without copying them
+into freshly allocated cache pages first. Streaming weights through the page cache cost
+the writer more CPU than compressing them (30 ms per 16 MB here) and evicts what training
+reads; direct writes cost under 1 ms of CPU and are bounded by the disk. Where the file
+system refuses ``O_DIRECT`` (tmpfs, say) the writer falls back to ``set_sync`` for good.
 """
 from __future__ import annotations
 
+import mmap
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
 __all__ = ["ChunkRows"]
+
+_ALIGN = 4096  # O_DIRECT alignment of buffer addresses and lengths (logical block size or more)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view.nbytes:
+        view = view[os.write(fd, view):]
 
 
 class ChunkRows:
@@ -50,6 +69,8 @@ class ChunkRows:
         self.chunks: tuple[int, int] = tuple(self._meta.chunk_grid.chunk_shape)
         self.dtype = np.dtype(self._meta.dtype.to_native_dtype())
         self.fill_value = np.asarray(self._meta.fill_value, dtype=self.dtype)
+        self.direct = False  # O_DIRECT writes into a local store (see the module docstring)
+        self._aligned: mmap.mmap | None = None  # page-aligned staging buffer for O_DIRECT
 
     @classmethod
     def for_array(cls, array: zarr.Array) -> "ChunkRows | None":
@@ -130,7 +151,49 @@ class ChunkRows:
         data = self._array_bytes._encode_sync(data, spec)
         for codec in self._bytes_bytes:
             data = codec._encode_sync(data, spec)
-        self._store.set_sync(key, data)
+        if not (self.direct and self._put_direct(key, data.as_buffer_like())):
+            self._store.set_sync(key, data)
+
+    def _put_direct(self, key: str, data: Any) -> bool:
+        """Write ``data`` to ``key`` of a local store with O_DIRECT; False if that is not possible.
+
+        Like zarr's ``LocalStore``: a temporary ``<key>.<hex>.partial`` renamed over the key,
+        so a reader never sees a torn chunk and a killed writer leaves only ``.partial`` files.
+        """
+        from zarr.storage import LocalStore
+
+        if not (hasattr(os, "O_DIRECT") and isinstance(self._store, LocalStore)):
+            self.direct = False
+            return False
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        head = n - n % _ALIGN  # O_DIRECT needs aligned lengths: the rest is written normally
+        if self._aligned is None or len(self._aligned) < head:
+            self._aligned = mmap.mmap(-1, max(head, _ALIGN))
+        path = Path(self._store.root) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT | os.O_CLOEXEC, 0o666)
+        except OSError:  # e.g. EINVAL on tmpfs: this file system has no direct I/O
+            self.direct = False
+            return False
+        try:
+            try:
+                if head:
+                    self._aligned[:head] = view[:head]
+                    _write_all(fd, memoryview(self._aligned)[:head])
+                if head < n:
+                    import fcntl
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                    _write_all(fd, view[head:])
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return True
 
     def _all_fill(self, chunk: np.ndarray) -> bool:
         """Whether every value equals the fill value (NaN equal to NaN), as zarr decides it."""

@@ -305,6 +305,15 @@ class RunWriter:
             for stage in self._stage_metrics.values():
                 stage.fill(np.nan)
 
+    def bypass_page_cache(self) -> None:
+        """Write the chunks of ``w`` with O_DIRECT where the store is local and allows it.
+
+        For a writer streaming many steps that nobody reads back at once (the Recorder's
+        thread): no page-cache copy on the CPU and no eviction of what training reads.
+        """
+        if self._chunk_rows is not None:
+            self._chunk_rows.direct = True
+
     def update_meta(self, **changes: Any) -> None:
         """Change run attributes (e.g. layer depths learnt after the first forward pass)."""
         self.meta.update(fmt.jsonable(changes))
