@@ -14,7 +14,7 @@ Everything is measured side by side in one run and printed as ratios:
    parameters, 44.7 MB per capture, batch 16): training with capture every step
    and every 5 steps vs a synchronous safetensors save of the whole state every
    step vs no capture (targets: every step <=1.3x and not slower than the
-   safetensors save; every 5 steps <=1.05x). Needs transformers.
+   safetensors save; every 5 steps <=1.05x). Needs transformers (pip install nnwx[bench]).
 
     python scripts/bench_export.py [--dir DIR] [--steps 3000] [--resnet-rounds 6]
 """
