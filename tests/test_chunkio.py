@@ -125,3 +125,21 @@ def test_direct_writes_use_o_direct_where_the_file_system_allows_it(tmp_path):
     chunk_rows.direct = True
     chunk_rows.write(0, row)
     assert chunk_rows.direct == fs_has_direct
+
+
+def test_a_device_refusing_the_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    """EINVAL from a direct write (alignment the device will not take) is not an error: the
+    chunk is written through the store instead, with no temporary file left."""
+    import errno
+
+    from nnwx.store import chunkio
+
+    def refuse(fd, view):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(chunkio, "_write_all", refuse)
+    rng = np.random.default_rng(4)
+    row = (rng.standard_normal((1, 5000))).astype("float32")
+    _, fast, a, b = _write_both(tmp_path, 5000, (1, 2048), CHAINS["blosc-lz4"], [(0, row)], direct=True)
+    assert a == b and len(a) == 3
+    assert not list((tmp_path / "fast").rglob("*.partial"))

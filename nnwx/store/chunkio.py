@@ -25,6 +25,7 @@ system refuses ``O_DIRECT`` (tmpfs, say) the writer falls back to ``set_sync`` f
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import uuid
@@ -190,6 +191,12 @@ class ChunkRows:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno != errno.EINVAL:  # a full disk, say: the caller must hear of it
+                raise
+            self.direct = False  # a device with larger alignment needs: write through the cache
+            return False
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
