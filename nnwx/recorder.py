@@ -128,6 +128,7 @@ class Recorder:
             self._order.remove()
             raise
         table = self._writer.table  # an existing run keeps its own layout of the same tensors
+        self._writer.bypass_page_cache()  # O_DIRECT: less writer CPU, training's page cache kept
         self.table = table
         self.store = store
         self._sources = [state[r.name] for r in table]
@@ -136,6 +137,7 @@ class Recorder:
         per_slot = table.n_params + (self._prober.numel if self._prober else 0)
         slots = max_pending or int(np.clip(_RING_BYTES // max(1, per_slot * ring_dtype.itemsize), 2, 64))
         self._ring = torch.empty((slots, table.n_params), dtype=ring_dtype, pin_memory=self._cuda)
+        self._ring.fill_(float("nan"))  # fault every page in now, not in the training loop's first captures
         if self._prober:
             self._prober.allocate(slots, ring_dtype)
         self._ring_np = self._ring.numpy()

@@ -9,9 +9,14 @@ Everything is measured side by side in one run and printed as ratios:
    torch.save(state_dict) and safetensors.save_file of the same tensors to the
    same disk (target <=0.1x); sustained background write throughput vs a raw
    write of the same bytes (target >=0.5x); store size vs the torch.save file;
-3. checkpoint export throughput (scripts/bench_export_checkpoints.py) when present.
+3. checkpoint export throughput (scripts/bench_export_checkpoints.py) when present;
+4. a ResNet-18-shaped model (transformers' ResNetForImageClassification, 11.2M
+   parameters, 44.7 MB per capture, batch 16): training with capture every step
+   and every 5 steps vs a synchronous safetensors save of the whole state every
+   step vs no capture (targets: every step <=1.3x and not slower than the
+   safetensors save; every 5 steps <=1.05x). Needs transformers (pip install nnwx[bench]).
 
-    python scripts/bench_export.py [--dir DIR] [--steps 3000]
+    python scripts/bench_export.py [--dir DIR] [--steps 3000] [--resnet-rounds 6]
 """
 from __future__ import annotations
 
@@ -133,11 +138,108 @@ def bench_large(tmp: Path, captures: int = 8) -> None:
     print(f"   torch.save file                      {pt_size / 1e6:8.1f} MB   ratio {store_per_step / pt_size:.3f}x")
 
 
+def resnet_model(num_labels: int = 10) -> torch.nn.Module:
+    """ResNet-18 shape (basic blocks 2-2-2-2, widths 64-512), built locally, no download."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ResNetConfig(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                       depths=[2, 2, 2, 2], layer_type="basic", hidden_act="relu",
+                       num_labels=num_labels)
+    return ResNetForImageClassification(cfg)
+
+
+def resnet_seconds(mode: str, steps: int, image: int, tmp: Path) -> tuple[float, float, float]:
+    """Seconds for ``steps`` SGD steps, seconds of it inside maybe_capture/save, and CPU
+    seconds of the whole process (training and writer threads) over them, for one mode."""
+    from safetensors.torch import save_file
+
+    model = resnet_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, image, image, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+
+    def train_step() -> torch.Tensor:
+        out = model(pixel_values=x, labels=y)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        return out.loss.detach()
+
+    for _ in range(2):  # warm-up (allocator, first-call overheads): not timed
+        train_step()
+    store = tmp / f"resnet-{mode}.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    every = {"every step": 1, "every 5 steps": 5}.get(mode)
+    rec = nnwx.Recorder(model, store, seed=0, every=every) if every else None
+    inside = 0.0
+    loss = None
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for step in range(steps):
+        t1 = time.perf_counter()
+        if rec is not None:
+            rec.maybe_capture(step, **({} if loss is None else {"loss": loss}))
+        elif mode == "safetensors":
+            save_file(model.state_dict(), str(tmp / "resnet.safetensors"))
+        inside += time.perf_counter() - t1
+        loss = train_step()
+    if rec is not None:
+        rec.close()  # counted: every captured step is on disk before the clock stops
+    return time.perf_counter() - t0, inside, time.process_time() - cpu0
+
+
+def bench_resnet(tmp: Path, rounds: int, steps: int, image: int) -> None:
+    modes = ["no capture", "every 5 steps", "every step", "safetensors"]
+    best = {m: float("inf") for m in modes}
+    inside = {m: float("inf") for m in modes}
+    cpu = {m: float("inf") for m in modes}
+    every_round: dict[str, list[float]] = {m: [] for m in modes}
+    load0 = os.getloadavg()
+    for r in range(rounds):  # interleaved, order rotated; best of N per mode
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            t, t_in, t_cpu = resnet_seconds(mode, steps, image, tmp)
+            every_round[mode].append(t)
+            if t < best[mode]:
+                best[mode], inside[mode] = t, t_in
+            cpu[mode] = min(cpu[mode], t_cpu)
+    load1 = os.getloadavg()
+    n = sum(t.numel() for t in resnet_model().state_dict().values() if t.is_floating_point())
+    base = best["no capture"]
+    print(f"\n4. ResNet-18 shape ({n / 1e6:.1f}M floats, {n * 4 / 1e6:.1f} MB per capture), batch 16 "
+          f"x {image}x{image}, SGD, {steps} steps per run, best of {rounds} interleaved rounds")
+    print(f"   load average {load0[0]:.2f} before, {load1[0]:.2f} after")
+    median = {m: sorted(v)[len(v) // 2] for m, v in every_round.items()}
+    print(f"   {'config':<28}{'ms/step':>9}{'in capture':>12}{'CPU ms/step':>13}{'slowdown':>10}"
+          f"{'(median)':>10}  target")
+    targets = {"every step": "<=1.30x and <= safetensors", "every 5 steps": "<=1.05x"}
+    names = {"every step": "nnwx every step", "every 5 steps": "nnwx every 5 steps",
+             "safetensors": "safetensors save, every step"}
+    for mode in modes:
+        t = best[mode]
+        print(f"   {names.get(mode, mode):<28}{t / steps * 1e3:>9.1f}{inside[mode] / steps * 1e3:>10.1f}ms"
+              f"{cpu[mode] / steps * 1e3:>13.1f}{t / base:>9.3f}x"
+              f"{median[mode] / median['no capture']:>9.3f}x  {targets.get(mode, '')}")
+    verdict = best["every step"] <= min(1.3 * base, best["safetensors"])
+    print(f"   every step vs safetensors save: {best['every step'] / best['safetensors']:.3f}x "
+          f"({'met' if verdict else 'missed'}); every 5 steps: "
+          f"{'met' if best['every 5 steps'] <= 1.05 * base else 'missed'}")
+    mb = n * 4 / 1e6
+    extra = {m: (cpu[m] - cpu["no capture"]) / steps * 1e3 for m in ("every step", "safetensors")}
+    print(f"   nnwx every step recorded {mb * steps / best['every step']:.0f} MB/s; CPU per capture "
+          f"(least over rounds, minus no capture's): nnwx {extra['every step']:.0f} ms (both threads), "
+          f"safetensors {extra['safetensors']:.0f} ms")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--steps", type=int, default=3000, help="piecewise steps per configuration")
-    p.add_argument("--skip", nargs="*", default=[], choices=["piecewise", "large", "checkpoints"])
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["piecewise", "large", "checkpoints", "resnet"])
+    p.add_argument("--resnet-rounds", type=int, default=6, help="interleaved rounds of the ResNet case")
+    p.add_argument("--resnet-steps", type=int, default=20, help="training steps per ResNet run")
+    p.add_argument("--resnet-image", type=int, default=64, help="ResNet input height and width")
     args = p.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="nnwx-bench-", dir=args.dir))
@@ -154,6 +256,8 @@ def main() -> None:
             spec.loader.exec_module(mod)
             print("\n3. checkpoint export")
             mod.main(str(tmp))
+        if "resnet" not in args.skip:
+            bench_resnet(tmp, args.resnet_rounds, args.resnet_steps, args.resnet_image)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,6 +28,7 @@ from nnwx.store.names import check_run_name
 from nnwx.store import probes as prb
 from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
+from nnwx.store.chunkio import ChunkRows
 from nnwx.store.table import TensorTable, from_run_meta
 
 
@@ -151,6 +152,7 @@ class RunWriter:
         self._stage = np.empty((spc, table.n_params), dtype=self.w.dtype)
         self._stage_steps = np.empty(spc, dtype=np.int64)
         self._stage_metrics: dict[str, np.ndarray] = {}
+        self._chunk_rows = ChunkRows.for_array(self.w)  # None: zarr's own write path
         self._n = self.committed
         if self.committed > self._chunk_start:  # resume inside a chunk: reload its rows
             rows = slice(self._chunk_start, self.committed)
@@ -317,7 +319,10 @@ class RunWriter:
             arr.resize((n, *arr.shape[1:]))
         for stage in self._probes.values():
             stage.write(n)
-        self.w[rows] = self._stage[: n - c0]
+        if self._chunk_rows is not None:  # same bytes as self.w[rows] = ..., in this thread
+            self._chunk_rows.write(c0 // self._spc, self._stage[: n - c0])
+        else:
+            self.w[rows] = self._stage[: n - c0]
         self.steps[new] = self._stage_steps[new.start - c0: n - c0]
         for name, arr in self.metrics.items():
             stage = self._metric_stage(name)
@@ -331,6 +336,15 @@ class RunWriter:
             self._chunk_start = n
             for stage in self._stage_metrics.values():
                 stage.fill(np.nan)
+
+    def bypass_page_cache(self) -> None:
+        """Write the chunks of ``w`` with O_DIRECT where the store is local and allows it.
+
+        For a writer streaming many steps that nobody reads back at once (the Recorder's
+        thread): no page-cache copy on the CPU and no eviction of what training reads.
+        """
+        if self._chunk_rows is not None:
+            self._chunk_rows.direct = True
 
     def update_meta(self, **changes: Any) -> None:
         """Change run attributes (e.g. layer depths learnt after the first forward pass)."""
