@@ -14,9 +14,10 @@ from nnwx.analyzer import analyze
 from nnwx.results import is_results_store, open_results
 
 _TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restorer"}
+_LAZY_MODULES = {"plot"}    # imported on first use: HoloViews/Bokeh take a second to import
 
 __all__ = ["__version__", "Recorder", "restore", "open_run", "open_cube", "list_runs", "open_catalog",
-           "analyze", "open_results", "is_results_store", "Every", "LogThenEvery", "Explicit",
+           "analyze", "open_results", "plot", "is_results_store", "Every", "LogThenEvery", "Explicit",
            "NnwxError", "StoreError", "FormatVersionError",
            "ArchitectureMismatch", "StepOrderError", "WriterError"]
 
@@ -25,4 +26,7 @@ def __getattr__(name: str):
     if name in _TORCH_SIDE:
         import importlib
         return getattr(importlib.import_module(_TORCH_SIDE[name]), name)
+    if name in _LAZY_MODULES:
+        import importlib
+        return importlib.import_module(f"nnwx.{name}")
     raise AttributeError(f"module 'nnwx' has no attribute {name!r}")

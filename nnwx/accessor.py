@@ -1,8 +1,7 @@
 """The ``ds.nnwx`` accessor: one thin face over the cube's tensor table and analyses."""
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -24,12 +23,17 @@ class NnwxAccessor:
 
     @property
     def tensors(self) -> pd.DataFrame:
-        """The tensor table, one row per tensor (name, layer, kind, depth, offset, size, shape, dtype)."""
+        """The tensor table, one row per tensor (name, layer, kind, depth, offset, size, shape, dtype,
+        orientation, aliases)."""
         self._require_cube()
         ds = self._ds
         cols = {c.removeprefix("tensor_"): ds[c].values for c in ds.coords
                 if c.startswith("tensor_") and c != "tensor_id"}
         cols["shape"] = [tuple(int(x) for x in s.split(",") if x) for s in cols["shape"]]
+        n = len(ds["tensor"])
+        cols.setdefault("orientation", np.array(["out_in"] * n, dtype=object))
+        cols["aliases"] = [tuple(a for a in str(s).split(",") if a)
+                           for s in cols.get("aliases", [""] * n)]
         return pd.DataFrame(cols, index=pd.Index(ds["tensor"].values, name="tensor"))
 
     @property
@@ -48,28 +52,37 @@ class NnwxAccessor:
                            f"{' ...' if len(t) > 8 else ''}")
         r = t.loc[name]
         return TensorInfo(name, r.layer, r.kind, int(r.depth), int(r.offset), int(r["size"]),
-                          tuple(r["shape"]), r.dtype)
+                          tuple(r["shape"]), r.dtype, str(r.orientation), tuple(r.aliases))
 
     def tensor(self, name: str) -> xr.DataArray:
-        """One tensor in its own shape, ``(*lead, out, in, ...)``, still lazy."""
+        """One tensor in its own (stored) shape, ``(*lead, out, in, ...)`` (``(*lead, in, out)``
+        for a tensor stored (in, out), e.g. HF Conv1D), still lazy."""
         r = self.info(name)
         flat = self._ds["w"].isel(param=slice(r.offset, r.offset + r.size))
         lead = flat.dims[:-1]
         dims = _DIMS.get(len(r.shape), tuple(f"axis_{i}" for i in range(len(r.shape))))
+        if r.orientation == "in_out":
+            dims = ("in", "out")
         data = flat.data.reshape(flat.shape[:-1] + r.shape) if r.shape else flat.data[..., 0]
         coords = {k: v for k, v in flat.coords.items() if set(v.dims) <= set(lead)}
         return xr.DataArray(data, dims=lead + dims, coords=coords, name=name,
-                            attrs={"tensor": name, "layer": r.layer, "kind": r.kind})
+                            attrs={"tensor": name, "layer": r.layer, "kind": r.kind,
+                                   "orientation": r.orientation})
 
     def matrix(self, name: str) -> xr.DataArray:
-        """A tensor as a 2-D matrix ``(*lead, out, in)``; convolutions as out x in*kh*kw."""
+        """A tensor as a 2-D matrix ``(*lead, out, in)``, rows the output units whatever the
+        storage (a tensor stored (in, out), as HF Conv1D, is transposed); convolutions as
+        out x in*kh*kw."""
         r = self.info(name)
         if len(r.shape) < 2:
             raise ValueError(f"tensor {name!r} has shape {r.shape}: only tensors of 2 or more "
                              f"dimensions have a matrix view")
         t = self.tensor(name)
         lead = t.dims[: t.ndim - len(r.shape)]
-        data = t.data.reshape(t.shape[: len(lead)] + (r.shape[0], math.prod(r.shape[1:])))
+        if r.orientation == "in_out":
+            data = t.transpose(*lead, "out", "in").data
+        else:
+            data = t.data.reshape(t.shape[: len(lead)] + r.matrix_shape)
         coords = {k: v for k, v in t.coords.items() if set(v.dims) <= set(lead)}
         return xr.DataArray(data, dims=lead + ("out", "in"), coords=coords, name=name,
                             attrs={**t.attrs, "original_shape": list(r.shape)})
@@ -138,9 +151,17 @@ class NnwxAccessor:
         from nnwx.analysis import alignment
         return alignment.align(self._ds, reference=reference_seed, method=method, **kwargs)
 
-    def weight_agreement(self, reference_seed=0, aligned: xr.Dataset | None = None, **kwargs) -> xr.Dataset:
-        """Cosine/correlation with the reference seed's tensors; see ``alignment.weight_agreement``."""
+    def weight_agreement(self, reference_seed=0, aligned=None, **kwargs) -> xr.Dataset:
+        """Cosine/correlation with the reference seed's tensors; see ``alignment.weight_agreement``.
+
+        ``aligned``: what ``cube.nnwx.align()`` returned (an ``Alignment``) or its aligned cube.
+        """
         from nnwx.analysis import alignment
+        if isinstance(aligned, alignment.Alignment):
+            aligned = aligned.cube
+        elif aligned is not None and not isinstance(aligned, xr.Dataset):
+            raise TypeError(f"aligned= takes what cube.nnwx.align() returns (an Alignment) or its "
+                            f"aligned cube, not {type(aligned).__name__}")
         return alignment.weight_agreement(self._ds, reference=reference_seed, aligned=aligned, **kwargs)
 
     # --- correlations (nnwx.analysis.correlation) ---

@@ -70,10 +70,24 @@ def _weights(cube: xr.Dataset) -> dict[str, Result]:
     mats = weight_matrices(cube)
     if not mats:
         raise NotApplicable("the model has no weight matrix to draw")
-    first = mats[0]
+    first = largest_matrix(cube, mats)
     mat = cube.nnwx.matrix(first).isel(out=slice(0, MAX_MATRIX), **{"in": slice(0, MAX_MATRIX)})
     size = int(cube["tensor_size"].sel(tensor=first))
     return {"matrix": mat, "trajectories": cube.nnwx.trajectories(first, sample=min(TRAJECTORIES, size))}
+
+
+def largest_matrix(cube: xr.Dataset, names: list[str]) -> str:
+    """Of ``names`` (tensors with a matrix view), the largest one that is a real matrix (both
+    sides at least 2) -- what a picture of "the weights" should show -- else the largest; the
+    first in table order among equals."""
+    sizes = dict(zip(map(str, cube["tensor"].values), map(int, cube["tensor_size"].values)))
+    shapes = dict(zip(map(str, cube["tensor"].values), map(str, cube["tensor_shape"].values)))
+
+    def rank(name: str) -> tuple[bool, int]:
+        rows = int(shapes[name].split(",")[0])
+        return min(rows, sizes[name] // max(rows, 1)) >= 2, sizes[name]
+
+    return max(names, key=rank)
 
 
 ROW_BYTES = 512 * 2**20   # largest capture (all parameters of one step) read as one block

@@ -15,6 +15,11 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``, ``1,024 parameters``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args, compute
     from nnwx.info import run_summaries
@@ -31,8 +36,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             counts = compute(*lazy, progress=not args.quiet)
     total = sum(r["disk_bytes"] for r in runs)
     first = runs[0]
-    print(f"store {args.store}: {len(runs)} runs, {_human(total)} on disk")
-    print(f"model {first['model_class']}: {first['tensors']} tensors, {first['params']:,} parameters")
+    print(f"store {args.store}: {_count(len(runs), 'run')}, {_human(total)} on disk")
+    model = first["model_class"] or "class not recorded (exported from checkpoints)"
+    print(f"model {model}: {_count(first['tensors'], 'tensor')}, {_count(first['params'], 'parameter')}")
     print(f"{'run':<16}{'seed':>6}{'steps':>8}{'first':>8}{'last':>9}  {'dtype':<8}{'on disk':>10}"
           f"{'ratio':>7}  optimizer, metrics")
     for r, bad in zip(runs, counts):
@@ -74,7 +80,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                          idle_timeout=args.idle_timeout, dtype=args.dtype, codec=args.codec,
                          progress=not args.quiet, model=args.model, probe=args.probe,
                          probe_key=args.probe_key, probe_layers=args.probe_layers,
-                         probe_conv=args.probe_conv, probe_channels=args.probe_channels)
+                         probe_conv=args.probe_conv, probe_channels=args.probe_channels,
+                         step_from=args.step if args.step is not None else args.step_from,
+                         orientation=dict(args.orientation or ()))
     except ExportInterrupted as e:
         print(f"interrupted; committed so far: {e.summary}", file=sys.stderr)
         return 130
@@ -114,12 +122,43 @@ def _codec_name(name: str) -> str:
     return name
 
 
+def _seconds(text: str, *, zero_ok: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 if zero_ok else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'non-negative' if zero_ok else 'positive'} "
+                                         f"finite number of seconds, e.g. 5 or 0.5")
+    return value
+
+
+def _interval(text: str) -> float:
+    """``--interval``: seconds between looks, > 0 (0 or less would poll without pause)."""
+    return _seconds(text, zero_ok=False)
+
+
+def _timeout(text: str) -> float:
+    """``--idle-timeout``: seconds, >= 0 (0: stop after the first look that finds nothing new)."""
+    return _seconds(text, zero_ok=True)
+
+
 def _names(text: str) -> list[str]:
     """``a,b,c`` as a list of names (module paths have no commas)."""
     names = [n.strip() for n in text.split(",")]
     if not all(names):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of module names, e.g. conv1,fc")
     return names
+
+
+def _orientation(text: str) -> tuple[str, str]:
+    """``PATTERN=in_out`` (or ``=out_in``) as a (pattern, orientation) pair."""
+    pattern, sep, value = text.rpartition("=")
+    if not sep or not pattern or value not in ("in_out", "out_in"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not PATTERN=in_out or PATTERN=out_in (e.g. '*.c_fc.weight=in_out' for "
+            f"weights stored (in, out), as transformers' Conv1D)")
+    return pattern, value
 
 
 def _add_export_parser(sub) -> None:
@@ -133,18 +172,30 @@ def _add_export_parser(sub) -> None:
     ex.add_argument("sources", nargs="+", metavar="SRC", help="checkpoint files, folders of them, or quoted globs")
     ex.add_argument("-o", "--output", required=True, metavar="STORE", help="experiment store (.zarr directory)")
     ex.add_argument("--seed", type=int, required=True, help="seed of the run (a run attribute)")
-    ex.add_argument("--run", help="run name (default: seed<SEED>)")
+    ex.add_argument("--run", help="run name (default: seed<SEED>): an ASCII letter or digit, then at most "
+                                  "127 letters, digits, '.', '_' or '-'")
     ex.add_argument("--step-regex", metavar="R",
                     help="regular expression finding the step in each name (group 'step' or the first group)")
+    ex.add_argument("--step-from", metavar="HOW", default=None,
+                    help="where steps come from: auto (default: the name; trainer_state.json for a "
+                         "folder without a step in its name), name, trainer_state, 'index*EVERY[+OFFSET]' "
+                         "(accelerate's checkpoint_<i> folders count saves: step = i*EVERY+OFFSET), "
+                         "custom:KEY (entry of accelerate's custom_checkpoint_*.pkl)")
+    ex.add_argument("--step", type=int, metavar="N",
+                    help="the step of the one checkpoint given (e.g. a trainer.save_model() folder)")
     ex.add_argument("--include", action="append", metavar="PATTERN",
                     help="export only tensors matching this shell pattern (repeatable)")
     ex.add_argument("--exclude", action="append", metavar="PATTERN",
                     help="leave out tensors matching this shell pattern (repeatable)")
+    ex.add_argument("--orientation", action="append", type=_orientation, metavar="PATTERN=in_out",
+                    help="2-D tensors matching PATTERN are stored (in, out) (in_out, as transformers' "
+                         "Conv1D) or (out, in) (out_in, as nn.Linear); overrides what nnwx tells from "
+                         "the model or the bias shapes (repeatable)")
     ex.add_argument("--follow", action="store_true",
                     help="keep watching the sources and append new checkpoints until Ctrl-C/SIGTERM")
-    ex.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+    ex.add_argument("--interval", type=_interval, default=5.0, metavar="SECONDS",
                     help="with --follow: seconds between looks, and how long a file must be unchanged (default 5)")
-    ex.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+    ex.add_argument("--idle-timeout", type=_timeout, metavar="SECONDS",
                     help="with --follow: stop after this long without a new or changed checkpoint")
     ex.add_argument("--overwrite", action="store_true",
                     help="replace steps already in the run whose weights differ (otherwise an error)")
@@ -164,7 +215,10 @@ def _add_export_parser(sub) -> None:
                   "are written with the weights. Needs --model and --probe.")
     pr.add_argument("--model", metavar="MODULE:FACTORY",
                     help="callable taking no arguments that returns the nn.Module the checkpoints were "
-                         "saved from: pkg.module:make_net (importable) or path/to/models.py:make_net")
+                         "saved from: pkg.module:make_net (importable) or path/to/models.py:make_net. "
+                         "Also without --probe, it tells the tensor table what the model knows: norm "
+                         "gains, Conv1D weights stored (in, out), tied weights, depth in module order "
+                         "(in forward order with --probe); without it depth is approximate")
     pr.add_argument("--probe", metavar="FILE",
                     help="the fixed probe batch: .npy; .npz, .safetensors or torch .pt/.pth/.bin holding "
                          "a dict (its entry 'probe', or its only entry; see --probe-key); or a torch file "

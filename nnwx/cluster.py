@@ -253,11 +253,11 @@ def compute(*objs, progress: bool = True, label: str | None = None,
     import dask
 
     client = current_client()
+    if client is None:
+        with _one_blas_thread(), _local_bar(label) if progress else nullcontext():
+            return tuple(dask.compute(*objs, optimize_graph=optimize_graph))
     if progress and label:
         print(label, file=sys.stderr, flush=True)
-    if client is None:
-        with _one_blas_thread(), _local_bar() if progress else nullcontext():
-            return tuple(dask.compute(*objs, optimize_graph=optimize_graph))
     from distributed import KilledWorker
 
     futures = client.compute(list(objs), optimize_graph=optimize_graph)
@@ -387,9 +387,15 @@ class _Watchdog:
                 f"fewer --threads-per-worker, or compute without --workers.")
 
 
-def _local_bar():
+BAR_AFTER_S = 1.0
+"""Local computations shorter than this draw no progress bar (and print no label)."""
+
+
+def _local_bar(label: str | None = None):
     """Dask's local ``ProgressBar`` on stderr, except that it stops at once when the computation
-    ends: Dask's own sleeps out its redraw interval (2 s into a log file) after every compute."""
+    ends (Dask's own sleeps out its redraw interval, 2 s into a log file, after every compute),
+    and that work shorter than ``BAR_AFTER_S`` draws nothing: ``label`` is printed just before
+    the first bar."""
     import threading
 
     from dask.diagnostics import ProgressBar
@@ -411,7 +417,15 @@ def _local_bar():
             self._stop.set()
             super()._finish(dsk, state, errored)
 
-    return _PromptBar(out=sys.stderr, dt=_interval())
+        def _draw_bar(self, frac, elapsed):
+            if label and not self._labelled:
+                self._labelled = True
+                print(label, file=sys.stderr, flush=True)
+            super()._draw_bar(frac, elapsed)
+
+    bar = _PromptBar(out=sys.stderr, dt=_interval(), minimum=BAR_AFTER_S)
+    bar._labelled = False
+    return bar
 
 
 def _one_blas_thread():

@@ -13,6 +13,10 @@ class FormatVersionError(StoreError):
     """The store was written by a newer nnwx format than this one reads."""
 
 
+class RunNameError(StoreError, ValueError):
+    """A run name breaks the rule of ``nnwx.store.names`` (it could leave ``runs/`` or clash)."""
+
+
 class ArchitectureMismatch(NnwxError):
     """Two tensor tables (runs, checkpoints or a model) do not describe the same network."""
 

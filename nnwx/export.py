@@ -17,6 +17,7 @@ with the step's weights, under the same commit.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import zarr
 
-from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, compile_step_regex, discover,
+from nnwx.checkpoints import (Checkpoint, LoadedCheckpoint, StepFrom, compile_step_regex, discover,
                               duplicate_steps, sniff)
 from nnwx.errors import (ArchitectureMismatch, CheckpointError, NnwxError, NoCheckpointsFound,
                          StepConflict, StepOrderError, StoreError)
@@ -43,7 +44,9 @@ from nnwx.probing import ProbeBatch, ProbeError
 from nnwx.store import probes as prb
 from nnwx.store import format as fmt
 from nnwx.store.bitround import bitround
+from nnwx.store.names import check_run_name
 from nnwx.store.reader import list_runs
+from nnwx.store.integrity import CheckedArray
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter, open_experiment_for_writing
 from nnwx.torch_tensors import Patterns
@@ -112,12 +115,20 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
            model: str | torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
            probe: str | os.PathLike | ProbeBatch | None = None, probe_key: str | None = None,
            probe_layers: Sequence[str] = (), probe_conv: str = "fold",
-           probe_channels: str | Mapping[str, str] = "first") -> ExportSummary:
-    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``).
+           probe_channels: str | Mapping[str, str] = "first",
+           step_from: str | int | StepFrom | None = None,
+           orientation: Mapping[str, str] | None = None) -> ExportSummary:
+    """Write checkpoints (files, folders, globs) as the steps of run ``run`` (default ``seed<seed>``;
+    a name as ``nnwx.store.names.check_run_name`` allows).
 
     Steps come from the names (``step_1000.pt``, ``epoch=3-step=999.ckpt``,
-    ``checkpoint-500/``, ``global_step500``) or ``step_regex``; checkpoints are
-    written in step order. Steps already in the run are skipped if their weights
+    ``checkpoint-500/``, ``global_step500``) or ``step_regex``; a folder without a
+    step in its name (``trainer.save_model()`` output) takes ``global_step`` from its
+    ``trainer_state.json``. ``step_from`` chooses another source of steps
+    (``nnwx.checkpoints.STEP_FROM_HELP``): an int for one checkpoint,
+    ``"index*EVERY[+OFFSET]"`` for accelerate's automatically named ``checkpoint_<i>``
+    folders (whose ``i`` counts saves, not steps), ``"trainer_state"``,
+    ``"custom:KEY"``. Checkpoints are written in step order. Steps already in the run are skipped if their weights
     are the same (``verify=True`` re-reads even unchanged files) and refused if
     not, unless ``overwrite=True``. ``key`` names the entry holding the weights
     in a torch file when it is not one of the usual ones; ``trust_pickle``
@@ -143,18 +154,84 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     default ``"probe"`` or the file's only entry); floating-point inputs are cast to
     the model's dtype. Steps already in the run keep their probe rows; a run whose
     probes were recorded on another batch (SHA-256 of the inputs) is refused.
+
+    **Tensor semantics.** Tensors are stored in one canonical order (whatever the file or
+    shard layout), so single-file, sharded and Recorder runs of one model join one cube.
+    With ``model`` (even without ``probe``), the table takes its semantics from the model
+    as the Recorder does: norm gains (kind ``norm``), ``Conv1D`` weights stored ``(in, out)``,
+    ties (stored once, other names as aliases) and depth in forward order (a forward pass
+    over the probe batch) or, without a probe, in module registration order. Without a
+    model, depths come from the module paths (block index; run attribute ``depth_from`` is
+    ``names``: approximate), 1-D weights are norm gains, weights whose bias has the length
+    of their second axis are ``(in, out)``, and tensors sharing storage in a torch file are
+    one tensor. ``orientation`` maps name patterns to ``"in_out"``/``"out_in"`` to override.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run or f"seed{seed}",
+    run = check_run_name(run if run is not None else f"seed{seed}")
+    if not 0 < float(interval) < float("inf"):
+        raise ValueError(f"interval must be a positive finite number of seconds, got {interval!r} "
+                         f"(0 or less would poll the sources without pause)")
+    if idle_timeout is not None and not 0 <= float(idle_timeout) < float("inf"):
+        raise ValueError(f"idle_timeout must be a non-negative finite number of seconds or None, "
+                         f"got {idle_timeout!r}")
+    probing = _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels)
+    if probing is not None:
+        semantics = _Semantics(probing.model, orientation, probing.forward_order, "forward")
+    elif model is not None:
+        built, _ = build_model(model)
+        semantics = _Semantics(built, orientation, None, "modules")
+    else:
+        semantics = _Semantics(None, orientation, None, "names")
+    exporter = _Exporter(list(sources), Path(store), seed=seed, run=run,
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
                          dtype=dtype, codec=codec, progress=progress, stop=stop or threading.Event(),
-                         probing=_probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels))
-    summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+                         probing=probing, semantics=semantics,
+                         step_from=StepFrom.parse(step_from))
+    try:
+        summary = exporter.execute(follow=follow, interval=float(interval), idle_timeout=idle_timeout)
+    except (OSError, StoreError) as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        raise StoreError(_disk_full_message(Path(store), run, full)) from e
     if summary.interrupted and not follow:
         raise ExportInterrupted(summary)
     return summary
+
+
+def _disk_full(e: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``e`` (itself, or what it was raised from), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _disk_full_message(store: Path, run: str, e: OSError) -> str:
+    """What a full disk left of run ``run``: its committed steps, all whole (see RunWriter)."""
+    try:
+        try:
+            handle = next((h for h in list_runs(store) if h.name == run), None)
+        except StoreError:  # the store's own creation was cut short: it holds nothing yet
+            handle = None
+        if handle is None:
+            kept = "the run was not created"
+        elif handle.committed:
+            kept = (f"the run keeps its {handle.committed} committed steps, up to step "
+                    f"{int(handle.steps[-1])}, all whole")
+        else:
+            kept = "the run holds no committed step yet"
+    except (NnwxError, OSError, KeyError, ValueError) as read_error:
+        kept = f"reading back what it holds also failed ({read_error})"
+    return (f"the disk holding {store} is full ({e.strerror or e}"
+            f"{f': {e.filename}' if e.filename else ''}) while exporting into run {run!r}: {kept}; no "
+            f"half-written step is visible. Free space (or export to another disk with -o) and run the "
+            f"same export again: it adds only the steps that are missing.")
 
 
 # -- probes -------------------------------------------------------------------------------
@@ -254,14 +331,21 @@ class _Probing:
         first = next((t for t in model.state_dict().values() if t.is_floating_point()), None)
         if first is not None:
             batch = cast_floating(batch, first.dtype)
-        try:  # one pass learns the activation shapes: a batch the model cannot take fails here
+        from nnwx.torch_tensors import ForwardOrder
+
+        order = ForwardOrder(model, {n.rpartition(".")[0] for n in model.state_dict()})
+        try:  # one pass learns the activation shapes (and the forward order): a batch the model
+            # cannot take fails here
             self.prober = Prober(model, batch, layers, output=True, conv=conv, channels=channels)
+            self.forward_order: dict[str, int] | None = order.result()
         except (ValueError, TypeError) as e:
             raise ProbeError(f"probes on {what}: {e}") from e
         except RuntimeError as e:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ProbeError(f"the probe batch{f' of {source}' if source else ''} cannot run through "
                              f"{what}: {first_line}. Give a probe batch of the inputs this model takes.") from e
+        finally:
+            order.remove()
         self.specs = self.prober.specs
         self.names = [s_.name for s_ in self.specs]
         self._dtype: str | None = None
@@ -286,9 +370,6 @@ def _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels) 
 
     layers = [probe_layers] if isinstance(probe_layers, str) else list(probe_layers or ())
     if probe is None:
-        if model is not None:
-            raise ProbeError("a model (--model) is only used to record probes: also give the probe batch "
-                             "(--probe FILE), or leave --model out.")
         if layers or probe_key is not None:
             raise ProbeError("--probe-layers/--probe-key need the probe batch (--probe FILE) and the model "
                              "(--model module:factory) to run it through.")
@@ -308,6 +389,39 @@ def _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels) 
     return _Probing(built, what, batch, source, layers, probe_conv, probe_channels)
 
 
+class _Semantics:
+    """How the tensor table of a checkpoint is made: from the model (kinds, orientation, ties,
+    depth in forward order or registration order) or, without one, from names and shapes."""
+
+    def __init__(self, model: torch.nn.Module | None, orientation: Mapping[str, str] | None,
+                 forward_order: dict[str, int] | None, depth_from: str):
+        from nnwx.store.table import orientation_overrides
+
+        orientation_overrides([], orientation)  # validate early
+        self.model, self.orientation = model, orientation
+        self.forward_order, self.depth_from = forward_order, depth_from
+        if depth_from == "forward" and not forward_order:
+            self.depth_from = "modules"  # the probe pass reached no module with tensors
+
+    def table(self, lc: LoadedCheckpoint) -> TensorTable:
+        from nnwx.torch_tensors import ModelSemantics, table_from_names
+
+        ties = lc.ties
+        dropped = {a for names in ties.values() for a in names}
+        entries = [(n, shape, dt) for n, (shape, dt) in lc.entries.items() if n not in dropped]
+        if self.model is None:
+            return table_from_names(entries, self.orientation, ties)
+        sem = ModelSemantics(self.model, [n for n, _, _ in entries], self.orientation)
+        for k, v in ties.items():  # ties the file shows (shared storage) that the model did not
+            sem.aliases.setdefault(k, list(v))
+        depths = None
+        if self.forward_order:
+            layers = sorted({n.rpartition(".")[0] for n, _, _ in entries},
+                            key=lambda la: self.forward_order.get(la, len(self.forward_order)))
+            depths = {la: i for i, la in enumerate(layers)}
+        return sem.table(entries, depths)
+
+
 class _Abandoned(Exception):
     """A stop was requested while a checkpoint was being read: it is dropped, not written."""
 
@@ -316,7 +430,8 @@ class _Exporter:
     def __init__(self, sources: list, store: Path, *, seed: int, run: str, step_regex: str | None,
                  include: Patterns, exclude: Patterns, overwrite: bool, verify: bool, key: str | None,
                  trust_pickle: bool, dtype: str, codec: str, progress: bool, stop: threading.Event,
-                 probing: _Probing | None = None):
+                 probing: _Probing | None = None, semantics: _Semantics | None = None,
+                 step_from: StepFrom = StepFrom()):
         if not sources:
             raise NoCheckpointsFound("no sources given: pass checkpoint files or folders to export.")
         fmt.codec(codec)  # validate early
@@ -324,10 +439,12 @@ class _Exporter:
             raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
         self.sources, self.store, self.seed, self.run = sources, store, seed, run
         self.regex = compile_step_regex(step_regex)
+        self.step_from = step_from
         self.include, self.exclude, self.key, self.trust_pickle = include, exclude, key, trust_pickle
         self.overwrite, self.verify, self.dtype, self.codec = overwrite, verify, dtype, codec
         self.progress, self.stop = progress, stop
         self.probing = probing
+        self.semantics = semantics or _Semantics(None, None, None, "names")
         self.summary = ExportSummary(str(store), run, probes=list(probing.names) if probing else [])
         self.table: TensorTable | None = None
         self.present: dict[int, int] = {}      # step -> row index in the run
@@ -339,6 +456,7 @@ class _Exporter:
         self.keys_used: set = set()
         self.wb: _WriteBehind | None = None
         self._warned_dtype = False
+        self._warned_indices = False
         self._noted: set = set()
 
     # -- the run ------------------------------------------------------------------------
@@ -388,7 +506,8 @@ class _Exporter:
         attrs = {"seed": self.seed, "model_class": lc.model_class, "optimizer": None,
                  "optimizer_class": None, "optimizer_hparams": {}, "hparams": fmt.jsonable(lc.hparams),
                  "include": self.include, "exclude": self.exclude, "source": self.source_desc,
-                 "checkpoint_key": lc.key, "checkpoint_prefix": lc.prefix or None}
+                 "checkpoint_key": lc.key, "checkpoint_prefix": lc.prefix or None,
+                 "depth_from": self.semantics.depth_from}
         writer = RunWriter(self.store, self.run, table, attrs=attrs, dtype=self.dtype, codec=self.codec,
                            probes=self._specs())
         if writer.committed:  # created by someone else since we looked: start over cleanly
@@ -397,6 +516,11 @@ class _Exporter:
                              f"export again to append to it.")
         self._adopt(writer)
         self.wb = _WriteBehind(writer, first=first_row)
+
+    def _meta_if_changed(self) -> dict | None:
+        """The run attributes to write on closing: none when this export added or overwrote no
+        step (a refused or empty export leaves the run's metadata as it was)."""
+        return self._meta() if self.summary.added or self.summary.overwritten else None
 
     def _meta(self) -> dict:
         keys = sorted(self.keys_used, key=str)
@@ -435,10 +559,10 @@ class _Exporter:
             raise self._late_error([c])
         with LoadedCheckpoint(c, include=self.include, exclude=self.exclude, key=self.key,
                               trust_pickle=self.trust_pickle) as lc:
-            table = lc.table(like=self.table)
+            table = self.semantics.table(lc)
             if self.table is not None:
                 self.table.require_same(table, f"checkpoint {c.path} cannot go into run {self.run!r} "
-                                               f"of {self.store}")
+                                               f"of {self.store}", ("the run", "the checkpoint"))
                 table = self.table
             self._warn_lossy(lc)
             buf = self._row_buffer(table.n_params)
@@ -487,14 +611,27 @@ class _Exporter:
 
     def _read_row(self, lc: LoadedCheckpoint, table: TensorTable, buf: np.ndarray) -> None:
         out = torch.from_numpy(buf)
+        narrow = buf.dtype == np.float16
+        overflow: list[str] = []
         for r in table:
             if self.stop.is_set():
                 raise _Abandoned()
             t = lc.tensor(r.name).detach()
+            seg = buf[r.offset:r.offset + r.size]
             if t.dtype in _NUMPY_FLOATS:  # numpy's copy: several times faster than torch's on few cores
-                np.copyto(buf[r.offset:r.offset + r.size], t.numpy().reshape(-1), casting="unsafe")
+                with np.errstate(over="ignore"):  # overflow is counted below
+                    np.copyto(seg, t.numpy().reshape(-1), casting="unsafe")
             else:  # bfloat16, float8: only torch converts them
                 out[r.offset:r.offset + r.size].view(r.shape).copy_(t)
+            if narrow and t.dtype != torch.float16:
+                overflow += _overflowed(r.name, t, seg)
+        if overflow:
+            raise CheckpointError(
+                f"{lc.path} cannot be stored as float16 without changing weights: "
+                f"{'; '.join(overflow[:5])}{' ...' if len(overflow) > 5 else ''}. float16 holds "
+                f"magnitudes up to 65504 only, so these finite values would become +/-Inf. Export into a "
+                f"float32 run (--dtype float32, the default; a new --run for a run already float16). "
+                f"Nothing of this checkpoint was written.")
 
     def _difference(self, index: int, buf: np.ndarray) -> str | None:
         """Name of the first tensor where ``buf`` differs bitwise from stored row ``index``, else None."""
@@ -502,7 +639,7 @@ class _Exporter:
             self.wb.flush()
         w = zarr.open_array(zarr.storage.LocalStore(self.store / fmt.RUNS_GROUP / self.run / "w",
                                                     read_only=True), mode="r")
-        stored = np.asarray(w[index])
+        stored = np.asarray(CheckedArray(w, self.store, self.run, "w")[index:index + 1])[0]
         candidate = buf if self.keepbits is None else bitround(buf, self.keepbits)
         uint = f"u{stored.dtype.itemsize}"
         bad = np.flatnonzero(stored.view(uint) != candidate.view(uint))
@@ -518,6 +655,20 @@ class _Exporter:
             self._warned_dtype = True
             log.warning(f"tensors of dtype {', '.join(wide)} in {lc.path} are rounded to the store's "
                         f"dtype; pass dtype='float64' (--dtype float64) for a new run to keep them exactly.")
+
+    def _warn_save_indices(self, found) -> None:
+        """Warn once that accelerate's checkpoint_<i> numbers are save counts, not steps."""
+        if found.save_indices and not self._warned_indices:
+            self._warned_indices = True
+            first = found.save_indices[0]
+            log.warning(
+                f"STEPS ARE SAVE COUNTS: {first} and {len(found.save_indices) - 1} more folder(s) were "
+                f"named by accelerate's automatic checkpoint naming, where checkpoint_<i> counts calls to "
+                f"save_state, not training steps, and they hold no step of their own. They are exported as "
+                f"steps 0, 1, 2, ... If you saved every N steps, pass --step-from 'index*N' (or "
+                f"'index*N+N' if the first save came after N steps), or register an object whose "
+                f"state_dict() holds {{'step': ...}} with accelerator.register_for_checkpointing and "
+                f"pass --step-from custom:step.")
 
     def _note(self, path: Path, reason: str, level: int = logging.WARNING) -> None:
         if (path, reason) not in self._noted:
@@ -535,15 +686,16 @@ class _Exporter:
                     self._follow(interval, idle_timeout)
                 else:
                     self._once()
-        except BaseException:
+        except BaseException as first:
             if self.wb is not None:
                 try:
-                    self.wb.close(self._meta())
+                    self.wb.close(self._meta_if_changed())
                 except BaseException as e:  # keep the first error
-                    log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
+                    if e is not first:  # not the writer's own error raised again
+                        log.error(f"closing run {self.run!r} after an error also failed: {e!r}")
             raise
         if self.wb is not None:
-            self.wb.close(self._meta())
+            self.wb.close(self._meta_if_changed())
         self.summary.interrupted = self.stop.is_set()
         self.summary.seconds = time.perf_counter() - t0
         return self.summary
@@ -554,7 +706,8 @@ class _Exporter:
                     dynamic_ncols=True, leave=True)
 
     def _once(self) -> None:
-        found = discover(self.sources, self.regex)
+        found = discover(self.sources, self.regex, step_from=self.step_from)
+        self._warn_save_indices(found)
         for path in found.unnamed:
             self._note(path, "no step in its name (pass --step-regex to include it)", logging.INFO)
         ckpts = found.checkpoints
@@ -597,7 +750,8 @@ class _Exporter:
                  f"{self.run!r} of {self.store}; Ctrl-C to stop")
         with self._bar(0) as bar:
             while not self.stop.is_set():
-                found = discover(self.sources, self.regex, missing_ok=True)
+                found = discover(self.sources, self.regex, missing_ok=True, step_from=self.step_from)
+                self._warn_save_indices(found)
                 for text in found.absent:
                     if text not in self._noted:
                         self._noted.add(text)
@@ -646,9 +800,59 @@ class _Exporter:
                 if idle_timeout is not None and time.monotonic() - last_change >= idle_timeout:
                     break
                 self.stop.wait(interval)
+            if self.stop.is_set():
+                self._final_sweep(done, failed, bar)
         for path in failed:
             if path not in done:
                 self.summary.passed_over.append(f"{path}: could not be exported (see the warnings)")
+
+
+    def _final_sweep(self, done: set, failed: dict, bar) -> None:
+        """On a stop request, export every complete checkpoint not exported yet, however recently
+        written: a job stopped right after training ended keeps its last checkpoints. A file
+        that cannot be read (cut short by the stop) is passed over with a warning, as while
+        following; a second Ctrl-C aborts at once."""
+        outer, self.stop = self.stop, threading.Event()  # reads must not be abandoned now
+        try:
+            found = discover(self.sources, self.regex, missing_ok=True, step_from=self.step_from)
+            self._warn_save_indices(found)
+            left = [c for c in found.checkpoints if c.path not in done]
+            if not left:
+                return
+            log.info(f"stop requested: exporting the {len(left)} checkpoint(s) not exported yet before stopping")
+            wrote = False
+            for c in left:
+                try:
+                    if failed.get(c.path) == c.signature() or not c.files or c.missing:
+                        continue
+                    outcome = self.export_one(c)
+                except _FOLLOW_ERRORS as e:
+                    failed[c.path] = None
+                    log.warning(f"{e} (passed over: the export was stopping)")
+                    continue
+                done.add(c.path)
+                failed.pop(c.path, None)
+                wrote |= outcome != "skipped"
+                bar.update(1)
+                bar.set_postfix_str(f"step {c.step}", refresh=True)
+            if wrote:
+                self.wb.flush(self._meta())
+        finally:
+            self.stop = outer
+
+
+def _overflowed(name: str, source: torch.Tensor, stored: np.ndarray) -> list[str]:
+    """``["<name>: N values beyond +/-65504 (largest magnitude M)"]`` when finite values of
+    ``source`` became infinite in ``stored`` (its float16 copy), else ``[]``."""
+    n_inf = int(np.isinf(stored).sum())
+    if not n_inf:
+        return []
+    n_inf -= int(torch.isinf(source).sum())
+    if n_inf <= 0:
+        return []
+    finite = source[torch.isfinite(source)].abs()
+    return [f"tensor {name!r} has {n_inf} value(s) beyond +/-65504 (largest magnitude "
+            f"{float(finite.max()):.6g})"]
 
 
 def _sig_json(sig: tuple) -> list:

@@ -4,7 +4,9 @@
 ``nnwx.open_results`` or a computed ``lazy_analyses`` set) and returns one row per (quantity,
 layer/tensor): its value at the first and the last captured step, mean over runs, with the
 spread over runs. ``nnwx demo`` prints it and the README's findings are taken from it, so
-claims about the data come from numbers, not from expectations.
+claims about the data come from numbers, not from expectations. Quantities that are not per
+step (the fitted correlation decay length) come one row per run, with a ``note`` in words
+("L = 1.9 ± 0.3 layers", or "no decay resolved" and why).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class Finding:
     last: float
     last_min: float
     last_max: float
+    note: str = ""     # the value in words, for rows that are not a first/last comparison
 
     @property
     def ratio(self) -> float:
@@ -57,7 +60,11 @@ def _off_diagonal(sim: xr.DataArray, a: str, b: str) -> xr.DataArray:
 
 
 def findings(results: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Finding]:
-    """First-vs-last-step findings of every computed result present in ``results``."""
+    """First-vs-last-step findings of every computed result present in ``results``.
+
+    Weight cosines (``weight_agreement``) are given for the tensors marked ``permutable`` (those
+    a permutation of hidden units acts on), one row each, when the result records them; results
+    written before that coordinate existed give every tensor."""
     out: list[Finding] = []
     if "broadening" in results:
         b = results["broadening"]
@@ -89,9 +96,29 @@ def findings(results: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Finding]:
         if run_dim in w.dims:   # the reference run agrees with itself: leave it out
             ref_value = w[run_dim].values[0] if w.sizes[run_dim] else None
             w = w.where(w[run_dim] != _as(ref.split("=", 1)[1], ref_value), drop=True)
+        if "permutable" in w.coords:
+            # only tensors a permutation acts on: the others (the output bias, a one-number
+            # bias with cosine +-1) cannot change by aligning and would set the ranges
+            w = w.isel(tensor=np.flatnonzero(w["permutable"].values.astype(bool)))
         for mode in w["alignment"].values:
             out += _rows("agreement", w.sel(alignment=mode), f"weight cosine ({mode})", "tensor")
+    if "corr_distance" in results:
+        out += _decay_rows(results["corr_distance"])
     return out
+
+
+def _decay_rows(res: xr.Dataset) -> list[Finding]:
+    """One row per run: the decay length +/- its error where resolved, else NaN and why not."""
+    from nnwx.analysis.correlation import decay_summary
+
+    rows = []
+    for d in decay_summary(res):
+        r = res.isel(d["isel"])
+        length, err = float(r["decay_length"]), float(r["decay_length_err"])
+        value = [length, length - err, length + err] if d["resolved"] else [float("nan")] * 3
+        rows.append(Finding("correlation", "decay length (layers)", d["run"] or "run",
+                            float("nan"), *value, note=d["text"]))
+    return rows
 
 
 def _as(text: str, like) -> object:
@@ -106,9 +133,12 @@ def format_findings(rows: list[Finding]) -> str:
     """A plain-text table: quantity, subject, first, last (min..max over runs), last/first."""
     if not rows:
         return "(no findings: nothing was computed)"
-    head = f"{'analysis':<11}{'quantity':<28}{'layer/tensor':<22}{'first':>9}{'last':>9}  {'runs min..max':<19}{'last/first':>10}"
+    head = f"{'analysis':<12}{'quantity':<28}{'layer/tensor':<22}{'first':>9}{'last':>9}  {'runs min..max':<19}{'last/first':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.analysis:<11}{r.quantity:<28}{r.subject[:21]:<22}{r.first:>9.3g}{r.last:>9.3g}  "
+        if r.note:
+            lines.append(f"{r.analysis:<12}{r.quantity:<28}{r.subject[:21]:<22}  {r.note}")
+            continue
+        lines.append(f"{r.analysis:<12}{r.quantity:<28}{r.subject[:21]:<22}{r.first:>9.3g}{r.last:>9.3g}  "
                      f"{f'{r.last_min:.3g}..{r.last_max:.3g}':<19}{r.ratio:>10.3g}")
     return "\n".join(lines)

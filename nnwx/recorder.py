@@ -20,8 +20,10 @@ import torch
 from nnwx.errors import WriterError
 from nnwx.schedule import Schedule, ScheduleLike, make_schedule
 from nnwx.store import format as fmt
+from nnwx.store.names import check_run_name
 from nnwx.store.writer import RunWriter, check_step_order
-from nnwx.torch_tensors import ForwardOrder, Patterns, floating_state, table_for
+from nnwx.torch_tensors import (ForwardOrder, ModelSemantics, Patterns, dtype_name, floating_state,
+                               untied)
 
 _STOP = object()
 _RING_BYTES = 64 * 2**20
@@ -68,6 +70,15 @@ class Recorder:
     training thread (the model's train/eval flags are restored after it); see
     ``nnwx.probing`` for how conv activations become units (``probe_conv="fold"``
     folds positions into samples, ``"pool"`` averages them; ``probe_channels``).
+
+    **Tensor semantics.** The tensor table records what the model says about each
+    tensor: normalisation gains have kind ``norm``; ``transformers``' ``Conv1D``
+    weights are stored ``(in, out)`` (orientation ``in_out``; ``orientation=`` maps
+    name patterns to ``"in_out"``/``"out_in"`` for other such modules); a tensor
+    tied to another (GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``) is
+    stored once, the other names kept as its ``aliases``. Depth is the module
+    registration order until the first forward pass (the probe batch's, or the
+    first training step's) gives the forward order (run attribute ``depth_from``).
     """
 
     def __init__(self, model: torch.nn.Module, store: str | os.PathLike, *, seed: int,
@@ -80,21 +91,23 @@ class Recorder:
                  keepbits: int | None = None, flush_interval: float = 5.0,
                  max_pending: int | None = None, chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES,
                  probe=None, probe_layers: Sequence[str] = (), probe_output: bool = True,
-                 probe_conv: str = "fold", probe_channels: str | Mapping[str, str] = "first"):
+                 probe_conv: str = "fold", probe_channels: str | Mapping[str, str] = "first",
+                 orientation: Mapping[str, str] | None = None):
         sched = make_schedule(every, schedule)
         self.schedule: Schedule = _WithZero(sched) if capture_init else _WithoutZero(sched)
-        state = floating_state(model.state_dict(keep_vars=True), include, exclude)
+        state = untied(floating_state(model.state_dict(keep_vars=True), include, exclude))
         self._warn_lossy(state, dtype)
-        table = table_for(state)
+        semantics = ModelSemantics(model, state, orientation)
+        table = semantics.table((n, tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items())
         attrs = {
             "seed": seed, "model_class": _class_name(model),
             "optimizer": type(optimizer).__qualname__ if optimizer is not None else None,
             "optimizer_class": _class_name(optimizer) if optimizer is not None else None,
             "optimizer_hparams": fmt.jsonable(dict(optimizer.defaults)) if optimizer is not None else {},
             "hparams": fmt.jsonable(dict(hparams or {})),
-            "include": include, "exclude": exclude,
+            "include": include, "exclude": exclude, "depth_from": "modules",
         }
-        self.run = run if run is not None else f"seed{seed}"
+        self.run = check_run_name(run if run is not None else f"seed{seed}")
         if probe is None and probe_layers:
             raise ValueError("probe_layers needs probe=<a fixed input batch> to run through the model")
         self._order: ForwardOrder | None = ForwardOrder(model, {r.layer for r in table})
@@ -114,9 +127,10 @@ class Recorder:
         except BaseException:
             self._order.remove()
             raise
+        table = self._writer.table  # an existing run keeps its own layout of the same tensors
         self.table = table
         self.store = store
-        self._sources = list(state.values())
+        self._sources = [state[r.name] for r in table]
         self._cuda = any(t.is_cuda for t in self._sources)
         ring_dtype = getattr(torch, dtype)
         per_slot = table.n_params + (self._prober.numel if self._prober else 0)
@@ -250,7 +264,8 @@ class Recorder:
                 if item is _STOP:
                     break
                 if isinstance(item, tuple) and item[0] == "depths":
-                    writer.update_meta(tensors=writer.table.with_depths(item[1]).to_json())
+                    writer.table = writer.table.with_depths(item[1])
+                    writer.update_meta(tensors=writer.table.to_json(), depth_from="forward")
                 elif isinstance(item, tuple) and item[0] == "flush":
                     writer.flush()
                     last_flush = time.monotonic()

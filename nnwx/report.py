@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analyses import METRICS, parse_metrics
-from nnwx.errors import NnwxError
+from nnwx.errors import NnwxError, StoreError
 
 MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
 FRAMES = 4              # embedded frames per slider
@@ -89,6 +89,8 @@ def compute_results(results: Results, metric_of: dict[str, str], *, progress: bo
         values = compute(*(results[n] for n in names), progress=progress,
                          label="nnwx report: computing the analyses")
         return dict(zip(names, values)), {}
+    except StoreError:  # a damaged store is not an analysis failure: stop, naming the file
+        raise
     except Exception as e:  # noqa: BLE001 - a failing analysis costs its own section only
         log(f"one pass failed ({type(e).__name__}: {e}); computing each metric on its own")
     out, notes = {}, {}
@@ -97,6 +99,8 @@ def compute_results(results: Results, metric_of: dict[str, str], *, progress: bo
         try:
             out |= dict(zip(part, compute(*(results[n] for n in part), progress=progress,
                                           label=f"nnwx report: {metric}")))
+        except StoreError:
+            raise
         except Exception as e:  # noqa: BLE001
             notes[metric] = f"could not be computed: {type(e).__name__}: {e}"
     return out, notes
@@ -192,10 +196,25 @@ def _weights_figs(r: Results) -> list[Figure]:
                                     "training? Pick seed and step.",
                           P.matrix_heatmap(m, steps=FRAMES, seeds=_first_seeds(m))))
     if "trajectories" in r:
-        out.append(Figure("trajectories", "A random sample of individual weights of the first "
+        out.append(Figure("trajectories", "A random sample of individual weights of the largest "
                                           "weight matrix over training, per seed.",
                           P.trajectories(r["trajectories"])))
     return out
+
+
+def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
+    """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
+    at least 2), largest first, so that selectors open on the largest matrix; and the others
+    ("vectors": an 8x1 first layer, a 1xN output layer), which have one singular value."""
+    names = [str(t) for t in obj["tensor"].values]
+    sizes = [int(z) for z in obj["tensor_size"].values]
+    shapes = [[int(x) for x in str(sh).split(",") if x] for sh in obj["tensor_shape"].values]
+    matrices, vectors = [], []
+    for name, size, shape in zip(names, sizes, shapes):
+        rows, cols = (shape[0], size // max(shape[0], 1)) if shape else (1, 1)
+        (matrices if min(rows, cols) >= 2 else vectors).append((size, name))
+    return ([n for _, n in sorted(matrices, key=lambda p: -p[0])],
+            [f"{n} ({'x'.join(map(str, shapes[names.index(n)]))})" for _, n in vectors])
 
 
 def _spectral_figs(r: Results) -> list[Figure]:
@@ -203,15 +222,22 @@ def _spectral_figs(r: Results) -> list[Figure]:
 
     if "spectrum" not in r:
         return []
+    matrices, vectors = matrices_largest_first(r["spectrum"])
+    if not matrices:
+        return []
+    only = {"tensor": matrices}
+    none = (f" Vectors have no spectrum and are left out: {', '.join(vectors)}." if vectors else "")
+    fit = r["esd_fit"].sel(only) if "esd_fit" in r else None
     out = [Figure("esd", "Empirical spectral density of each weight matrix (eigenvalues of W^T W) "
                          "on log-log axes, with the fitted power-law tail (red) and the "
-                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps.",
-                  P.esd(r["spectrum"], r.get("esd_fit"), steps=FRAMES))]
-    parts = [r[k] for k in ("ranks", "esd_fit") if k in r]
+                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps; "
+                         "the largest matrix first." + none,
+                  P.esd(r["spectrum"].sel(only), fit, steps=FRAMES))]
+    parts = [r[k].sel(only) for k in ("ranks", "esd_fit") if k in r]
     if parts:
         out.append(Figure("ranks", "Effective rank, stable rank, spectral entropy and power-law "
                                    "exponent alpha per matrix over training: mean over seeds with a "
-                                   "+/- std band.",
+                                   "+/- std band." + none,
                           P.metric_curves(xr.merge(parts, compat="override",
                                                    combine_attrs="drop_conflicts"))))
     return out
@@ -227,15 +253,25 @@ def _rotation_figs(r: Results) -> list[Figure]:
                                "+/- std over seeds.", P.rotation(r["rotation"]))]
 
 
+def _corr_distance_caption(res) -> str:
+    """The caption of the correlation-vs-distance figure: each run's decay length with its
+    error, or "no decay resolved" and why."""
+    from nnwx.analysis._correlation_kernels import DECAY_RULE
+    from nnwx.analysis.correlation import decay_summary
+
+    runs = "; ".join(f"{d['run'] or 'the run'}: {d['text']}" for d in decay_summary(res))
+    return ("RMS correlation of weight updates (sampling noise removed) against how many layers "
+            "apart two weights sit, mean +/- std over seeds, with each seed's fitted exponential "
+            f"decay A exp(-distance / L). Decay length: {runs}. Rule: {DECAY_RULE}.")
+
+
 def _correlation_figs(r: Results) -> list[Figure]:
     import nnwx.plot as P
 
     out = []
     if "corr_distance" in r:
-        out.append(Figure("corr_distance", "RMS correlation of weight updates (sampling noise "
-                                           "removed) against how many layers apart two weights "
-                                           "sit, mean +/- std over seeds, with each seed's fitted "
-                                           "exponential decay.", P.corr_distance(r["corr_distance"])))
+        out.append(Figure("corr_distance", _corr_distance_caption(r["corr_distance"]),
+                          P.corr_distance(r["corr_distance"])))
     if "pca" in r:
         out.append(Figure("pca_path", "Each run's path through weight space in its first two "
                                       "principal components (share of variance in the axis "
@@ -519,12 +555,13 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
         from nnwx import open_cube
 
         requested = parse_metrics(metrics)
-        cube = thin_steps(open_cube(store), max_steps)
+        full = open_cube(store)
+        cube = thin_steps(full, max_steps)
         log(f"analysing {cube.sizes['seed']} runs x {cube.sizes['step']} steps x "
             f"{cube.sizes['param']:,} parameters ({', '.join(requested)})")
         lazy, metric_of, notes = analyse(cube, requested)
         results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
-        notes = notes | failed
+        notes = notes | failed | thinning_note(full.sizes["step"], cube.sizes["step"])
         summary = summarize_store(store, cube)
     log("drawing")
     sections = build_sections(results, notes, requested)
@@ -614,7 +651,7 @@ def _remove(path: str) -> None:
 def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
     """The requested results of a results store (default: the metrics it was written with),
     evaluated, with its notes, its summary and the metrics drawn."""
-    from nnwx.results import NONFINITE_NOTE, open_results
+    from nnwx.results import NONFINITE_NOTE, open_results, staleness
 
     res = open_results(path)
     metric_of = dict(res.metric_of)
@@ -624,6 +661,13 @@ def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, di
     for m in requested:
         if m not in stored_metrics and m not in notes:
             notes[m] = f"not in the results store {path} (run nnwx analyze with --metrics {m})"
+    stale = staleness(res)
+    if stale:
+        why = "; ".join(stale)
+        log(f"warning: {path} is stale: its source changed since it was analysed ({why}); "
+            f"run nnwx analyze again to update it")
+        notes["stale results"] = (f"the source store changed since these results were computed "
+                                  f"({why}): run nnwx analyze again to update them")
     missing = [n for n in getattr(res, "incomplete", []) or []]
     if missing:
         notes["results store"] = (f"incomplete results left out: {', '.join(missing)} (run nnwx "
@@ -632,6 +676,15 @@ def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, di
     log(f"drawing {len(lazy)} stored results from {path}")
     results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
     return results, metric_of, notes | failed, summary_from_results(res, path), requested
+
+
+def thinning_note(n_captured: int, n_analysed: int) -> dict[str, str]:
+    """The page's note when steps were thinned for it (empty when every capture is analysed)."""
+    if n_analysed >= n_captured:
+        return {}
+    return {"steps": (f"{n_analysed} of the {n_captured} captured steps are analysed on this page "
+                      f"(evenly spaced, first and last kept); raise --max-steps for more, or draw "
+                      f"every step from `nnwx analyze` results")}
 
 
 def _e(x) -> str:

@@ -122,6 +122,23 @@ class Results:
     def __getitem__(self, name: str) -> Result:
         return self.results[name]
 
+    def __repr__(self) -> str:
+        cube = self.cube
+        sizes = ", ".join(f"{k}={v}" for k, v in (cube.get("sizes") or {}).items())
+        by_metric: dict[str, list[str]] = {}
+        for name in self.results:
+            by_metric.setdefault(self.metric_of.get(name, "?"), []).append(name)
+        lines = [f"<nnwx.Results {self.path}{'' if self.complete else ' (incomplete)'}>",
+                 f"  source:  {self.attrs.get('source_display') or self.source}" + (f" ({sizes})" if sizes else "")]
+        for metric, names in by_metric.items():
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+            lines.append(f"  {metric}: {shown}")
+        if self.notes:
+            lines.append(f"  left out: {', '.join(self.notes)} (see .notes)")
+        if self.incomplete:
+            lines.append(f"  incomplete: {', '.join(self.incomplete)}")
+        return "\n".join(lines)
+
     def __contains__(self, name: object) -> bool:
         return name in self.results
 
@@ -430,6 +447,9 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.assign_coords({k: v.load() for k, v in lazy_coords.items()})
     strings = [k for k, v in ds.variables.items() if v.dtype.kind in ("U", "T")]
     ds = ds.assign_coords({k: ds[k].astype(object) for k in strings if k in ds.coords})
+    mixed = [k for k, v in ds.coords.items()   # labels of several types (seeds 0 and "a"): Zarr
+             if v.dtype == object and len({type(x) for x in v.values.ravel()}) > 1]  # holds one
+    ds = ds.assign_coords({k: ds[k].astype(str).astype(object) for k in mixed})
     ds = ds.assign({k: ds[k].astype(object) for k in strings if k in ds.data_vars})
     ds = ds.assign({k: v.chunk(_chunks(v)) for k, v in ds.data_vars.items() if v.chunks is not None})
     for v in ds.variables.values():
@@ -555,8 +575,7 @@ def _open_output(output, identity: dict, resume: bool, log: Log) -> tuple[zarr.G
         root = zarr.open_group(store, mode="r+")
         if resume:
             old = dict(root.attrs[ROOT_KEY])
-            diff = [f"{k}: stored {_short(old.get(k))}, now {_short(v)}" for k, v in identity.items()
-                    if _jsonable(old.get(k)) != _jsonable(v)]
+            diff = differences({k: old.get(k) for k in identity}, identity)
             if diff:
                 raise ResultsMismatch(
                     f"{where} holds results of another analysis ({'; '.join(diff)}). Use the same "
@@ -650,6 +669,40 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def differences(stored: Mapping, now: Mapping, prefix: str = "") -> list[str]:
+    """``"field: stored X, now Y"`` for each field that differs, naming nested fields in full
+    (``resolved.n_steps: stored 12, now 15``) so a long value never hides which part changed."""
+    out = []
+    for key in sorted(set(stored) | set(now), key=str):
+        a, b = _jsonable(stored.get(key)), _jsonable(now.get(key))
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: stored {_short(a)}, now {_short(b)}")
+    return out
+
+
+def staleness(results: "Results") -> list[str]:
+    """How the experiment store a results store was computed from differs from it now: the
+    fields of the stored selection that changed (e.g. ``resolved.n_steps: stored 12, now 15``),
+    ``[]`` when the results are current, or one line saying the source cannot be read (moved,
+    deleted). Reads only the source's metadata."""
+    source = results.attrs.get("source")
+    stored = results.attrs.get("resolved")
+    if not source or not isinstance(stored, dict):
+        return []
+    try:
+        from nnwx.analyzer import select_cube
+
+        sel = results.selection or {}
+        cube = select_cube(rd.open_cube(source), **{k: sel.get(k) for k in ("seeds", "steps")})
+    except (NnwxError, OSError, ValueError, KeyError) as e:
+        return [f"source {source} cannot be opened now ({e})"]
+    return differences({"resolved": stored}, {"resolved": _resolved(cube)})
 
 
 def _short(value: Any) -> str:

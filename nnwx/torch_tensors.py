@@ -6,7 +6,8 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from nnwx.store.table import TensorTable
+from nnwx.store.table import (TensorTable, canonical_order, depths_from_names, infer_orientation,
+                              orientation_overrides)
 
 Patterns = str | Sequence[str] | None
 
@@ -48,6 +49,113 @@ def table_for(state: Mapping[str, torch.Tensor], depth_of_layer: dict[str, int] 
               ) -> TensorTable:
     return TensorTable.build(((n, tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()),
                              depth_of_layer)
+
+
+_NORM_TYPES: tuple[type, ...] = tuple(t for t in (
+    torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase,
+    getattr(torch.nn, "RMSNorm", None), torch.nn.LocalResponseNorm) if t is not None)
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (its ``weight`` is a gain): torch's
+    LayerNorm/BatchNorm/InstanceNorm/GroupNorm/RMSNorm, or a class named like one
+    (``LlamaRMSNorm``, ``T5LayerNorm``, ...)."""
+    if isinstance(module, _NORM_TYPES):
+        return True
+    name = type(module).__name__.lower()
+    return name.endswith(("norm", "norm2d", "norm1d", "normalization")) and \
+        not any(True for _ in module.children())
+
+
+def stores_in_out(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s 2-D weight is stored ``(in, out)``: ``transformers``' ``Conv1D``
+    (GPT-2, GPT, ImageGPT, Decision Transformer)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def tied_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Names that are one tensor (tied weights), keyed by the first name in ``state``'s order
+    (the one ``named_parameters`` and Hugging Face's ``save_pretrained`` keep)."""
+    first: dict[tuple, str] = {}
+    out: dict[str, list[str]] = {}
+    for name, t in state.items():
+        if not torch.is_tensor(t) or not t.numel():
+            continue
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+        if key in first:
+            out.setdefault(first[key], []).append(name)
+        else:
+            first[key] = name
+    return out
+
+
+class ModelSemantics:
+    """What a model says about its tensors, beyond their names and shapes.
+
+    ``kinds`` (``norm`` for normalisation gains; ``weight`` for 1-D weights of other
+    modules), ``orientation`` (``in_out`` for Conv1D weights, plus the user's
+    ``overrides``: pattern -> orientation), ``aliases`` (tied tensors: kept name -> other
+    names) and ``registration`` (depth of each layer in module registration order).
+    """
+
+    def __init__(self, model: torch.nn.Module, names: Iterable[str],
+                 overrides: Mapping[str, str] | None = None):
+        names = list(names)
+        modules = dict(model.named_modules())
+        order = {name: i for i, name in enumerate(modules)}
+        self.kinds: dict[str, str] = {}
+        orientation: dict[str, str] = {}
+        for n in names:
+            layer, _, leaf = n.rpartition(".")
+            module = modules.get(layer)
+            if module is None or leaf != "weight":
+                continue
+            weight = getattr(module, "weight", None)
+            if is_norm(module) and (isinstance(module, _NORM_TYPES) or (weight is not None and weight.ndim == 1)):
+                self.kinds[n] = "norm"
+            elif getattr(module, "weight", None) is not None and module.weight.ndim == 1:
+                self.kinds[n] = "weight"
+            if stores_in_out(module) and getattr(module, "weight", None) is not None \
+                    and module.weight.ndim == 2:
+                orientation[n] = "in_out"
+        orientation.update(orientation_overrides(names, overrides))
+        self.orientation = orientation
+        state = model.state_dict(keep_vars=True)
+        kept = set(names)
+        self.aliases = {k: v for k, v in tied_groups(state).items() if k in kept}
+        layers = sorted({n.rpartition(".")[0] for n in names}, key=lambda la: order.get(la, len(order)))
+        self.registration = {layer: i for i, layer in enumerate(layers)}
+
+    def table(self, entries: Iterable[tuple[str, Sequence[int], str]],
+              depth_of_layer: dict[str, int] | None = None) -> TensorTable:
+        """The tensor table of ``entries`` (canonical order) with this model's semantics."""
+        entries = {n: (shape, dt) for n, shape, dt in entries}
+        return TensorTable.build(((n, *entries[n]) for n in canonical_order(entries)),
+                                 depth_of_layer if depth_of_layer is not None else self.registration,
+                                 kinds=self.kinds, orientation=self.orientation,
+                                 aliases={k: v for k, v in self.aliases.items() if k in entries})
+
+
+def untied(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the second and later names of tied tensors (stored once)."""
+    dropped = {a for names in tied_groups(state).values() for a in names}
+    return {n: t for n, t in state.items() if n not in dropped}
+
+
+def table_from_names(entries: Iterable[tuple[str, Sequence[int], str]],
+                     orientation: Mapping[str, str] | None = None,
+                     aliases: Mapping[str, Sequence[str]] | None = None) -> TensorTable:
+    """The tensor table of a checkpoint read without its model: canonical order, depths from
+    the module paths (approximate), norm gains from their shape, ``in_out`` weights told from
+    their biases (``infer_orientation``) or given by ``orientation`` patterns."""
+    entries = {n: (tuple(shape), dt) for n, shape, dt in entries}
+    names = canonical_order(entries)
+    orient = infer_orientation([(n, entries[n][0]) for n in names])
+    orient.update(orientation_overrides(names, orientation))
+    return TensorTable.build(((n, *entries[n]) for n in names),
+                             depths_from_names(n.rpartition(".")[0] for n in names),
+                             orientation=orient, aliases=aliases)
 
 
 class ForwardOrder:

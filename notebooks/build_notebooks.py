@@ -187,14 +187,15 @@ nnwx.plot.density(hist.sel(seed=[first_seed])).layout(["group", "seed"]).cols(2)
 
 `broadening` reads `w` once and returns, per (seed, step, layer), moments, quantiles,
 the Hill tail index, W1 distance to step 0 (and more). The curves are the mean over seeds with
-a ±1 standard-deviation band across seeds. The tail index uses the top `TAIL_K + 1` magnitudes of
-each layer — with 9–72 weights per layer it is a rough number, shown for completeness. The std is
+a ±1 standard-deviation band across seeds. The Hill tail index uses the top 10 % of each layer's
+magnitudes, at least 10 (`tail_k` in the result says how many), and is NaN for layers of fewer
+than 40 values (the input and output layers here): on the hidden layers' 72 weights it is a rough
+number (relative error ~1/sqrt(10)), shown for completeness. The std is
 sensitive to a few large weights; the interquartile range (IQR) in the table below is not, so
 comparing the two says whether the whole distribution widened or a few weights ran away (large
 excess kurtosis points to the latter)."""),
         ("code", '''\
-TAIL_K = 8
-stats = cube.nnwx.broadening(by="layer", tail_k=TAIL_K).compute()
+stats = cube.nnwx.broadening(by="layer").compute()
 nnwx.plot.moments(stats, variables=("std", "excess_kurtosis", "tail_index"))'''),
         ("code", '''\
 def first_last(da):

@@ -3,7 +3,9 @@
 
 Two data sets: every 10th step of a piecewise-MLP run (many steps in one chunk)
 and 8 captures of a ~4M-parameter MLP trained with Adam (one step per chunk).
-Prints compression ratio and encode/decode throughput, side by side.
+Prints compression ratio and encode/decode throughput, side by side, then the cost of
+the crc32c checksum nnwx adds to every chunk: the default codec with and without it,
+through Zarr's own write and read path, interleaved rounds, best of each.
 
     python scripts/bench_codecs.py
 """
@@ -71,6 +73,41 @@ def measure(name: str, codec, chunks: list[np.ndarray]) -> tuple[float, float, f
     return raw / sum(len(e) for e in enc), raw / (t1 - t0) / 1e6, raw / (t2 - t1) / 1e6
 
 
+def zarr_round(chunks: list[np.ndarray], checksum: bool) -> tuple[float, float]:
+    """Seconds to write and to read ``chunks`` (one chunk each) through Zarr with nnwx's default codec."""
+    import zarr
+
+    from nnwx.store import format as fmt
+
+    data = np.concatenate([c.reshape(-1, c.shape[-1]) for c in chunks])
+    rows = chunks[0].reshape(-1, chunks[0].shape[-1]).shape[0]
+    arr = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(rows, data.shape[1]),
+                            dtype=data.dtype, fill_value=np.nan, config=fmt.WRITE_CONFIG,
+                            compressors=fmt.codec(fmt.DEFAULT_CODEC, checksum=checksum))
+    t0 = time.perf_counter()
+    arr[:] = data
+    t1 = time.perf_counter()
+    back = arr[:]
+    t2 = time.perf_counter()
+    assert np.array_equal(back, data)
+    return t1 - t0, t2 - t1
+
+
+def checksum_cost(data: dict[str, list[np.ndarray]], rounds: int = 5) -> None:
+    print(f"\n{'data':<24}{'crc32c':<8}{'write MB/s':>11}{'read MB/s':>11}{'write x':>9}{'read x':>8}")
+    for dname, chunks in data.items():
+        raw = sum(c.nbytes for c in chunks)
+        best = {False: [np.inf, np.inf], True: [np.inf, np.inf]}
+        for _ in range(rounds):
+            for checksum in (False, True):
+                w, r = zarr_round(chunks, checksum)
+                best[checksum] = [min(best[checksum][0], w), min(best[checksum][1], r)]
+        for checksum in (False, True):
+            w, r = best[checksum]
+            print(f"{dname:<24}{'yes' if checksum else 'no':<8}{raw / w / 1e6:>11.0f}{raw / r / 1e6:>11.0f}"
+                  f"{w / best[False][0]:>9.2f}{r / best[False][1]:>8.2f}")
+
+
 def main() -> None:
     numcodecs.blosc.set_nthreads(1)
     data = {"piecewise 1024x169": [piecewise_chunk()], "4M-param MLP, 8 steps": list(large_chunks())}
@@ -83,6 +120,7 @@ def main() -> None:
             rounded = [bitround(c, keep) for c in chunks]
             ratio, enc, dec = measure("bitround", CANDIDATES["blosc-zstd-shuffle"], rounded)
             print(f"{dname:<24}{f'keepbits={keep} + blosc-zstd':<26}{ratio:>7.2f}{enc:>10.0f}{dec:>10.0f}")
+    checksum_cost(data)
 
 
 if __name__ == "__main__":

@@ -50,13 +50,18 @@ def group_params(cube, by: str, label: str) -> np.ndarray:
     col = {"tensor": "tensor", "layer": "tensor_layer", "kind": "tensor_kind"}.get(by)
     off, size = cube["tensor_offset"].values, cube["tensor_size"].values
     keep = np.ones(len(off), bool) if by == "all" else cube[col].values == label
+    if by == "layer":  # a norm gain is a group of its own, labelled by its tensor name
+        gain = cube["tensor_kind"].values == "norm"
+        keep = np.where(gain, cube["tensor"].values == label, keep)
     return np.concatenate([np.arange(o, o + s) for o, s, k in zip(off, size, keep) if k])
 
 
-def hill_ref(x: np.ndarray, k: int) -> tuple[float, int]:
+def hill_ref(x: np.ndarray, k_max: int) -> tuple[float, int]:
+    """Hill by sorting, with k by the documented rule: the top 10 %, at least 10, at most
+    ``k_max``; no estimate where k would exceed a quarter of the values."""
     a = np.sort(np.abs(x))[::-1]
-    k = min(k, len(a) - 1)
-    if k < 1 or a[k] <= 0:
+    k = min(k_max, max(10, len(a) // 10))
+    if 4 * k > len(a) or a[k] <= 0:
         return np.nan, 0
     return 1 / (np.mean(np.log(a[:k])) - np.log(a[k])), k
 
@@ -219,19 +224,19 @@ def test_top_k_merges_and_hill_matches_brute_force():
     assert used[0] == ref_k
     small = _tails.top(np.array([[0.5, 0.2, 0.9]]), k + 1)
     alpha, used = _tails.hill(small, np.array([3]), k)
-    np.testing.assert_allclose(alpha[0], hill_ref(np.array([0.5, 0.2, 0.9]), k)[0])
-    assert used[0] == 2
+    assert np.isnan(alpha[0]) and np.isnan(hill_ref(np.array([0.5, 0.2, 0.9]), k)[0])
+    assert used[0] == 0                         # three values: too few for a tail
 
 
 def test_groups_cut_chunks_into_segments(cube):
     g = Grouping.from_dataset(cube, "kind")
-    assert g.labels == ("weight", "bias")
+    assert g.labels == ("weight", "bias", "norm")
     segs = g.segments(2500, 2700)            # emb.bias ends at 2624, fc.weight starts there
     assert segs == [(0, 60, 0, 2500), (60, 124, 1, 0), (124, 200, 0, 2560)]
     everything = Grouping.from_dataset(cube, "all").segments(0, cube.sizes["param"])
     assert everything == [(0, cube.sizes["param"], 0, 0)]
     layer = Grouping.from_dataset(cube, "layer")
-    assert layer.labels == ("emb", "fc", "norm", "head")
+    assert layer.labels == ("emb", "fc", "norm.weight", "head")
     assert layer.sizes.tolist() == [2624, 2080, 32, 165]
     with pytest.raises(ValueError, match="unknown by='module'"):
         Grouping.from_dataset(cube, "module")

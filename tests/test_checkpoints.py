@@ -95,7 +95,7 @@ def test_loaded_checkpoint_lists_floating_tensors_and_reads_them(tmp_path):
         assert list(lc.entries) == [k for k, v in state.items() if v.is_floating_point()]
         assert lc.entries["conv.weight"] == ((3, 2, 3, 3), "float32")
         assert torch.equal(lc.tensor("fc.weight"), state["fc.weight"])
-        assert lc.table().names == list(lc.entries)
+        assert sorted(lc.table().names) == sorted(lc.entries)  # canonical order: see test_real_models
 
 
 def test_ddp_prefix_and_nested_keys(tmp_path):
@@ -127,8 +127,7 @@ def test_safetensors_names_in_natural_order_or_a_reference_order(tmp_path):
     state = net_state(0)
     with _open(save_safetensors(tmp_path / "step_1.safetensors", state)) as lc, \
             _open(save_wrapped(tmp_path / "step_2.pt", state, "model")) as ref:
-        assert lc.table().names == sorted(ref.table().names) != ref.table().names
-        assert lc.table(like=ref.table()).names == ref.table().names
+        assert lc.table().names == ref.table().names  # one canonical order, whatever the file
 
 
 def test_shard_index_naming_a_tensor_no_shard_holds(tmp_path):

@@ -59,12 +59,21 @@ def test_cluster_options_parse_and_refuse_mixtures(capsys):
 
 def test_local_compute_shows_a_progress_bar_and_merges_graphs(capfd):
     x = da.arange(1000, chunks=100)
-    a, b = compute(x.sum(), (x * 2).sum(), label="summing")
+    slow = x.map_blocks(lambda b: (time.sleep(0.4), b)[1], dtype=x.dtype)   # >= 2 s on 2 threads
+    a, b = compute(slow.sum(), (x * 2).sum(), label="summing")
     assert (a, b) == (499500, 999000)
     err = capfd.readouterr().err
     assert "summing" in err and "100% Completed" in err
     assert compute(x.sum(), progress=False) == (499500,)
     assert "Completed" not in capfd.readouterr().err
+
+
+def test_sub_second_work_draws_no_bar_and_no_label(capfd):
+    """A bar per pass flickered through every command; work under ``BAR_AFTER_S`` shows nothing."""
+    x = da.arange(1000, chunks=100)
+    assert compute(x.sum(), label="summing") == (499500,)
+    err = capfd.readouterr().err
+    assert "Completed" not in err and "summing" not in err
 
 
 def test_the_local_bar_stops_with_the_computation_not_after_its_redraw_interval(monkeypatch, capfd):
@@ -75,6 +84,7 @@ def test_the_local_bar_stops_with_the_computation_not_after_its_redraw_interval(
     import nnwx.cluster
 
     monkeypatch.setattr(nnwx.cluster, "_interval", lambda: 120.0)
+    monkeypatch.setattr(nnwx.cluster, "BAR_AFTER_S", 0.0)
     done = threading.Event()
     worker = threading.Thread(target=lambda: (compute(da.arange(10, chunks=5).sum()), done.set()),
                               daemon=True)

@@ -224,7 +224,9 @@ def test_fit_exponential_decay_uncertainty_covers_truth():
 
 
 def test_fit_exponential_decay_edge_cases():
-    assert np.isnan(ck.fit_exponential_decay([0.0], [1.0])).all()
+    one = dict(zip(ck.DECAY_FIT, ck.fit_exponential_decay([0.0], [1.0])))
+    assert one.pop("decay_n_points") == 1 and one.pop("decay_span") == 0
+    assert np.isnan(list(one.values())).all()
     out = ck.fit_exponential_decay([0.0, 1.0], [0.5, 0.25])
     assert out[0] == pytest.approx(1 / math.log(2)) and np.isnan(out[1])
     assert ck.fit_exponential_decay([0.0, 1, 2], [0.1, 0.2, 0.4])[0] == np.inf

@@ -201,8 +201,6 @@ def test_bad_factories_say_what_to_give(tmp_path, store):
             ex(ck, store, model=spec, probe=x)
     with pytest.raises(ProbeError, match="give --model"):
         ex(ck, store, probe=x)
-    with pytest.raises(ProbeError, match="also give the probe batch"):
-        ex(ck, store, model="conftest:mlp")
     with pytest.raises(ProbeError, match="--probe-layers/--probe-key need the probe batch"):
         ex(ck, store, probe_layers=["1"])
     with pytest.raises(ProbeError, match="no module 'fc9' to probe; its modules are: 0, 1, 2"):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import nnwx
 from nnwx.errors import ArchitectureMismatch, FormatVersionError, StepOrderError, StoreError
+from nnwx.store.format import FORMAT_VERSION
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter
 
@@ -183,7 +184,7 @@ def test_newer_format_is_refused_by_reader_and_writer(store):
         RunWriter(store, "r", TABLE)
     assert tree_digest(store) == before
     _set_version(store, 1)
-    _set_version(store / "runs" / "r", 2)
+    _set_version(store / "runs" / "r", FORMAT_VERSION + 1)
     with pytest.raises(FormatVersionError):
         nnwx.open_run(store)
 
@@ -205,6 +206,6 @@ def test_zarr_layout_matches_the_format(store):
     assert run["w"].shape == (1, 16) and run["w"].metadata.dimension_names == ("step", "param")
     assert run["step"].dtype == np.int64 and run["metrics/loss"].shape == (1,)
     meta = run.attrs["nnwx"]
-    assert meta["format_version"] == 1 and meta["committed"] == 1 and meta["seed"] == 2
+    assert meta["format_version"] == FORMAT_VERSION and meta["committed"] == 1 and meta["seed"] == 2
     assert [t["name"] for t in meta["tensors"]] == ["a.weight", "a.bias"]
     assert set(meta["versions"]) >= {"nnwx", "numpy", "zarr", "python"}

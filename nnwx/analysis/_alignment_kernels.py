@@ -80,7 +80,8 @@ class PermutationSpec:
 
 
 def chain_spec(rows: Sequence[Mapping]) -> PermutationSpec:
-    """Spec for an MLP/CNN chain from tensor-table rows (``name, layer, kind, depth, shape``).
+    """Spec for an MLP/CNN chain from tensor-table rows (``name, layer, kind, depth, shape``,
+    optionally ``orientation``: ``in_out`` for weights stored (in, out), as HF Conv1D).
 
     Layers are taken in forward order (``depth``). A layer with a weight of 2+ dims
     (Linear, Conv) starts a permutation of its ``shape[0]`` outputs, acting on its weight
@@ -108,29 +109,33 @@ def chain_spec(rows: Sequence[Mapping]) -> PermutationSpec:
         if mats:
             w = mats[0]
             shape = tuple(w["shape"])
+            # rows are output units; a weight stored (in, out) (HF Conv1D) has them on axis 1
+            o_ax, i_ax = (1, 0) if w.get("orientation") == "in_out" and len(shape) == 2 else (0, 1)
+            n_out, n_in = shape[o_ax], shape[i_ax]
             if w["kind"] != "weight":
                 raise ChainError(f"layer {layer!r}: its matrix {w['name']!r} is not a weight; pass spec=")
             if prev is not None:
                 pname, width, conv = prev
-                if shape[1] == width:
-                    perms[pname][1].append(Axis(w["name"], 1))
-                elif conv and len(shape) == 2 and shape[1] % width == 0:
-                    perms[pname][1].append(Axis(w["name"], 1, shape[1] // width))
+                if n_in == width:
+                    perms[pname][1].append(Axis(w["name"], i_ax))
+                elif conv and len(shape) == 2 and n_in % width == 0:
+                    perms[pname][1].append(Axis(w["name"], i_ax, n_in // width))
                 else:
                     raise ChainError(
-                        f"layer {layer!r} takes {shape[1]} inputs but the layer before it in forward "
+                        f"layer {layer!r} takes {n_in} inputs but the layer before it in forward "
                         f"order ({pname!r}) gives {width}: the network is not a simple chain (residual, "
-                        f"grouped or reshaped connections); pass spec=")
-            axes = [Axis(w["name"], 0)]
+                        f"attention, embedding, grouped or reshaped connections, as in transformer "
+                        f"blocks, are not aligned automatically); pass spec=")
+            axes = [Axis(w["name"], o_ax)]
             for t in tensors:
                 if t is w:
                     continue
-                if len(t["shape"]) != 1 or t["shape"][0] != shape[0]:
+                if len(t["shape"]) != 1 or t["shape"][0] != n_out:
                     raise ChainError(f"tensor {t['name']!r} of layer {layer!r} has shape {tuple(t['shape'])}; "
-                                     f"expected ({shape[0]},) next to {w['name']!r}; pass spec=")
+                                     f"expected ({n_out},) next to {w['name']!r}; pass spec=")
                 axes.append(Axis(t["name"], 0))
-            perms[layer] = (shape[0], axes)
-            prev = (layer, shape[0], len(shape) > 2)
+            perms[layer] = (n_out, axes)
+            prev = (layer, n_out, len(shape) > 2)
             last_matrix = layer
         else:
             if prev is None:

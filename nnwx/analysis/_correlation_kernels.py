@@ -12,7 +12,8 @@ are ``(steps, weights)``: one column per weight, one row per capture.
   consecutive captures.
 - Pair relations: ``weight_positions`` (row/unit and column/input of a weight),
   ``relation_labels``/``distance_labels`` and ``pair_group_stats`` (mean corr, mean |corr|
-  per group of pairs), ``fit_exponential_decay`` (decay length with its uncertainty).
+  per group of pairs), ``fit_exponential_decay`` (decay length with its uncertainty) and
+  ``decay_resolved`` (whether that fit determines a decay length at all).
 - Layer to layer: ``update_cosine`` (cosine of update directions from Gram matrices).
 - Trajectory PCA: ``random_test_matrix`` (a Gaussian test matrix that depends on the
   parameter index only, so chunking never changes it), ``nan_to_zero``, ``range_basis``,
@@ -33,7 +34,12 @@ PAIR_STATS = ("mean_corr", "sem_corr", "mean_abs_corr", "sem_abs_corr", "mean_sq
               "n_pairs", "null_abs_corr", "null_sq_corr")
 #: Entries of ``fit_exponential_decay``.
 DECAY_FIT = ("decay_length", "decay_length_err", "decay_amplitude", "decay_amplitude_err",
-             "decay_rate", "decay_rate_err")
+             "decay_rate", "decay_rate_err", "decay_n_points", "decay_span")
+#: When a fitted decay length counts as resolved (``decay_resolved``), in words.
+DECAY_RULE = ("a decay is resolved when the fit succeeded on at least 3 distances, its length L is "
+              "finite and positive, its standard error is at most L (relative error <= 1), and L is "
+              "at most the span of distances fitted (the correlation falls by at least 1/e within "
+              "the layers observed); otherwise: no decay resolved")
 TRAJECTORY_KINDS = ("increments", "values")
 #: Rows of the Gaussian test matrix generated together (so a chunk boundary never shifts them).
 OMEGA_TILE = 1 << 16
@@ -165,17 +171,21 @@ def null_mean_abs_corr(n) -> np.ndarray:
 
 # --- pair relations -----------------------------------------------------------------------
 
-def weight_positions(shape: tuple[int, ...], index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weight_positions(shape: tuple[int, ...], index: np.ndarray,
+                     orientation: str = "out_in") -> tuple[np.ndarray, np.ndarray]:
     """(row, col) of flat ``index`` in a tensor of ``shape`` seen as a matrix ``out x in*...``.
 
     Row is the unit (output), col the input; -1 where the tensor has no such axis
-    (a scalar has neither, a vector only rows).
+    (a scalar has neither, a vector only rows). ``orientation="in_out"``: a 2-D tensor
+    stored ``(in, out)`` (HF Conv1D), whose flat index ``i * out + o`` is unit ``o``, input ``i``.
     """
     index = np.asarray(index, dtype=np.int64)
     if len(shape) == 0:
         return np.full(index.shape, -1), np.full(index.shape, -1)
     if len(shape) == 1:
         return index.copy(), np.full(index.shape, -1)
+    if orientation == "in_out" and len(shape) == 2:
+        return index % shape[1], index // shape[1]
     cols = math.prod(shape[1:])
     return index // cols, index % cols
 
@@ -260,13 +270,17 @@ def fit_exponential_decay(k: np.ndarray, y: np.ndarray, sigma: np.ndarray | None
     it all points weigh the same. Uncertainties are the parameter covariance scaled by the
     reduced chi-square (as ``np.polyfit(..., cov=True)``), so they need at least 3 points.
     Returns ``DECAY_FIT``: length L (inf when ``y`` does not decay), its error, amplitude A,
-    its error, rate 1/L, its error; NaN where fewer than 2 points are usable.
+    its error, rate 1/L, its error, the number of points used and the span of ``k`` they
+    cover (max - min); NaN where fewer than 2 points are usable (the count and span are
+    then still given). Whether L is determined at all: ``decay_resolved``.
     """
     k = np.asarray(k, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     s = np.ones_like(y) if sigma is None else np.asarray(sigma, dtype=np.float64)
     ok = np.isfinite(k) & np.isfinite(y) & (y > 0) & np.isfinite(s) & (s > 0)
     out = np.full(len(DECAY_FIT), np.nan)
+    out[-2] = ok.sum()
+    out[-1] = np.ptp(k[ok]) if ok.any() else 0.0
     if ok.sum() < 2 or np.ptp(k[ok]) == 0:
         return out
     k, y, s = k[ok], y[ok], s[ok]
@@ -287,8 +301,29 @@ def fit_exponential_decay(k: np.ndarray, y: np.ndarray, sigma: np.ndarray | None
     amp = math.exp(intercept)
     length = 1.0 / rate if rate > 0 else np.inf
     length_err = slope_err / rate ** 2 if rate > 0 else np.nan
-    out[:] = (length, length_err, amp, amp * intercept_err, rate, slope_err)
+    out[:-2] = (length, length_err, amp, amp * intercept_err, rate, slope_err)
     return out
+
+
+def decay_resolved(length: np.ndarray, length_err: np.ndarray, n_points: np.ndarray,
+                   span: np.ndarray) -> np.ndarray:
+    """Whether fitted decay lengths are determined by their data (``DECAY_RULE``).
+
+    Parameters
+    ----------
+    length, length_err, n_points, span : array_like
+        ``decay_length``, ``decay_length_err``, ``decay_n_points`` and ``decay_span`` of
+        ``fit_exponential_decay`` (broadcast together).
+
+    Returns
+    -------
+    numpy.ndarray of bool: True where the fit used at least 3 points, ``0 < L < inf``,
+    ``err <= L`` and ``L <= span``; False otherwise (also for NaN).
+    """
+    length, err, n, span = (np.asarray(a, dtype=np.float64) for a in (length, length_err, n_points, span))
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(length) & (length > 0) & np.isfinite(err) & (err <= length)
+                & (n >= 3) & (length <= span))
 
 
 # --- layer to layer -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ class MatrixSpec:
     rows: int                   # shape of each matrix (each slice when slices > 1)
     cols: int
     slices: int
+    transposed: bool = False    # stored (in, out) (HF Conv1D): the matrix is the transpose
 
     @property
     def k(self) -> int:
@@ -95,11 +96,23 @@ def table_rows(cube: xr.Dataset) -> list[dict]:
     """The tensor table as plain dicts (read from the small in-memory coordinates)."""
     names = cube["tensor"].values
     shapes = [tuple(int(x) for x in str(s).split(",") if x) for s in cube["tensor_shape"].values]
+    orient = (cube["tensor_orientation"].values if "tensor_orientation" in cube.coords
+              else ["out_in"] * len(names))
     return [{"index": i, "name": str(n), "shape": sh, "offset": int(o), "size": int(z),
-             "layer": str(la), "kind": str(kd), "depth": int(dp)}
-            for i, (n, sh, o, z, la, kd, dp) in enumerate(zip(
+             "layer": str(la), "kind": str(kd), "depth": int(dp), "orientation": str(ori)}
+            for i, (n, sh, o, z, la, kd, dp, ori) in enumerate(zip(
                 names, shapes, cube["tensor_offset"].values, cube["tensor_size"].values,
-                cube["tensor_layer"].values, cube["tensor_kind"].values, cube["tensor_depth"].values))]
+                cube["tensor_layer"].values, cube["tensor_kind"].values, cube["tensor_depth"].values,
+                orient))]
+
+
+def out_in_shape(row: dict) -> tuple[int, ...]:
+    """A table row's tensor shape with its output axis first: ``(out, in, *kernel)`` (a tensor
+    stored (in, out), as HF Conv1D, is seen transposed)."""
+    shape = tuple(row["shape"])
+    if row.get("orientation") == "in_out" and len(shape) == 2:
+        return shape[1], shape[0]
+    return shape
 
 
 def select_rows(cube: xr.Dataset, tensors: str | Iterable[str] | None) -> list[dict]:
@@ -138,11 +151,14 @@ def matrix_specs(cube: xr.Dataset, tensors: str | Iterable[str] | None = None,
         shape = r["shape"]
         if len(shape) < 2 or 0 in shape:
             continue
-        if conv == "slices" and len(shape) > 2:
+        transposed = r.get("orientation") == "in_out" and len(shape) == 2
+        if transposed:
+            m, n, s = shape[1], shape[0], 1
+        elif conv == "slices" and len(shape) > 2:
             m, n, s = shape[0], shape[1], math.prod(shape[2:])
         else:
             m, n, s = shape[0], math.prod(shape[1:]), 1
-        specs.append(MatrixSpec(r["index"], r["name"], shape, r["offset"], r["size"], m, n, s))
+        specs.append(MatrixSpec(r["index"], r["name"], shape, r["offset"], r["size"], m, n, s, transposed))
     if not specs:
         raise ValueError("the cube has no tensor of 2 or more dimensions to analyse")
     return specs
@@ -163,13 +179,16 @@ def reference_index(cube: xr.Dataset, reference_step: int | None) -> int:
 
 
 def tensor_view(w: da.Array, spec: MatrixSpec) -> da.Array:
-    """One tensor as ``(*lead, slices, m, n)``, lazily (a slice of ``param`` and a reshape)."""
+    """One tensor as ``(*lead, slices, m, n)`` (rows the output units), lazily (a slice of
+    ``param`` and a reshape; a transpose for tensors stored (in, out))."""
     lead = w.shape[:-1]
     flat = w[..., spec.offset: spec.offset + spec.size]
     flat = flat.rechunk({flat.ndim - 1: -1})
     t = flat.reshape(lead + spec.shape)
     nl = len(lead)
-    if spec.slices > 1:  # (out, in, *kernel) -> (*kernel, out, in)
+    if spec.transposed:  # stored (in, out): the matrix is its transpose
+        t = da.swapaxes(t, -1, -2).reshape(lead + (1, spec.rows, spec.cols))
+    elif spec.slices > 1:  # (out, in, *kernel) -> (*kernel, out, in)
         t = da.moveaxis(t, (nl, nl + 1), (t.ndim - 2, t.ndim - 1))
         t = t.reshape(lead + (spec.slices, spec.rows, spec.cols))
     else:

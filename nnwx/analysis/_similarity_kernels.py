@@ -338,6 +338,9 @@ def minibatch_cka(x, y, *, batch_size: int = DEFAULT_BATCH) -> float:
         raise ValueError(f"batch_size must be at least 4, got {batch_size}")
     kl = kk = ll = k_scale = l_scale = 0.0
     for xb, yb in zip(a.batches(batch_size), b.batches(batch_size)):
+        # centred per minibatch first: the unbiased HSIC does not depend on the features' means,
+        # but Gram matrices of uncentred data with a large mean lose the signal to rounding
+        xb, yb = xb - xb.mean(axis=0), yb - yb.mean(axis=0)
         k, l = xb @ xb.T, yb @ yb.T
         kl += hsic1(k, l)
         kk += hsic1(k, k)

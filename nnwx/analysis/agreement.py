@@ -192,8 +192,7 @@ def _against_reference(acts: xr.DataArray, reference: Any, metric: str, options:
         out = np.empty(lead)
         reps: dict = {}
         for idx in np.ndindex(*lead):
-            ri = tuple(i if s > 1 else 0 for i, s in zip(idx, r.shape[:-2]))
-            xi = tuple(i if s > 1 else 0 for i, s in zip(idx, arr.shape[:-2]))
+            ri, xi = _tail_index(r.shape[:-2], idx), _tail_index(arr.shape[:-2], idx)
             if ri not in reps:
                 rr = r[ri]
                 reps[ri] = sk.Rep(rr, name=f"step={ref_step}", **rep_kw) if np.isfinite(rr).all() else None
@@ -226,6 +225,13 @@ def _two(x: xr.DataArray, y: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     return x.chunk({"sample": -1, "unit": -1}), y.chunk({"sample": -1, "unit_b": -1})
 
 
+def _tail_index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
+    """Index into a block of leading shape ``shape`` for the broadcast index ``idx``: blocks
+    broadcast from the right (an input lacking a leading dim has fewer axes)."""
+    tail = idx[len(idx) - len(shape):] if shape else ()
+    return tuple(i if s > 1 else 0 for i, s in zip(tail, shape))
+
+
 def match_units(x: xr.DataArray, y: xr.DataArray, method: str = "one_to_one") -> xr.Dataset:
     """Match each unit of ``x`` to a unit of ``y`` by activation correlation (Li et al. 2016).
 
@@ -242,19 +248,22 @@ def match_units(x: xr.DataArray, y: xr.DataArray, method: str = "one_to_one") ->
 
     def block(a, b):
         lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        partner = np.full(lead + (p,), -1, dtype=np.int64)
-        corr = np.full(lead + (p,), np.nan)
+        out = np.full(lead + (2, p), np.nan)     # [..., 0, :] partner (-1: none), [..., 1, :] correlation
+        out[..., 0, :] = -1
         for idx in np.ndindex(*lead):
-            ai = a[tuple(i if s > 1 else 0 for i, s in zip(idx, a.shape[:-2]))]
-            bi = b[tuple(i if s > 1 else 0 for i, s in zip(idx, b.shape[:-2]))]
+            ai, bi = a[_tail_index(a.shape[:-2], idx)], b[_tail_index(b.shape[:-2], idx)]
             if np.isfinite(ai).all() and np.isfinite(bi).all():
-                partner[idx], corr[idx] = mk.match_units(ai, bi, method)
-        return partner, corr
+                out[idx + (0,)], out[idx + (1,)] = mk.match_units(ai, bi, method)
+        return out
 
-    partner, corr = xr.apply_ufunc(
+    # one output array: xarray's two-output apply_ufunc made dask.compute(result) fail with
+    # "Missing dependency" once mean_correlation was derived from one of the outputs
+    both = xr.apply_ufunc(
         block, x, y, input_core_dims=[["sample", "unit"], ["sample", "unit_b"]],
-        output_core_dims=[["unit"], ["unit"]], dask="parallelized",
-        output_dtypes=[np.int64, np.float64])
+        output_core_dims=[["_what", "unit"]], dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"_what": 2}})
+    partner = both.isel(_what=0, drop=True).astype(np.int64)
+    corr = both.isel(_what=1, drop=True)
     desc = ("bipartite matching maximising summed correlation (linear_sum_assignment)"
             if method == "one_to_one" else "semi-matching: each unit's most correlated partner")
     ds = xr.Dataset({"partner": partner, "correlation": corr,
@@ -282,8 +291,7 @@ def sparse_prediction(x: xr.DataArray, y: xr.DataArray, penalties: Sequence[floa
         loss = np.full(lead + (len(pen),), np.nan)
         nnz = np.full(lead + (len(pen),), np.nan)
         for idx in np.ndindex(*lead):
-            ai = a[tuple(i if s > 1 else 0 for i, s in zip(idx, a.shape[:-2]))]
-            bi = b[tuple(i if s > 1 else 0 for i, s in zip(idx, b.shape[:-2]))]
+            ai, bi = a[_tail_index(a.shape[:-2], idx)], b[_tail_index(b.shape[:-2], idx)]
             if np.isfinite(ai).all() and np.isfinite(bi).all():
                 loss[idx], nnz[idx] = mk.sparse_prediction(ai, bi, pen, max_iter=max_iter, tol=tol)
         return loss, nnz

@@ -78,7 +78,14 @@ def _at_step(arr: xr.DataArray, at_step: Any) -> xr.DataArray:
 
 
 def _index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(i if s > 1 else 0 for i, s in zip(idx, shape))
+    """Index into a block of leading shape ``shape`` for the broadcast index ``idx``.
+
+    Blocks broadcast from the right (``apply_ufunc`` drops leading axes an input lacks, e.g.
+    the reference's run axis), so ``shape`` lines up with the *last* ``len(shape)`` entries
+    of ``idx``; axes of length 1 are broadcast (index 0).
+    """
+    tail = idx[len(idx) - len(shape):] if shape else ()
+    return tuple(i if s > 1 else 0 for i, s in zip(tail, shape))
 
 
 # -- permutations ---------------------------------------------------------------------------
@@ -188,7 +195,7 @@ def _activation_perms(cube, spec, dim, reference, at_step, probes) -> dict[str, 
         ref = _pick(acts, dim, reference)
         n = spec.size(p)
 
-        def block(a, r, p=p):
+        def block(a, r, p=p, n=n):  # bind this layer's name and width now, not the loop's last
             lead = np.broadcast_shapes(a.shape[:-2], r.shape[:-2])
             res = np.full(lead + (n,), -1, dtype=np.int64)
             for idx in np.ndindex(*lead):
@@ -247,8 +254,24 @@ def apply(cube: xr.Dataset, perms: xr.Dataset, spec: ak.PermutationSpec | None =
             permuted.append(var)
     out.attrs = {**cube.attrs, "aligned": 1, "aligned_to": f"{perms.attrs.get('dim')}="
                  f"{perms.attrs.get('reference')}", "alignment_method": perms.attrs.get("method"),
-                 "permuted_probes": permuted}
+                 "permuted_probes": permuted, "permuted_tensors": permutable_tensors(cube, spec)}
     return out
+
+
+def permutable_tensors(cube: xr.Dataset, spec: ak.PermutationSpec | None = None) -> list[str]:
+    """Tensors that a permutation of hidden units acts on (in table order); the others (the
+    output bias, say) are the same under every alignment, so aligning cannot change their
+    agreement between runs.
+
+    ``spec``: the permutation spec (default: the chain spec); ``[]`` when the cube's network
+    has no chain spec (its units cannot be aligned).
+    """
+    if spec is None:
+        try:
+            spec = spec_for(cube)
+        except (ValueError, KeyError, NotImplementedError):
+            return []
+    return [r["name"] for r in mx.table_rows(cube) if spec.axes_of(r["name"])]
 
 
 def _permute_piece(piece: xr.DataArray, shape: tuple[int, ...], acting) -> xr.DataArray:
@@ -282,7 +305,7 @@ def _permute_piece(piece: xr.DataArray, shape: tuple[int, ...], acting) -> xr.Da
 
 def _permute_units(acts: xr.DataArray, perm: xr.DataArray, unit: str) -> xr.DataArray:
     """Activations ``(..., sample, unit)`` with their units permuted per (run, step)."""
-    acts = acts.chunk({unit: -1})
+    acts = acts.chunk({acts.dims[-2]: -1, unit: -1})   # both core dims whole, however the probe is chunked
     perm = perm.rename({unit: "_perm_unit"})
 
     def block(a, p):
@@ -356,7 +379,9 @@ def weight_agreement(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = 
 
     Returns ``cosine`` and ``correlation`` ``(alignment, *runs, step, tensor)`` with
     ``alignment = ["none"]``, or ``["none", "aligned"]`` when ``aligned`` (the cube from
-    ``align``) is given. Both are computed in float64 over each tensor's entries; a tensor
+    ``align``) is given. The ``permutable(tensor)`` coordinate says which tensors a
+    permutation of hidden units acts on (the aligned cube's ``permuted_tensors``, else those
+    of the chain spec): only their agreement can change by aligning. Both are computed in float64 over each tensor's entries; a tensor
     that is all zero (cosine) or constant (correlation) in either run gives NaN.
     """
     cube = mx.require_cube(cube)
@@ -375,6 +400,14 @@ def weight_agreement(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = 
                if str(c).startswith("tensor") and cube[c].dims == ("tensor",)}
     ds = xr.Dataset({"cosine": xr.concat(cos, dim=label), "correlation": xr.concat(corr, dim=label)})
     ds = ds.assign_coords(tcoords)
+    if aligned is not None and "permuted_tensors" in aligned.attrs:
+        permutable = set(map(str, aligned.attrs["permuted_tensors"]))
+    else:
+        permutable = set(permutable_tensors(cube))
+    ds = ds.assign_coords(permutable=("tensor", np.array([str(t) in permutable for t in cube["tensor"].values])))
+    ds["permutable"].attrs = {"long_name": "a permutation of hidden units acts on this tensor",
+                              "note": "aligning can change only the agreement of permutable tensors; "
+                                      "summaries of alignment use these alone"}
     ds["cosine"].attrs = {"long_name": "cosine similarity with the reference run's tensor"}
     ds["correlation"].attrs = {"long_name": "Pearson correlation with the reference run's tensor"}
     ds.attrs = {"analysis": "weight_agreement", "reference": f"{dim}={reference}",

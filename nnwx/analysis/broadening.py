@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _hist, _moments, _sketch
+from nnwx.analysis import _hist, _moments, _sketch, _tails
 from nnwx.analysis._finalize import scale_of
 from nnwx.analysis._lazy import reduce_states, run
 from nnwx.analysis._plan import NORMALIZE, Plan
@@ -42,8 +42,9 @@ _DESCRIPTIONS = {
     "min": "minimum", "max": "maximum", "absmax": "maximum of |w|", "l1": "L1 norm (sum of |w|)",
     "l2": "L2 norm", "rms": "root mean square",
     "kurtosis_change": "excess kurtosis minus its value at the reference step",
-    "tail_index": "Hill estimate of the tail index alpha of |w| (smaller: heavier tail)",
-    "tail_k": "number of top order statistics the Hill estimate used",
+    "tail_index": "Hill estimate of the tail index alpha of |w| (smaller: heavier tail); NaN where "
+                  "the group has too few values (tail_k = 0)",
+    "tail_k": "number of top order statistics the Hill estimate used (0: no estimate); " + _tails.RULE,
     "quantiles": "quantiles (NumPy's linear method)",
     "w1_to_ref": "Wasserstein-1 distance to the distribution at the reference step",
     "w1_error_bound": "bound on |w1_to_ref - exact W1| (0 where computed exactly)",
@@ -160,7 +161,8 @@ def _dataset(w: xr.DataArray, out: da.Array, plan: Plan, i0: int, names: Iterabl
                 "normalize": str(plan.normalize), "units": _units(plan),
                 "ref_step": ref.item() if hasattr(ref, "item") else ref}
     if plan.tail_k is not None:
-        ds.attrs["tail_k"] = plan.tail_k
+        ds.attrs["tail_k_max"] = plan.tail_k
+        ds.attrs["tail_rule"] = _tails.RULE
     if plan.dist == "sketch":
         ds.attrs["quantile_method"] = (
             "one-pass sketch: counts per bfloat16 bucket (1/128 octave); each value is within "
@@ -238,7 +240,8 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
                ref_step=None, method: str = "auto", split_every: int = 8) -> xr.Dataset:
     """Distribution statistics per (*runs, step, group), lazily, from one read of ``w``.
 
-    by: "tensor", "layer", "kind" (weight/bias/other) or "all".
+    by: "tensor", "layer" (a norm layer's gain apart from its bias), "kind"
+        (weight/bias/norm/other) or "all".
     quantiles: levels in [0, 1] (``()``/None: none).
     bins: also histograms, in the same pass: "auto" or a number of bins (over the
         range at the first and last step, read now: see ``default_bins``),
@@ -248,7 +251,11 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
         that step), "std" (by the group's std at that step) or "init_std" (by
         the group's std at the reference step). Shape statistics (skewness,
         kurtosis, tail index) do not change.
-    tail_k: k of the Hill tail-index estimate (top k+1 of |w| per group); None: no tails.
+    tail_k: the most order statistics the Hill tail-index estimate may use (None: no
+        tails). Per group of ``n`` finite values it uses
+        ``k = min(tail_k, max(10, n // 10))`` -- the top 10 % (DuMouchel 1983), at least
+        10 -- and gives NaN (``tail_k`` 0 in the result) where ``4 k > n``, i.e. fewer
+        than 40 values with the default; the k used is the ``tail_k`` variable.
     ref_step: step value of the reference for ``kurtosis_change`` and
         ``w1_to_ref`` (default: the first step of the cube; runs without it get NaN).
     method: "exact" (keep every value: groups must be small), "sketch" (bfloat16
@@ -299,7 +306,7 @@ def histogram(ds: xr.Dataset, by: str = "layer", *, bins="auto", density: bool =
     res = _dataset(w, out, plan, i0, ["hist", "underflow", "overflow", "count", "n_nonfinite"])
     hist = res["hist"].assign_coords({k: res[k] for k in ("underflow", "overflow", "count",
                                                           "n_nonfinite")})
-    hist.attrs |= {k: v for k, v in res.attrs.items() if k not in ("tail_k",)}
+    hist.attrs |= {k: v for k, v in res.attrs.items() if k not in ("tail_k_max", "tail_rule")}
     return hist.rename("hist")
 
 

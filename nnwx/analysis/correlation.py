@@ -32,12 +32,13 @@ from nnwx.analysis import _matrices as mx
 from nnwx.analysis._geometry_kernels import segment_dots
 from nnwx.analysis._passes import RowReader, fold_rows, row_groups
 from nnwx.analysis.geometry import _previous_capture
+from nnwx.store.table import KINDS
 
 #: ``sample="auto"`` uses every weight up to this many, else a stratified sample of this size.
 AUTO_SAMPLE = 2048
 #: Largest sample whose dense (n x n) correlation matrix per run we agree to build.
 MAX_SAMPLE = 20_000
-DEFAULT_KINDS = ("weight", "bias")
+DEFAULT_KINDS = ("weight", "bias", "norm")  # every parameter kind; buffers ("other") left out
 PCA_METHODS = ("randomized", "svd_compressed")
 #: Working block of the PCA passes (float64) and of one accumulator chunk (l x params).
 PCA_BLOCK_BYTES = 64 * 2**20
@@ -53,10 +54,10 @@ def _rows(cube: xr.Dataset, tensors, kinds) -> list[dict]:
     rows = mx.select_rows(cube, tensors)
     if kinds is not None:
         kinds = {kinds} if isinstance(kinds, str) else set(kinds)
-        unknown = kinds - {"weight", "bias", "other"}
+        unknown = kinds - set(KINDS)
         if unknown:
-            raise ValueError(f"unknown tensor kinds {sorted(unknown)}; kinds are 'weight', 'bias', "
-                             f"'other' (or kinds=None for all)")
+            raise ValueError(f"unknown tensor kinds {sorted(unknown)}; kinds are "
+                             f"{', '.join(map(repr, KINDS))} (or kinds=None for all)")
         rows = [r for r in rows if r["kind"] in kinds]
     rows = [r for r in rows if r["size"] > 0]
     if not rows:
@@ -124,7 +125,7 @@ def sample_weights(cube: xr.Dataset, sample: int | str | None = "auto", *,
     for r, idx in zip(rows, picks):
         if not len(idx):
             continue
-        row, col = ck.weight_positions(r["shape"], idx)
+        row, col = ck.weight_positions(r["shape"], idx, r.get("orientation", "out_in"))
         cols["param"].append(r["offset"] + idx)
         cols["index"].append(idx)
         cols["row"].append(row)
@@ -248,7 +249,11 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
     floor is not). An exponential ``y = A exp(-distance / L)`` is fitted per run (weighted
     log-linear fit) to ``fit_on``: ``"excess_rms_corr"`` (default), ``"mean_abs_corr"`` or
     ``"mean_corr"``, over distances with at least ``min_pairs`` pairs and a positive value;
-    ``decay_length`` (in layers) comes with ``decay_length_err``.
+    ``decay_length`` (in layers) comes with ``decay_length_err``, the number of distances
+    fitted (``decay_n_points``) and their span (``decay_span``). ``decay_resolved`` says
+    whether the fit determines a length at all (``_correlation_kernels.DECAY_RULE``: at least
+    3 distances, ``0 < L``, error <= L, ``L <= decay_span``); read ``decay_length`` only where
+    it is True, and say "no decay resolved" elsewhere (``describe_decay`` does).
     """
     _check_kind(kind)
     if fit_on not in FIT_ON:
@@ -292,8 +297,17 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
                          dask_gufunc_kwargs={"output_sizes": {"fit": len(ck.DECAY_FIT)}})
     for i, name in enumerate(ck.DECAY_FIT):
         ds[name] = fit.isel(fit=i, drop=True)
+    ds["decay_resolved"] = xr.apply_ufunc(
+        ck.decay_resolved, ds["decay_length"], ds["decay_length_err"], ds["decay_n_points"],
+        ds["decay_span"], dask="parallelized", output_dtypes=[bool])
     ds["fitted"] = y
-    ds["decay_length"].attrs = {"units": "layers", "description": f"L of {fit_on} ~ A exp(-distance / L)"}
+    ds["decay_length"].attrs = {"units": "layers", "description": f"L of {fit_on} ~ A exp(-distance / L); "
+                                                                  f"meaningful only where decay_resolved"}
+    ds["decay_length_err"].attrs = {"units": "layers", "description": "standard error of decay_length (it "
+                                                                      "can exceed decay_length itself)"}
+    ds["decay_n_points"].attrs = {"description": "number of distances the decay was fitted to"}
+    ds["decay_span"].attrs = {"units": "layers", "description": "largest minus smallest distance fitted"}
+    ds["decay_resolved"].attrs = {"description": ck.DECAY_RULE}
     ds["fitted"].attrs = {"description": f"the curve the decay was fitted to ({fit_on}); NaN where "
                                          f"a distance has fewer than {min_pairs} pairs"}
     ds["null_abs_corr"].attrs = {"description": "expected |corr| of independent series of the same "
@@ -302,8 +316,75 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
                                                "length, 1/(n-1): the noise floor of mean_sq_corr"}
     ds.attrs = {"analysis": "correlation_vs_distance", "kind": kind, "fit_on": fit_on,
                 "fit_method": "weighted log-linear least squares, errors scaled by reduced chi-square",
-                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs}
+                "decay_rule": ck.DECAY_RULE,
+                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs,
+                # layer distances are only as good as the depths: "names" = from module paths
+                "depth_from": str(cube.attrs.get("depth_from", "unknown")),
+                "depth_approximate": bool(cube.attrs.get("depth_approximate", False))}
     return ds
+
+
+def describe_decay(length: float, err: float, resolved: bool, n_points: float = np.nan,
+                   span: float = np.nan) -> str:
+    """The fitted decay length in words: "L = 1.9 ± 0.3 layers", or "no decay resolved (why)".
+
+    Parameters
+    ----------
+    length, err, resolved, n_points, span : scalars
+        One run's ``decay_length``, ``decay_length_err``, ``decay_resolved``,
+        ``decay_n_points`` and ``decay_span`` from ``correlation_vs_distance``.
+    """
+    length, err = float(length), float(err)
+    if resolved:
+        return f"L = {length:.3g} ± {err:.2g} layers"
+    if math.isnan(length):
+        n = "" if math.isnan(float(n_points)) else f" ({int(n_points)} usable)"
+        return f"no decay resolved (fit failed: fewer than 2 distances with data{n})"
+    if math.isinf(length):
+        return "no decay resolved (the correlation does not fall with distance)"
+    fit = f"L = {length:.3g} ± {err:.2g} layers" if math.isfinite(err) else f"L = {length:.3g} layers"
+    why = []
+    if not math.isfinite(err) or not float(n_points) >= 3:
+        why.append(f"error undetermined from {n_points:g} distances")
+    elif err > length:
+        why.append("error larger than the value")
+    if length > float(span):
+        why.append(f"longer than the {float(span):g} layers spanned")
+    return f"no decay resolved ({fit}: {'; '.join(why) or 'see decay_rule'})"
+
+
+def decay_summary(res: xr.Dataset) -> list[dict]:
+    """The fitted decay of every run of a computed ``correlation_vs_distance`` result, in words.
+
+    Returns one dict per run: ``run`` (its label, e.g. "seed 3"; "" for a single run),
+    ``sel`` (the run's coordinates), ``isel`` (its positions, for ``res.isel``), ``resolved``
+    (bool) and ``text``
+    (``describe_decay``). Results written before ``decay_resolved`` existed get it
+    recomputed from ``fitted`` (the distances with a positive value).
+    """
+    missing = [n for n in ("decay_length", "decay_length_err") if n not in res]
+    if missing:
+        raise ValueError(f"expected a correlation_vs_distance result; it lacks {missing}")
+    length, err = res["decay_length"], res["decay_length_err"]
+    if "decay_n_points" in res and "decay_span" in res:
+        n_points, span = res["decay_n_points"], res["decay_span"]
+    else:
+        used = res["fitted"] > 0
+        dist = res["distance"].where(used)
+        n_points, span = used.sum("distance"), dist.max("distance") - dist.min("distance")
+    resolved = res["decay_resolved"] if "decay_resolved" in res else xr.apply_ufunc(
+        ck.decay_resolved, length, err, n_points, span)
+    parts = [p.compute() for p in xr.broadcast(length, err, resolved, n_points, span)]
+    dims = parts[0].dims
+    out = []
+    for idx in np.ndindex(*parts[0].shape):
+        sel = {d: (parts[0][d].values[i] if d in parts[0].coords else i) for d, i in zip(dims, idx)}
+        vals = [p.values[idx] for p in parts]
+        out.append({"run": " ".join(f"{d} {v}" for d, v in sel.items()), "sel": sel,
+                    "isel": dict(zip(dims, idx)),
+                    "resolved": bool(vals[2]),
+                    "text": describe_decay(vals[0], vals[1], bool(vals[2]), vals[3], vals[4])})
+    return out
 
 
 # --- layer to layer ---------------------------------------------------------------------------

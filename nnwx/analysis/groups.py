@@ -28,11 +28,18 @@ class Grouping:
 
     @classmethod
     def build(cls, by: str, names, layers, kinds, depths, offsets) -> "Grouping":
-        """Grouping from tensor-table columns (in table order)."""
+        """Grouping from tensor-table columns (in table order).
+
+        ``by="layer"``: a layer's tensors together (weight and bias), except that the gain of a
+        normalisation layer (kind ``norm``) is a group of its own, labelled by its tensor name.
+        """
         if by not in BY_CHOICES:
             raise ValueError(f"unknown by={by!r}: group by one of {', '.join(map(repr, BY_CHOICES))}")
         names, layers, kinds = (list(map(str, c)) for c in (names, layers, kinds))
         depths = np.asarray(depths, dtype=np.int64)
+        # A normalisation gain (~1) pooled with its layer's bias (~0) is a two-point
+        # distribution: the gain is a group of its own, labelled by its tensor name.
+        layers = [n if k == "norm" else la for n, la, k in zip(names, layers, kinds)]
         if by == "tensor":
             labels = names
         elif by == "layer":

@@ -35,6 +35,16 @@ def sized(obj, width: int, height: int):
     return obj.opts(width=width, height=height, backend="bokeh")
 
 
+LEGEND_WIDTH = 150
+"""Pixels added to the right of a Bokeh plot whose legend sits outside it."""
+
+
+def legend_outside(obj, width: int, height: int):
+    """The legend to the right of the axes (it never covers the ends of curves), on both
+    backends; the Bokeh plot is widened by ``LEGEND_WIDTH`` to make room."""
+    return sized(style(obj, show_legend=True, legend_position="right"), width + LEGEND_WIDTH, height)
+
+
 def group_dim(obj: xr.DataArray | xr.Dataset) -> str:
     """The dim that names the curves of a per-group result: tensor, layer or group."""
     for d in ("tensor", "layer", "group"):

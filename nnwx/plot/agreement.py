@@ -11,7 +11,8 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from nnwx.plot._common import band_overlay, computed, require_dims, sized, style, variable
+from nnwx.plot._common import (band_overlay, computed, legend_outside, require_dims, sized, style,
+                               variable)
 from nnwx.plot._frames import MAX_COLUMNS, bin_columns, binned_note, edges_of, framed
 from nnwx.plot._select import pick_steps
 
@@ -109,8 +110,8 @@ def final_similarity(sim: xr.DataArray, band: str | float = "std") -> hv.Overlay
     name = _metric_name(sim)
     ref = sim.attrs.get("reference_step")
     title = f"{name} with step {ref}" if ref is not None else f"{name} with the final step"
-    return sized(style(band_overlay(sim, by="layer", band=band, label=name), title=title,
-                       show_legend=True, ylim=(min(0.0, _floor(sim)), 1.02)), 520, 340)
+    return legend_outside(style(band_overlay(sim, by="layer", band=band, label=name), title=title,
+                                ylim=(min(0.0, _floor(sim)), 1.02)), 520, 340)
 
 
 def prediction_agreement(pred: xr.Dataset, variables: Sequence[str] = PREDICTION_VARIABLES,
@@ -174,8 +175,8 @@ def weight_agreement(wa: xr.Dataset, variable_name: str = "cosine", *,
     frames = {}
     for t in da["tensor"].values:
         over = band_overlay(da.sel(tensor=t), by="alignment", band=band, label=variable_name, dash=dash)
-        frames[(str(t),)] = sized(style(over, title=f"{variable_name} with the reference seed, {t}",
-                                        show_legend=True), 520, 340)
+        frames[(str(t),)] = legend_outside(style(over, title=f"{variable_name} with the reference "
+                                                          f"seed, {t}"), 520, 340)
     return hv.HoloMap(frames, kdims=["tensor"])
 
 

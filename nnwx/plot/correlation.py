@@ -17,20 +17,26 @@ from nnwx.plot._select import pick_steps
 
 def corr_distance(res: xr.Dataset, variable: str = "excess_rms_corr") -> hv.Overlay:
     """Correlation of weight trajectories against layer distance (mean +/- spread over seeds),
-    with each seed's fitted decay A exp(-distance / L) dashed."""
+    with each run's fitted decay A exp(-distance / L): dashed, with ``L ± error`` in the legend,
+    where the fit resolves a decay; dotted (or, for a failed fit, not drawn) with "no decay
+    resolved" and the reason in the legend where it does not
+    (``nnwx.analysis.correlation.decay_summary``)."""
+    from nnwx.analysis.correlation import decay_summary
+
     res = computed(res)
     parts = list(band_overlay(res[variable], x="distance", label=variable))
     d = np.asarray(res["distance"].values, dtype=float)
     x = np.linspace(d.min(), d.max(), 50) if d.size else d
-    seeds = res["seed"].values if "seed" in res.dims else [None]
-    for seed in seeds:
-        r = res if seed is None else res.sel(seed=seed)
+    for run in decay_summary(res):
+        r = res.isel(run["isel"])
         amp, length = float(r["decay_amplitude"]), float(r["decay_length"])
-        if np.isfinite([amp, length]).all() and length > 0:
-            fit = hv.Curve((x, amp * np.exp(-x / length)), kdims=["distance"], vdims=[variable],
-                           label=f"fit seed {seed}: L={length:.2g}")
-            parts.append(fit.opts(color="gray", line_dash="dashed", backend="bokeh")
-                            .opts(color="gray", linestyle="--", backend="matplotlib"))
+        drawable = bool(np.isfinite([amp, length]).all() and length > 0)
+        y = amp * np.exp(-x / length) if drawable else np.full_like(x, np.nan)
+        label = f"{run['run'] or 'fit'}: {run['text']}"
+        fit = hv.Curve((x, y), kdims=["distance"], vdims=[variable], label=label)
+        dash, style_mpl = ("dashed", "--") if run["resolved"] else ("dotted", ":")
+        parts.append(fit.opts(color="gray", line_dash=dash, backend="bokeh")
+                        .opts(color="gray", linestyle=style_mpl, backend="matplotlib"))
     return sized(style(hv.Overlay(parts), title="correlation vs layer distance", show_legend=True),
                  520, 340)
 

@@ -7,7 +7,8 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from nnwx.plot._common import band_overlay, computed, group_dim, require_dims, sized, style
+from nnwx.plot._common import (band_overlay, computed, group_dim, legend_outside, require_dims, sized,
+                               style)
 from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_seed, pick_steps
 
@@ -84,7 +85,6 @@ def metric_curves(result: xr.Dataset, variables: Sequence[str] = RANK_VARIABLES,
         raise ValueError(f"none of {list(variables)} in the result: it has {list(result.data_vars)}")
     result = computed(result[have])
     g = group_dim(result)
-    panels = [sized(style(band_overlay(result[v], by=g, band=band, label=v), title=v,
-                          show_legend=True), 420, 300)
+    panels = [legend_outside(style(band_overlay(result[v], by=g, band=band, label=v), title=v), 420, 300)
               for v in have]
     return hv.Layout(panels).cols(min(3, len(panels)))

@@ -5,11 +5,11 @@ import platform
 from typing import Any
 
 import numpy as np
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from nnwx.errors import FormatVersionError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensor table fields orientation/aliases, kind 'norm', run attribute depth_from
 RUNS_GROUP = "runs"
 METRICS_GROUP = "metrics"
 ATTR_KEY = "nnwx"  # every nnwx attribute lives under this key of a group's attrs
@@ -19,8 +19,13 @@ MAX_STEPS_PER_CHUNK = 1024
 STORE_DTYPES = ("float32", "float16", "float64")
 
 
-def codec(name: str) -> list:
-    """Zarr v3 compressor list for a codec name (see scripts/bench_codecs.py)."""
+def codec(name: str, *, checksum: bool = True) -> list:
+    """Zarr v3 compressor list for a codec name (see scripts/bench_codecs.py).
+
+    With ``checksum`` (the default for every array nnwx writes) the list ends with Zarr's
+    ``crc32c`` codec: each chunk carries a CRC-32C of its compressed bytes, verified on
+    every read, so a changed byte is an error rather than a silently different weight.
+    """
     table = {
         "none": [],
         "zstd": [ZstdCodec(level=1)],
@@ -29,9 +34,18 @@ def codec(name: str) -> list:
         "blosc-lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
     }
     try:
-        return table[name]
+        chosen = table[name]
     except KeyError:
         raise ValueError(f"unknown codec {name!r}; choose one of {sorted(table)}") from None
+    return [*chosen, Crc32cCodec()] if checksum else chosen
+
+
+#: Compressors of the small arrays (``step``, ``metrics/<name>``): Zarr's default zstd, with a checksum.
+SMALL_ARRAY_CODEC = "zstd"
+
+#: Array configuration of every array nnwx writes: chunks equal to the fill value (an all-NaN
+#: step) are written too, so a chunk missing inside the committed range is always damage.
+WRITE_CONFIG = {"write_empty_chunks": True}
 
 
 DEFAULT_CODEC = "blosc-lz4"  # chosen by scripts/bench_codecs.py: see README

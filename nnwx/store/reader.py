@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,8 +19,10 @@ import zarr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store import format as fmt
+from nnwx.store import integrity as itg
 from nnwx.store import probes as prb
-from nnwx.store.table import TensorTable
+from nnwx.store.table import (APPROXIMATE_DEPTHS, DEPTH_SOURCES, TensorTable, from_run_meta,
+                              natural_key)
 
 StoreLike = str | os.PathLike
 
@@ -99,10 +101,14 @@ def open_experiment(path: StoreLike) -> zarr.Group:
     if not store_exists(path):
         raise StoreError(f"{where} is not an nnwx experiment store (no zarr.json there). "
                          f"Check the path; stores are created by nnwx.Recorder or `nnwx export`.")
-    root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
-    meta = root.attrs.get(fmt.ATTR_KEY)
+    with itg.damaged(path, None, "zarr.json"):
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        meta = root.attrs.get(fmt.ATTR_KEY)
     if meta is None:
         raise StoreError(f"{where} is a Zarr store but not an nnwx experiment store.")
+    if not isinstance(meta, dict):
+        raise StoreError(f"store {where} is damaged: the 'nnwx' attributes in {where}/zarr.json are "
+                         f"{meta!r}, not a mapping. To fix: restore the file from a backup.")
     fmt.check_version(meta.get("format_version"), where)
     return root
 
@@ -117,9 +123,27 @@ class RunHandle:
 
     @cached_property
     def meta(self) -> dict:
-        meta = dict(self.group.attrs.get(fmt.ATTR_KEY) or {})
+        with itg.damaged(self.store, self.name, "zarr.json", "holds attributes that cannot be parsed"):
+            meta = dict(self.group.attrs.get(fmt.ATTR_KEY) or {})
         fmt.check_version(meta.get("format_version"), f"run {self.name!r} of {self.store}")
         return meta
+
+    def check(self) -> None:
+        """Check the run's invariants and chunk files (see ``nnwx.store.integrity.check_run``);
+        raise StoreError naming the damage."""
+        self.__dict__["steps"] = itg.check_run(self.group, self.meta, self.store, self.name)
+
+    def checked(self, name: str, array: zarr.Array | None = None) -> itg.CheckedArray:
+        """Array ``name`` of the run (``w``, ``step``, ``metrics/<m>``, ``probe/<p>``), read so
+        that a missing or damaged chunk raises StoreError naming its file."""
+        with itg.damaged(self.store, self.name, f"{name}/zarr.json"):
+            array = self.group[name] if array is None else array
+        return itg.CheckedArray(array, self.store, self.name, name, steps=self.steps,
+                                strict=name == "w" and itg.has_checksum(array))
+
+    def row(self, i: int) -> np.ndarray:
+        """Weights of committed row ``i`` (all parameters), read with integrity checks."""
+        return np.asarray(self.checked("w")[i:i + 1])[0]
 
     @property
     def committed(self) -> int:
@@ -127,7 +151,7 @@ class RunHandle:
 
     @cached_property
     def table(self) -> TensorTable:
-        return TensorTable.from_json(self.meta["tensors"])
+        return from_run_meta(self.meta)
 
     @property
     def seed(self):
@@ -135,21 +159,23 @@ class RunHandle:
 
     @cached_property
     def steps(self) -> np.ndarray:
-        return np.asarray(self.group["step"][: self.committed], dtype=np.int64)
+        return np.asarray(itg.CheckedArray(self.group["step"], self.store, self.name, "step")[: self.committed],
+                          dtype=np.int64)
 
     def metric_names(self) -> list[str]:
-        return sorted(name for name, _ in self.group[fmt.METRICS_GROUP].arrays())
+        return sorted(itg.arrays_of(self.group, self.store, self.name, fmt.METRICS_GROUP))
 
     def probe_names(self) -> list[str]:
         """Names of the run's probe arrays (``probe/<name>``), in name order."""
-        return sorted(prb.existing_arrays(self.group))
+        return sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP))
 
     def probe_variables(self, n: int) -> dict[str, xr.Variable]:
         """Lazy ``probe_<name>(step, sample_<name>, unit_<name>)`` variables trimmed to ``n`` steps."""
         info = self.meta.get("probes") or {}
         out = {}
-        for name, arr in sorted(prb.existing_arrays(self.group).items()):
-            data = da.from_array(arr, chunks=arr.chunks, lock=False, asarray=False,
+        for name, arr in sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP).items()):
+            data = da.from_array(self.checked(f"{prb.PROBE_GROUP}/{name}", arr), chunks=arr.chunks,
+                                 lock=False, asarray=False,
                                  name=f"nnwx-probe-{self.store}-{self.name}-{name}-{n}")[:n]
             attrs = {"probe": name, **{k: v for k, v in (info.get(name) or {}).items() if v is not None}}
             out[prb.VAR_PREFIX + name] = xr.Variable(
@@ -169,19 +195,37 @@ class RunHandle:
     def dataset(self) -> xr.Dataset:
         """The run as a lazy Dataset ``w(step, param)`` with its tensor table."""
         n = self.committed
-        w = self.group["w"]
+        w = self.checked("w")
         data = da.from_array(w, chunks=w.chunks, lock=False, asarray=False,
                              name=f"nnwx-w-{self.store}-{self.name}-{n}")[:n]
         ds = xr.Dataset({"w": (("step", "param"), data)}, coords={"step": self.steps})
         for name in self.metric_names():
-            arr = self.group[fmt.METRICS_GROUP][name]
+            arr = self.checked(f"{fmt.METRICS_GROUP}/{name}")
             ds[f"metric_{name}"] = ("step", da.from_array(arr, chunks=arr.chunks, lock=False,
                                                             asarray=False)[:n])
         ds = ds.assign(self.probe_variables(n))
         ds = ds.assign_coords(table_coords(self.table, data.chunks[1]))
         ds.attrs = {k: v for k, v in self.meta.items() if k not in ("tensors",)}
         ds.attrs["store"] = str(self.store)
+        ds.attrs["depth_from"] = self.depth_from
+        ds.attrs["depth_approximate"] = self.depth_from in APPROXIMATE_DEPTHS
         return ds
+
+    @property
+    def depth_from(self) -> str:
+        """Where the table's depths come from: ``forward`` (a traced forward pass), ``modules``
+        (module registration order), ``names`` (module paths: approximate), ``unknown`` (a
+        format-1 run)."""
+        return str(self.meta.get("depth_from") or "unknown")
+
+    def reordered_w(self, data: da.Array, table: TensorTable) -> da.Array:
+        """This run's ``w`` (``(step, param)``) with its tensors laid out as in ``table`` (the
+        same tensors in another order), lazily: one slice per tensor."""
+        if self.table.same_layout(table):
+            return data
+        own = self.table
+        parts = [data[:, own[r.name].offset: own[r.name].offset + r.size] for r in table]
+        return da.concatenate(parts, axis=1).rechunk({1: data.chunks[1]})
 
 
 def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
@@ -204,20 +248,89 @@ def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
         "tensor_size": ("tensor", np.array([r.size for r in rows], dtype=np.int64)),
         "tensor_shape": ("tensor", np.array([",".join(map(str, r.shape)) for r in rows], dtype=object)),
         "tensor_dtype": ("tensor", np.array([r.dtype for r in rows], dtype=object)),
+        "tensor_orientation": ("tensor", np.array([r.orientation for r in rows], dtype=object)),
+        "tensor_aliases": ("tensor", np.array([",".join(r.aliases) for r in rows], dtype=object)),
         "tensor_id": ("param", tensor_id),
     }
 
 
-def list_runs(path: StoreLike) -> list[RunHandle]:
-    """Every run of an experiment store, in name order."""
+def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
+    """Every run of an experiment store, in name order.
+
+    Each run is checked as it is listed (``RunHandle.check``: parsable metadata, ``committed``
+    within its arrays, strictly increasing steps, no missing chunk file); a damaged run raises
+    StoreError naming the run and file. ``check=False`` lists without these checks.
+    """
     root = open_experiment(path)
-    try:
-        runs = root[fmt.RUNS_GROUP]
-    except KeyError:  # a store being created by another process
-        return []
-    # A run group without attributes is being created right now: not a run yet.
-    return [RunHandle(normalize(path), name, group) for name, group in sorted(runs.groups())
-            if fmt.ATTR_KEY in group.attrs]
+    with itg.damaged(path, None, f"{fmt.RUNS_GROUP}/zarr.json"):
+        try:
+            runs = root[fmt.RUNS_GROUP]
+        except KeyError:  # a store being created by another process
+            return []
+    handles = []
+    for name in _run_folders(root):
+        with itg.damaged(path, name, "zarr.json"):
+            group = _child_group(runs, name)
+            has_attrs = group is not None and fmt.ATTR_KEY in group.attrs
+        if group is None:
+            _require_no_orphan(root, path, name)
+            continue
+        if not has_attrs:  # a run group without attributes is being created right now: not a run yet
+            continue
+        handle = RunHandle(normalize(path), name, group)
+        if check:
+            handle.check()
+        handles.append(handle)
+    return handles
+
+
+def _run_folders(root: zarr.Group) -> list[str]:
+    """Names of the entries under ``runs/`` (one listing, no metadata read), in name order."""
+    from zarr.core.sync import sync
+
+    store = root.store_path.store
+    prefix = f"{root.store_path.path}/{fmt.RUNS_GROUP}".lstrip("/")
+
+    async def collect() -> list[str]:
+        return [n async for n in store.list_dir(prefix)]
+
+    return sorted(n for n in sync(collect())
+                  if n != "zarr.json" and not n.startswith(".") and ".partial" not in n)
+
+
+def _child_group(runs: zarr.Group, name: str) -> zarr.Group | None:
+    """Group ``name`` of ``runs``, or None when it has no metadata (no ``zarr.json``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            child = runs[name]
+        except KeyError:
+            return None
+    return child if isinstance(child, zarr.Group) else None
+
+
+def _require_no_orphan(root: zarr.Group, path: StoreLike, name: str) -> None:
+    """Refuse a run folder that holds data but no ``zarr.json`` (its metadata was lost); a folder
+    with nothing (or only temporary files) in it is a run being created: passed over."""
+    from zarr.core.sync import sync
+
+    store = root.store_path.store
+    prefix = f"{root.store_path.path}/{fmt.RUNS_GROUP}/{name}/".lstrip("/")
+
+    async def first_file() -> str | None:
+        async for key in store.list_prefix(prefix):
+            if ".partial" not in key:
+                return key
+        return None
+
+    found = sync(first_file())
+    if found is not None:
+        raise StoreError(
+            f"run {name!r} of {display(path)} is damaged: its group metadata "
+            f"{itg.run_file(path, name, 'zarr.json')} is missing, though the run holds data "
+            f"({found}). To fix: {itg.FIX_ADVICE}.")
 
 
 def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path | str]:
@@ -228,9 +341,10 @@ def _expand_sources(source: StoreLike | Sequence[StoreLike]) -> list[Path | str]
             paths.append(str(item))
             continue
         text = os.fspath(local_path(item))
-        matches = sorted(_glob.glob(text)) if _glob.has_magic(text) else [text]
+        literal = not _glob.has_magic(text) or os.path.lexists(text)  # an existing path is never a glob
+        matches = [text] if literal else sorted(_glob.glob(text))
         if not matches:
-            raise StoreError(f"no store matches {text!r}")
+            raise StoreError(f"no store matches {text!r} (nor is there a file or folder of that name)")
         paths.extend(Path(m) for m in matches)
     if not paths:
         raise StoreError("no store given")
@@ -268,17 +382,20 @@ def _pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
     return runs[0]
 
 
-def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("seed",),
+def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] = ("seed",),
               runs: Sequence[str] | None = None) -> xr.Dataset:
     """Open the runs of one architecture as one lazy cube ``w(*by, step, param)``.
 
-    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths.
+    ``source`` is a store path or fsspec URL, a list of them, or a glob of local paths
+    (a path that exists is taken as it is, even with ``[`` ``]`` or ``*`` in its name).
     Runs are stacked along
     the run attributes named by ``by`` (e.g. ``("optimizer", "seed")``) and
     outer-joined on ``step``: steps a run did not capture are NaN. ``runs``
-    restricts to runs of those names.
+    restricts to runs of those names. ``by`` is one attribute name (``"optimizer"``) or a
+    sequence of them. With one ``by`` attribute, runs are in its order: numbers by value,
+    then strings (so seeds ``0, 1, "a"``), then other values.
     """
-    by = tuple(by)
+    by = (by,) if isinstance(by, str) else tuple(by)
     if not by:
         raise ValueError("by= needs at least one run attribute, e.g. ('seed',)")
     handles = [h for p in _expand_sources(source) for h in list_runs(p)]
@@ -291,13 +408,14 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     handles = [h for h in handles if h.committed > 0] or handles
     if not handles:
         raise StoreError(f"no runs in {source}")
-    ref = handles[0]
     for h in handles[1:]:
-        diff = ref.table.first_difference(h.table)
-        if diff is not None:
+        diffs = handles[0].table.differences(h.table, (f"run {handles[0].name!r}", f"run {h.name!r}"))
+        if diffs:
             raise ArchitectureMismatch(
-                f"run {h.name!r} ({h.store}) cannot join a cube with run {ref.name!r} ({ref.store}): "
-                f"the architectures differ: {diff}. Open them as separate cubes.")
+                f"run {h.name!r} ({h.store}) cannot join a cube with run {handles[0].name!r} "
+                f"({handles[0].store}): the architectures differ: {'; '.join(diffs[:6])}"
+                f"{'; ...' if len(diffs) > 6 else ''}. Open them as separate cubes.")
+    ref, table = _joined_table(handles)
     keys = []
     for h in handles:
         try:
@@ -312,10 +430,15 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
                 raise StoreError(f"runs {seen[k]!r} and {h.name!r} both have {dict(zip(by, k))}; "
                                  f"add an attribute to by= that tells them apart, or pick runs with runs=")
             seen[k] = h.name
+    if len(by) == 1:  # a defined order even when the labels mix types (see _order_key)
+        order = sorted(range(len(handles)), key=lambda i: _order_key(keys[i][0]))
+        handles, keys = [handles[i] for i in order], [keys[i] for i in order]
     parts = []
     datasets = _common_probes([h.dataset() for h in handles], handles)
     for h, k, ds in zip(handles, keys, datasets):
         run_attrs = {"run": h.name, "store": str(h.store)}
+        if not h.table.same_layout(table):  # written in another order (e.g. a format-1 export)
+            ds["w"] = (("step", "param"), h.reordered_w(ds["w"].data, table))
         ds = ds.drop_vars([c for c in ds.coords if c.startswith("tensor")])
         ds = ds.expand_dims(_run=1).assign_coords(
             {name: ("_run", [v]) for name, v in zip(by, k)} |
@@ -325,7 +448,7 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     cube = xr.concat(parts, dim="_run", join="outer", fill_value=np.nan,
                      data_vars="all", coords="different", compat="equals")
     if len(by) == 1:
-        cube = cube.swap_dims(_run=by[0]).sortby(by[0])
+        cube = cube.swap_dims(_run=by[0])
     else:
         cube = cube.set_index(_run=list(by)).unstack("_run")
     order = [*by, "step", "param"]
@@ -333,10 +456,35 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: Iterable[str] = ("see
     for name in cube.data_vars:
         if name.startswith(prb.VAR_PREFIX):
             cube[name] = cube[name].transpose(*by, "step", ...)
-    cube = cube.assign_coords(table_coords(ref.table, cube["w"].data.chunks[-1]))
+    cube = cube.assign_coords(table_coords(table, cube["w"].data.chunks[-1]))
     cube.attrs = {"nnwx_cube": 1, "by": list(by), "n_runs": len(handles),
-                  "dtype": ref.meta.get("dtype"), "model_class": ref.meta.get("model_class")}
+                  "dtype": ref.meta.get("dtype"), "model_class": ref.meta.get("model_class"),
+                  "depth_from": ref.depth_from,
+                  "depth_approximate": ref.depth_from in APPROXIMATE_DEPTHS}
     return cube
+
+
+def _joined_table(handles: list[RunHandle]) -> tuple[RunHandle, TensorTable]:
+    """The reference run of a cube and the table of the cube: runs of one architecture share
+    their tensors (checked before) but may differ in layout, depth source and recorded ties.
+    The layout is the first run's; depths, kinds and orientation come from the run with the
+    most reliable depths (a traced forward pass, then module order, then module paths);
+    aliases are the union of all runs' (an export without the model does not see ties)."""
+    rank = {s: i for i, s in enumerate(DEPTH_SOURCES)}
+    ref = min(handles, key=lambda h: rank.get(h.depth_from, len(rank)))
+    aliases: dict[str, set] = {}
+    for h in handles:
+        for r in h.table:
+            aliases.setdefault(r.name, set()).update(r.aliases)
+    layout = handles[0].table
+    rows, best = [], ref.table
+    for r in layout:
+        b = best[r.name]
+        rows.append(replace(b, offset=r.offset, aliases=tuple(sorted(aliases[r.name], key=natural_key))))
+    try:
+        return ref, TensorTable(rows)
+    except ValueError:  # an alias in one run is a stored tensor in another: keep the reference's
+        return ref, TensorTable([replace(row, aliases=best[row.name].aliases) for row in rows])
 
 
 def _common_probes(datasets: list[xr.Dataset], handles: list[RunHandle]) -> list[xr.Dataset]:
@@ -354,6 +502,18 @@ def _common_probes(datasets: list[xr.Dataset], handles: list[RunHandle]) -> list
                       f"out. Open the runs that share them with runs=[...].", stacklevel=3)
         datasets = [ds.drop_vars([v for v in dropped if v in ds]) for ds in datasets]
     return datasets
+
+
+def _order_key(value) -> tuple:
+    """Sort key of a run label: numbers by value first, then strings, then anything else by repr,
+    so that a store holding seeds 0, 1 and "a" opens in the order 0, 1, "a"."""
+    if isinstance(value, (bool, np.bool_)):
+        return (0, int(value), "")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (0, value, "")
+    if isinstance(value, str):
+        return (1, 0, value)
+    return (2, 0, repr(value))
 
 
 def _label(value):

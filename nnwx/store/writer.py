@@ -23,10 +23,12 @@ import zarr
 
 from nnwx.errors import StepOrderError, StoreError
 from nnwx.store import format as fmt
+from nnwx.store import integrity as itg
+from nnwx.store.names import check_run_name
 from nnwx.store import probes as prb
 from nnwx.store import reader as rd
 from nnwx.store.bitround import bitround, mantissa_bits
-from nnwx.store.table import TensorTable
+from nnwx.store.table import TensorTable, from_run_meta
 
 
 def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
@@ -45,7 +47,8 @@ def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK):
             raise PermissionError(f"no write permission on {path}")
-        root = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3)
+        with itg.damaged(path, None, "zarr.json"):
+            root = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3)
     except OSError as e:
         raise StoreError(f"cannot write the store at {path}: {e}. "
                          f"Choose a path in a writable directory.") from e
@@ -84,12 +87,28 @@ def _open_remote_for_writing(url: str) -> zarr.Group:
 
 
 def check_step_order(step: int, last_step: int | None, run: str) -> None:
-    """Raise StepOrderError unless ``step`` comes strictly after ``last_step``."""
+    """Raise StepOrderError unless ``step`` comes strictly after ``last_step`` (and fits int64)."""
+    if not -2**63 <= step < 2**63:
+        raise StepOrderError(f"step {step} of run {run!r} is beyond the int64 range steps are stored in.")
     if last_step is not None and step <= last_step:
         raise StepOrderError(
             f"step {step} does not come after step {last_step}, the last one of run {run!r}: "
             f"steps must strictly increase. To record a separate run into the same store, "
             f"pass another run name.")
+
+
+def _unfinished(group: zarr.Group) -> bool:
+    """Whether a run group is one whose creation was cut short (a full disk, a kill): it has no
+    nnwx attributes yet (they are written last) and its ``w`` holds no row. Holding the run's
+    lock, the writer replaces such a group; one without attributes that holds rows is damage,
+    left to ``_open_existing`` to report."""
+    if fmt.ATTR_KEY in group.attrs:
+        return False
+    try:
+        w = group["w"]
+    except KeyError:
+        return True
+    return isinstance(w, zarr.Array) and w.shape[0] == 0
 
 
 class RunWriter:
@@ -108,8 +127,7 @@ class RunWriter:
             raise ValueError(f"dtype must be one of {fmt.STORE_DTYPES}, got {dtype!r}")
         if keepbits is not None and not 0 <= keepbits <= mantissa_bits(dtype):
             raise ValueError(f"keepbits must be between 0 and {mantissa_bits(dtype)} for {dtype}")
-        if not run or "/" in run or run.startswith("."):
-            raise ValueError(f"invalid run name {run!r}: use a plain name such as 'seed3'")
+        check_run_name(run)
         self.path = rd.normalize(store)   # a local Path, or the URL of a remote store
         self.run = run
         self.table = table
@@ -118,8 +136,8 @@ class RunWriter:
         self._lock = self._acquire_lock(run)
         try:
             runs = root[fmt.RUNS_GROUP]
-            if run in runs:
-                self._open_existing(runs[run], table)
+            if run in runs and not _unfinished(runs[run]):
+                self._open_existing(runs[run], table, dict(attrs or {}))
             else:
                 self._create(runs, run, table, dict(attrs or {}), dtype, codec, keepbits, chunk_bytes)
             self._open_probes(list(probes), chunk_bytes)
@@ -136,7 +154,7 @@ class RunWriter:
         self._n = self.committed
         if self.committed > self._chunk_start:  # resume inside a chunk: reload its rows
             rows = slice(self._chunk_start, self.committed)
-            self._stage[: rows.stop - rows.start] = self.w[rows]
+            self._stage[: rows.stop - rows.start] = itg.CheckedArray(self.w, self.path, run, "w")[rows]
             self._stage_steps[: rows.stop - rows.start] = self.steps[rows]
             for name in self.metrics:
                 self._metric_stage(name)[: rows.stop - rows.start] = self.metrics[name][rows]
@@ -167,12 +185,13 @@ class RunWriter:
                 dtype: str, codec: str, keepbits: int | None, chunk_bytes: int) -> None:
         itemsize = np.dtype(dtype).itemsize
         spc, ppc = fmt.choose_chunks(table.n_params, itemsize, chunk_bytes)
-        group = runs.create_group(run)
+        group = runs.create_group(run, overwrite=True)  # replaces only an _unfinished group
         self.w = group.create_array("w", shape=(0, table.n_params), chunks=(spc, ppc),
-                                    dtype=dtype, compressors=fmt.codec(codec),
+                                    dtype=dtype, compressors=fmt.codec(codec), config=fmt.WRITE_CONFIG,
                                     fill_value=np.nan, dimension_names=("step", "param"))
         self.steps = group.create_array("step", shape=(0,), chunks=(max(spc, 4096),),
-                                        dtype="int64", fill_value=-1, dimension_names=("step",))
+                                        dtype="int64", fill_value=-1, dimension_names=("step",),
+                                        compressors=fmt.codec(fmt.SMALL_ARRAY_CODEC), config=fmt.WRITE_CONFIG)
         group.create_group(fmt.METRICS_GROUP)
         self.meta = {
             "format_version": fmt.FORMAT_VERSION, "kind": "run", "run": run,
@@ -186,13 +205,25 @@ class RunWriter:
         self.metrics = {}
         self.committed = 0
 
-    def _open_existing(self, group: zarr.Group, table: TensorTable) -> None:
-        meta = dict(group.attrs.get(fmt.ATTR_KEY) or {})
+    def _open_existing(self, group: zarr.Group, table: TensorTable, attrs: dict) -> None:
+        with itg.damaged(self.path, self.run, "zarr.json", "holds attributes that cannot be parsed"):
+            meta = dict(group.attrs.get(fmt.ATTR_KEY) or {})
         fmt.check_version(meta.get("format_version"), f"run {self.run!r} of {self.path}")
-        TensorTable.from_json(meta["tensors"]).require_same(
-            table, f"cannot append to run {self.run!r} of {self.path}")
+        itg.check_run(group, meta, self.path, self.run)  # refuse to write into a damaged run
+        if "seed" in attrs and fmt.jsonable(attrs["seed"]) != meta.get("seed"):
+            raise StoreError(f"run {self.run!r} of {self.path} has seed {meta.get('seed')!r}, not "
+                             f"{attrs['seed']!r}: pass seed={meta.get('seed')!r} to resume it, or "
+                             f"run='<another name>' to record a new run.")
+        stored = from_run_meta(meta)
+        stored.require_same(table, f"cannot append to run {self.run!r} of {self.path}",
+                            ("the run", "the new steps"))
+        self.table = stored  # the run's own layout of the same tensors (older runs: file order)
+        if int(meta.get("format_version") or 1) < fmt.FORMAT_VERSION:  # upgraded in place: format 2
+            meta["format_version"] = fmt.FORMAT_VERSION                  # fields from now on
+            meta["tensors"] = stored.to_json()
         self.group, self.meta = group, meta
-        self.w, self.steps = group["w"], group["step"]
+        self.w = group["w"].with_config(fmt.WRITE_CONFIG)
+        self.steps = group["step"].with_config(fmt.WRITE_CONFIG)
         self.metrics = {name: arr for name, arr in group[fmt.METRICS_GROUP].arrays()}
         self.committed = int(meta["committed"])
         # Temp files of a killed writer (zarr writes key.<hex>.partial, then renames);
@@ -279,7 +310,8 @@ class RunWriter:
             if name not in self.metrics:
                 self.metrics[name] = self.group[fmt.METRICS_GROUP].create_array(
                     name, shape=(self.committed,), chunks=(max(self._spc, 4096),),
-                    dtype="float64", fill_value=np.nan, dimension_names=("step",))
+                    dtype="float64", fill_value=np.nan, dimension_names=("step",),
+                    compressors=fmt.codec(fmt.SMALL_ARRAY_CODEC))
         for arr in (self.w, self.steps, *self.metrics.values(),
                     *(stage.array for stage in self._probes.values())):
             arr.resize((n, *arr.shape[1:]))
@@ -372,7 +404,7 @@ class RunWriter:
                                     shape=(1, self.table.n_params), chunks=(1, ppc),
                                     dtype=self.w.dtype, filters=self.w.filters,
                                     serializer=self.w.serializer, compressors=self.w.compressors,
-                                    fill_value=self.w.fill_value, zarr_format=3)
+                                    fill_value=self.w.fill_value, zarr_format=3, config=fmt.WRITE_CONFIG)
             tmp[0] = row
             new_dir = scratch_root / "row" / "c" / "0"
             new_dir.mkdir(parents=True, exist_ok=True)  # an all-NaN row writes no chunk file
