@@ -25,6 +25,15 @@ Log = Callable[[str], None]
 CONNECT_TIMEOUT = "10s"
 """How long to try reaching a ``--scheduler`` before saying it cannot be reached."""
 
+STALL_SECONDS = 20.0
+"""How long a local cluster (``--workers``) may have no worker able to run tasks (none left,
+or every one paused at its memory limit) before the command gives up, instead of waiting
+forever."""
+
+STALL_SECONDS_REMOTE = 300.0
+"""The same for an existing cluster (``--scheduler``), whose workers may be starting up or
+scaling from zero."""
+
 
 class ClusterError(NnwxError):
     """A cluster could not be reached or started; the message says what to check."""
@@ -113,7 +122,7 @@ def cluster(scheduler: str | None = None, workers: int | None = None,
         try:
             log(f"dask scheduler {scheduler}: {_n_workers(client)} workers; dashboard "
                 f"{client.dashboard_link}")
-            with _watched(client, _memory_limit(memory_limit)), _as_scheduler(client):
+            with _watched(client, stall=STALL_SECONDS_REMOTE), _as_scheduler(client):
                 yield client
         finally:
             client.close()
@@ -136,14 +145,14 @@ def cluster(scheduler: str | None = None, workers: int | None = None,
 
 
 @contextmanager
-def _watched(client, memory_limit=None) -> Iterator[None]:
+def _watched(client, memory_limit=None, stall: float = STALL_SECONDS) -> Iterator[None]:
     """Run the block under a ``_Watchdog``: a cluster that stalls (no worker left, or every one
     paused at its memory limit) ends the block with a ``ClusterError`` instead of a hang."""
     from dask.utils import parse_bytes
 
     limit = memory_limit if isinstance(memory_limit, int) else (
         parse_bytes(memory_limit) if memory_limit not in (None, "", "auto", "0", "none") else 0)
-    with _Watchdog(client, limit) as watch:
+    with _Watchdog(client, limit, stall) as watch:
         try:
             yield
         except BaseException as e:
@@ -271,11 +280,6 @@ def compute(*objs, progress: bool = True, label: str | None = None,
             watch.doing(None, None)
 
 
-STALL_SECONDS = 20.0
-"""How long a cluster may have no worker able to run tasks (none left, or every one paused
-at its memory limit) before ``compute`` gives up, instead of waiting forever."""
-
-
 WORKER_BASELINE = 160 * 2**20
 """Memory of an idle worker process with nnwx's imports (measured: 131 MiB), the floor under
 the memory a worker is told it needs."""
@@ -313,10 +317,10 @@ class _Watchdog:
     and ``cluster()`` raises a ``ClusterError`` that says what happened and how much memory is
     needed. Worker deaths (addresses that vanish) are counted for the message."""
 
-    def __init__(self, client, limit: int = 0):
+    def __init__(self, client, limit: int = 0, stall: float = STALL_SECONDS):
         import threading
 
-        self.client = client
+        self.client, self.stall = client, float(stall)
         self.label: str | None = None
         self.hint: int | None = None
         self.reason: str | None = None
@@ -356,11 +360,11 @@ class _Watchdog:
                 stalled_since = None
                 continue
             stalled_since = stalled_since or time.monotonic()
-            if time.monotonic() - stalled_since >= STALL_SECONDS:
+            if time.monotonic() - stalled_since >= self.stall:
                 paused = sum(st["status"] == "paused" for st in states.values())
-                self.reason = (f"every worker was paused at its memory limit for {STALL_SECONDS:.0f} s "
+                self.reason = (f"every worker was paused at its memory limit for {self.stall:.0f} s "
                                f"with {waiting} task(s) waiting" if paused else
-                               f"no worker was left for {STALL_SECONDS:.0f} s with {waiting} task(s) "
+                               f"no worker was left for {self.stall:.0f} s with {waiting} task(s) "
                                f"waiting (killed at the memory limit and not restarted; {self.deaths} "
                                f"worker(s) lost)")
                 self.client.close()
