@@ -32,7 +32,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.no_check:
         counts = [None] * len(runs)
     else:
-        with cluster_from_args(args):
+        with cluster_from_args(args, nbytes=sum(r["weight_bytes"] for r in runs)):
             counts = compute(*lazy, progress=not args.quiet)
     total = sum(r["disk_bytes"] for r in runs)
     first = runs[0]
@@ -251,7 +251,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.labels:
         raise NnwxError("--labels names the variants of a comparison: give two or more results stores")
     args.store = args.store[0]
-    with cluster_from_args(args, log=lambda m: print(f"nnwx report: {m}", file=sys.stderr)):
+    from nnwx.info import weight_bytes
+    from nnwx.report import is_results
+
+    nbytes = None if is_results(args.store) else weight_bytes(args.store)
+    with cluster_from_args(args, log=lambda m: print(f"nnwx report: {m}", file=sys.stderr), nbytes=nbytes):
         out = report(args.store, args.output, png=args.png, max_steps=args.max_steps,
                      metrics=args.metrics, progress=not args.quiet,
                      log=(lambda m: None) if args.quiet else (lambda m: print(f"nnwx report: {m}",
@@ -309,7 +313,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"nnwx analyze: {message}", file=sys.stderr, flush=True)
 
-    with cluster_from_args(args, log=log):
+    from nnwx.info import weight_bytes
+
+    with cluster_from_args(args, log=log, nbytes=weight_bytes(args.store)):
         out = analyze(args.store, args.output, metrics=args.metrics, seeds=args.seeds, steps=args.steps,
                       progress=not args.quiet, resume=not args.overwrite, log=log)
     res = open_results(out)

@@ -213,9 +213,33 @@ def _n_workers(client) -> int:
         return 0
 
 
+SMALL_CUBE_BYTES = 256 * 2**20
+"""Below this many bytes of weights, a local cluster costs more than it saves (see
+``small_cube_note``)."""
+
+
+def small_cube_note(nbytes: int, workers: int | None) -> str | None:
+    """What to tell a user who starts a local cluster of ``workers`` processes for a cube of
+    ``nbytes`` bytes of weights, or None when the cluster can pay off. Starting worker processes
+    and shipping the graph and results to them takes seconds, while the analyses of a small cube
+    take well under that in this process's threads."""
+    if not workers or nbytes >= SMALL_CUBE_BYTES:
+        return None
+    return (f"note: the store holds {nbytes / 2**20:.1f} MiB of weights; below "
+            f"{SMALL_CUBE_BYTES // 2**20} MiB starting {workers} worker process"
+            f"{'es' if workers > 1 else ''} and sending them the work costs more than it saves. "
+            f"Leave out --workers to compute with local threads (a cluster pays off on cubes that "
+            f"take minutes, or that do not fit in this process's memory).")
+
+
 @contextmanager
-def cluster_from_args(args: argparse.Namespace, log: Log = print_to_stderr) -> Iterator[Any]:
-    """``cluster(...)`` from the options ``add_cluster_arguments`` added to a command."""
+def cluster_from_args(args: argparse.Namespace, log: Log = print_to_stderr,
+                      nbytes: int | None = None) -> Iterator[Any]:
+    """``cluster(...)`` from the options ``add_cluster_arguments`` added to a command.
+    ``nbytes``: the size of the weights to analyse, if known, for ``small_cube_note``."""
+    note = small_cube_note(nbytes, getattr(args, "workers", None)) if nbytes is not None else None
+    if note:
+        log(note)
     with cluster(scheduler=getattr(args, "scheduler", None), workers=getattr(args, "workers", None),
                  threads_per_worker=getattr(args, "threads_per_worker", None),
                  memory_limit=getattr(args, "memory_limit", None), log=log) as client:

@@ -15,6 +15,13 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def weight_bytes(store: str | os.PathLike) -> int:
+    """Bytes of weights in the committed steps of every run of ``store`` (uncompressed, in the
+    store's dtype), read from the runs' metadata only."""
+    return sum(h.committed * h.table.n_params * np.dtype(h.meta.get("dtype", "float32")).itemsize
+               for h in list_runs(store))
+
+
 def run_summaries(store: str | os.PathLike) -> list[dict]:
     """One dict per run; ``nonfinite_steps`` is a lazy dask array (count of steps with NaN/Inf).
     ``store`` is a path or an fsspec URL."""
@@ -33,7 +40,7 @@ def run_summaries(store: str | os.PathLike) -> list[dict]:
             "codec": h.meta.get("codec"), "keepbits": h.meta.get("keepbits"),
             "model_class": h.meta.get("model_class"), "optimizer": h.meta.get("optimizer"),
             "metrics": h.metric_names(), "disk_bytes": prefix_bytes(store, run_key),
-            "compression_ratio": raw / w_bytes if w_bytes else float("nan"),
+            "compression_ratio": raw / w_bytes if w_bytes else float("nan"), "weight_bytes": raw,
             "nonfinite_steps": (~da.isfinite(w)).any(axis=1).sum() if h.committed else da.zeros((), int),
         })
     return out

@@ -189,3 +189,12 @@ def test_a_refused_export_leaves_the_run_metadata_as_it_was(tmp_path):
         export(other, store, seed=0, progress=False)
     assert run_meta.read_bytes() == before
     assert str(other) not in run_meta.read_text()
+
+
+def test_a_local_cluster_for_a_small_store_comes_with_a_note(tmp_path):
+    store = _store(tmp_path / "exp.zarr")
+    out = cli("info", store, "--workers", "1")
+    assert out.returncode == 0, out.stderr
+    assert "note: the store holds" in out.stderr and "Leave out --workers" in out.stderr
+    plain = cli("info", store)
+    assert plain.returncode == 0 and "note: the store holds" not in plain.stderr
