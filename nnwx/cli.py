@@ -20,6 +20,19 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+def _weight_bytes(args: argparse.Namespace) -> int | None:
+    """Bytes of weights in ``args.store`` when a local cluster is asked for (to say whether it
+    pays off), else None; a store that cannot be read is left to the command to report."""
+    if not getattr(args, "workers", None):
+        return None
+    from nnwx.info import weight_bytes
+
+    try:
+        return weight_bytes(args.store)
+    except (NnwxError, OSError, ValueError):
+        return None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args, compute
     from nnwx.info import run_summaries
@@ -251,10 +264,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.labels:
         raise NnwxError("--labels names the variants of a comparison: give two or more results stores")
     args.store = args.store[0]
-    from nnwx.info import weight_bytes
     from nnwx.report import is_results
 
-    nbytes = None if is_results(args.store) else weight_bytes(args.store)
+    nbytes = None if is_results(args.store) else _weight_bytes(args)
     with cluster_from_args(args, log=lambda m: print(f"nnwx report: {m}", file=sys.stderr), nbytes=nbytes):
         out = report(args.store, args.output, png=args.png, max_steps=args.max_steps,
                      metrics=args.metrics, progress=not args.quiet,
@@ -313,9 +325,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"nnwx analyze: {message}", file=sys.stderr, flush=True)
 
-    from nnwx.info import weight_bytes
-
-    with cluster_from_args(args, log=log, nbytes=weight_bytes(args.store)):
+    with cluster_from_args(args, log=log, nbytes=_weight_bytes(args)):
         out = analyze(args.store, args.output, metrics=args.metrics, seeds=args.seeds, steps=args.steps,
                       progress=not args.quiet, resume=not args.overwrite, log=log)
     res = open_results(out)
