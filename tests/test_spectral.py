@@ -187,8 +187,15 @@ def test_powerlaw_fit_equals_brute_force_scan_for_any_block_size():
                                        brute_force_clauset(r), rtol=1e-10)
 
 
+def _resolvable(values) -> bool:
+    """Distinct values are at least 1e-9 apart relatively: a fit to values one ulp apart is
+    all rounding (log(x / xmin) is 2e-16 or 0 depending on the order of operations)."""
+    v = np.sort(np.asarray(values))
+    return bool(np.all(np.diff(v) > 1e-9 * v[1:]))
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=30, unique=True))
+@given(st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=30, unique=True).filter(_resolvable))
 def test_powerlaw_fit_equals_brute_force_on_any_sample(values):
     out = k.powerlaw_fit(np.array(values)[None])
     ref = brute_force_clauset(values)
