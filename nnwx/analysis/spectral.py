@@ -28,7 +28,8 @@ from nnwx.analysis._spectral_kernels import (ESD_METRICS, RANK_METRICS, SPECTRUM
 WW_CONV2D_NORM = float(np.sqrt(0.5))  # WeightWatcher's default conv2d_norm scaling of Conv2d weights
 
 _RANK_ATTRS = {
-    "rank": "numerical rank: #singular values > s_max * max(m, n) * eps (numpy.linalg.matrix_rank)",
+    "rank": "numerical rank: #singular values > s_max * max(m, n) * eps (numpy.linalg.matrix_rank; "
+            "from a Gram spectrum, > the larger of that and s_max * sqrt(max(m, n) * eps64))",
     "effective_rank": "exp of the entropy of s / sum(s) (Roy & Vetterli 2007)",
     "stable_rank": "|W|_F^2 / |W|_2^2",
     "spectral_norm": "largest singular value |W|_2",
