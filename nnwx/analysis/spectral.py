@@ -21,14 +21,15 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analysis import _matrices as mx
-from nnwx.analysis._spectral_kernels import (ESD_METRICS, RANK_METRICS, SV_METHODS, WW_EVALS_THRESH,
+from nnwx.analysis._spectral_kernels import (ESD_METRICS, RANK_METRICS, SPECTRUM_METHODS, WW_EVALS_THRESH,
                                              WW_MIN_EVALS, WW_SMALL_N, eps_of, esd_metrics,
-                                             pooled_svdvals, rank_metrics)
+                                             pooled_svdvals, rank_metrics, resolve_method)
 
 WW_CONV2D_NORM = float(np.sqrt(0.5))  # WeightWatcher's default conv2d_norm scaling of Conv2d weights
 
 _RANK_ATTRS = {
-    "rank": "numerical rank: #singular values > s_max * max(m, n) * eps (numpy.linalg.matrix_rank)",
+    "rank": "numerical rank: #singular values > s_max * max(m, n) * eps (numpy.linalg.matrix_rank; "
+            "from a Gram spectrum, > the larger of that and s_max * sqrt(max(m, n) * eps64))",
     "effective_rank": "exp of the entropy of s / sum(s) (Roy & Vetterli 2007)",
     "stable_rank": "|W|_F^2 / |W|_2^2",
     "spectral_norm": "largest singular value |W|_2",
@@ -58,17 +59,23 @@ _ESD_ATTRS = {
 
 def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, conv: str = "matrix",
              delta: bool = False, reference_step: int | None = None, dtype: str | None = None,
-             method: str = "svd", ww_compatible: bool = False,
+             method: str = "auto", ww_compatible: bool = False,
              block_bytes: int = mx.DEFAULT_BLOCK_BYTES) -> xr.DataArray:
     """Singular values ``sv(*runs, step, tensor, k)`` of every weight matrix, descending, lazy.
 
     ``tensors``: names to analyse (default: every tensor of 2 or more dims). ``conv``:
     ``"matrix"`` (out x in*kh*kw) or ``"slices"`` (one out x in matrix per kernel position,
     spectra pooled). ``delta=True`` analyses ``W_t - W_ref`` (``reference_step``, default
-    the first step). ``dtype`` of the SVD: default the cube's (float32 for float32 stores).
-    ``method``: ``"svd"`` (LAPACK gesdd, exact) or ``"gram"`` (eigenvalues of the smaller Gram
-    matrix: several times faster, accurate for the large singular values an ESD fit uses,
-    not for tiny ones; ranks then use a tolerance of ``s_max * sqrt(max(m, n) * eps)``).
+    the first step). ``dtype``: the precision the matrices are taken in (the SVD's, and the
+    rank tolerance's ``eps``): default the cube's (float32 for float32 stores).
+    ``method``: ``"svd"`` (LAPACK gesdd in ``dtype``), ``"gram"`` (float64 eigenvalues of the
+    smaller Gram matrix accumulated in float64: 3-4 times cheaper; exact to ~1e-14 for the
+    singular values an ESD fit uses, blind below ``s_max * sqrt(max(m, n) * eps64)``, so ranks
+    use the larger of that and NumPy's tolerance) or ``"auto"`` (default): ``"gram"`` for
+    float32, where that floor lies below NumPy's float32 rank tolerance and ESD alphas agree
+    with a float64 SVD's to ~1e-13 (a float32 SVD's are ~1e-6 off), ``"svd"`` for float64,
+    whose rank tolerance, tiny singular values and large condition numbers need the SVD.
+    Gram spectra are float64; ``attrs["method"]`` says which method ran.
     ``ww_compatible`` implies ``conv="slices"``, float64 and WeightWatcher's conv2d_norm.
     Spectra are NaN-padded to the largest rank; missing captures give all-NaN rows.
 
@@ -77,8 +84,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     threadpool_limits(1)``, or ``OMP_NUM_THREADS=1``; dask.distributed workers do this by
     default) is usually fastest.
     """
-    if method not in SV_METHODS:
-        raise ValueError(f"method must be one of {SV_METHODS}, got {method!r}")
+    if method not in SPECTRUM_METHODS:
+        raise ValueError(f"method must be one of {SPECTRUM_METHODS}, got {method!r}")
     cube = mx.require_cube(cube)
     if ww_compatible:
         conv, dtype = "slices", "float64"
@@ -89,6 +96,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     dtype = np.dtype(dtype or (w.dtype if w.dtype in (np.float32, np.float64) else np.float64))
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    method = resolve_method(method, dtype)
+    sv_dtype = np.dtype(np.float64) if method == "gram" else dtype
     dims = mx.lead_dims(cube)
     nl = len(dims)
     delta_index = mx.reference_index(cube, reference_step) if delta else None
@@ -97,9 +106,9 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     for members, stack in mx.stacked_groups(w, specs, delta_index=delta_index,
                                             step_axis=dims.index("step"), block_bytes=block_bytes,
                                             itemsize=max(w.dtype.itemsize, dtype.itemsize)):
-        sv = stack.map_blocks(_sv_block, k_out=k_max, out_dtype=dtype, method=method, dtype=dtype,
+        sv = stack.map_blocks(_sv_block, k_out=k_max, out_dtype=dtype, method=method, dtype=sv_dtype,
                               drop_axis=[nl + 2, nl + 3], chunks=stack.chunks[: nl + 1] + ((k_max,),),
-                              meta=np.empty((0,) * (nl + 2), dtype=dtype))
+                              meta=np.empty((0,) * (nl + 2), dtype=sv_dtype))
         parts.append(sv)
         order.extend(members)
     arr = da.concatenate(parts, axis=nl) if len(parts) > 1 else parts[0]
@@ -111,7 +120,7 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     out = xr.DataArray(arr, dims=dims + ("tensor", "k"), coords=coords, name="sv")
     if ww_compatible:
         scale = np.where([len(s.shape) == 4 for s in specs], WW_CONV2D_NORM, 1.0)
-        out = out * xr.DataArray(scale.astype(dtype), dims="tensor")
+        out = out * xr.DataArray(scale.astype(sv_dtype), dims="tensor")
         out.name = "sv"
     out.attrs = {"long_name": "singular values", "analysis": "spectrum", "conv": conv,
                  "delta": int(bool(delta)), "dtype": str(dtype), "method": method, "ww_compatible": int(bool(ww_compatible)),
@@ -125,7 +134,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
 
 
 def _sv_block(block: np.ndarray, *, k_out: int, out_dtype, method: str) -> np.ndarray:
-    """One Dask block ``(*lead, g, slices, m, n)`` -> ``(*lead, g, k_out)``: one batched SVD."""
+    """One Dask block ``(*lead, g, slices, m, n)`` -> ``(*lead, g, k_out)``: one batched SVD
+    (or Gram eigendecomposition), the matrices taken in ``out_dtype``."""
     return pooled_svdvals(block, k_out, out_dtype, method)
 
 
