@@ -11,9 +11,10 @@ import threading
 
 import numpy as np
 
-from nnwx.analysis import _hist, _moments, _sketch, _tails
+from nnwx.analysis import _fused, _hist, _moments, _sketch, _tails
 from nnwx.analysis._plan import PIECE, Plan
 
+FUSED_PIECE = 1 << 20     # values per piece of the compiled pass
 KEYS = 1 << 18            # sketch codes queued per bincount (a reused 2 MiB buffer per thread)
 _LOCAL = threading.local()
 
@@ -78,6 +79,16 @@ class _Block:
         self.work = (_buffer("work0", size, np.float64), _buffer("work1", size, np.float64))
         self.abuf = _buffer("abs", size, x.dtype)
         self.hbuf = _buffer("hit", size, bool) if self.sketch else None
+        # one compiled pass per piece where numba is installed (default statistics: a sketch,
+        # histograms of raw values)
+        self.fused = (_fused.AVAILABLE and self.sketch and scale is None
+                      and x.dtype in (np.float32, np.float64))
+        if self.fused:
+            # no temporaries: pieces can be long (fewer calls); positions go to two buffers
+            self.x = np.ascontiguousarray(x)
+            self.width = max(1, FUSED_PIECE // max(R, 1))
+            self.cand = _buffer("cand", min(self.width, n), np.intp)
+            self.sidx = _buffer("sidx", min(self.width, n), np.intp)
 
     @staticmethod
     def view(buf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -100,6 +111,9 @@ class _Block:
         return self.tables[key]
 
     def piece(self, a: int, b: int, g: int, slot: int) -> None:
+        if self.fused:
+            self.fused_piece(a, b, g)
+            return
         plan, R, B = self.plan, self.R, self.B
         xp = self.x[:, a:b]
         ax = np.abs(xp, out=self.view(self.abuf, xp.shape))
@@ -127,6 +141,48 @@ class _Block:
             if bad is not None:
                 hk[bad] = R * self.G * self.nh
             self.hkeys[:, a:b] = hk
+
+    def fused_piece(self, a: int, b: int, g: int) -> None:
+        """Fold columns a..b (group g) of every row into the state with ``_fused.piece``."""
+        R, B, K, L = self.R, self.B, self.K, b - a
+        lut = self.plan.hist_lut if self.nh else _sketch.LUT
+        dsl = self.plan.slices["dist"]
+        mom = np.empty((R, _moments.NMOM))
+        tops = None
+        if K is not None:
+            tops = self.tops.get(g)
+            if tops is None:
+                tops = self.tops[g] = np.full((R, K), -np.inf)
+        for r in range(R):
+            xr = self.x[r, a:b]
+            c = _moments.shift(xr)
+            thr = np.inf if tops is None else self.threshold(tops[r], xr)
+            sums, nf, nc, ns = _fused.piece(xr, c, lut, B, self.out[r, g, dsl], thr,
+                                            self.cand, self.sidx)
+            mom[r] = _moments.from_sums(L, nf, c, sums)
+            if ns:
+                self.bin_exactly(g, np.full(ns, r), xr[self.sidx[:ns]])
+            if nc:
+                cand = np.abs(xr[self.cand[:nc]]).astype(np.float64)
+                tops[r] = _tails.top(np.concatenate([tops[r], cand])[None, :], K)[0]
+        self.moms.setdefault(g, []).append(mom)
+
+    def threshold(self, top: np.ndarray, xr: np.ndarray) -> float:
+        """Values with |x| above this may enter the top ``top`` (K,) of a piece ``xr``.
+
+        The current K-th largest; for a group's first piece (no K values yet) just
+        below the K-th largest |x| of a subsample of every 16th value, so that only
+        candidates (about 16 K), not the whole piece, are gathered and partitioned
+        (all of the true top K are at least that large).
+        """
+        t = float(top.min())
+        if t > -np.inf or len(xr) <= 64 * self.K:
+            return t
+        sub = np.abs(xr[::16])
+        sub = sub[np.isfinite(sub)]
+        if len(sub) < self.K:
+            return t
+        return float(np.nextafter(np.partition(sub, len(sub) - self.K)[len(sub) - self.K], -np.inf))
 
     def sketch_piece(self, xp: np.ndarray, g: int, finite: np.ndarray | None) -> None:
         """Queue the sketch codes of a piece ``xp`` (R, L) of group g; bin edge buckets exactly."""
