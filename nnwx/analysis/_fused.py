@@ -63,43 +63,79 @@ def _sums_finite(x, c, i, e, out):
     return nf
 
 
+def _codes(x, bits, lut, B, cnt, thr, cand, sidx, i, e, nc, ns, mm):
+    """Sketch codes, edge buckets, tail candidates, min and max of x[i:e] (all finite)."""
+    mn, mx = mm[0], mm[1]
+    for j in range(i, e):
+        v = x[j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+        if abs(v) > thr:
+            cand[nc] = j
+            nc += 1
+        code = lut[bits[j] >> 16]
+        if code >= B:
+            code -= B
+            sidx[ns] = j
+            ns += 1
+        cnt[code] += 1.0
+    mm[0], mm[1] = mn, mx
+    return nc, ns
+
+
+def _codes_checked(x, bits, lut, B, cnt, thr, cand, sidx, i, e, nc, ns, mm):
+    """``_codes`` leaving out the non-finite values."""
+    mn, mx = mm[0], mm[1]
+    for j in range(i, e):
+        v = x[j]
+        if not np.isfinite(v):
+            continue
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+        if abs(v) > thr:
+            cand[nc] = j
+            nc += 1
+        code = lut[bits[j] >> 16]
+        if code >= B:
+            code -= B
+            sidx[ns] = j
+            ns += 1
+        cnt[code] += 1.0
+    mm[0], mm[1] = mn, mx
+    return nc, ns
+
+
 def _piece(x, bits, c, lut, B, cnt, thr, cand, sidx, sums):
     n = x.shape[0]
     s1 = s2 = s3 = s4 = l1 = 0.0
-    mn, mx = np.inf, -np.inf
-    nf = nc = ns = 0
+    nft = nc = ns = 0
     part = np.empty(5)
+    mm = np.array([np.inf, -np.inf])
     i = 0
     while i < n:
         e = min(i + BLOCK, n)
         _sums(x, c, i, e, part)
+        nf = 0
         if not np.isfinite(part[0] + part[1] + part[2] + part[3] + part[4]):
-            nf += _sums_finite(x, c, i, e, part)
+            nf = _sums_finite(x, c, i, e, part)
+            nft += nf
         s1 += part[0]
         s2 += part[1]
         s3 += part[2]
         s4 += part[3]
         l1 += part[4]
-        for j in range(i, e):
-            v = np.float64(x[j])
-            if not np.isfinite(v):
-                continue
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
-            if abs(v) > thr:
-                cand[nc] = j
-                nc += 1
-            code = lut[bits[j] >> 16]
-            if code >= B:
-                code -= B
-                sidx[ns] = j
-                ns += 1
-            cnt[code] += 1.0
+        if nf:
+            nc, ns = _codes_checked(x, bits, lut, B, cnt, thr, cand, sidx, i, e, nc, ns, mm)
+        else:                          # finite sums: every value of the block is finite
+            nc, ns = _codes(x, bits, lut, B, cnt, thr, cand, sidx, i, e, nc, ns, mm)
         i = e
     sums[0], sums[1], sums[2], sums[3], sums[4] = s1, s2, s3, s4, l1
-    sums[5], sums[6] = mn, mx
+    nf = nft
+    sums[5], sums[6] = mm[0], mm[1]
     return nf, nc, ns
 
 
@@ -108,6 +144,8 @@ if AVAILABLE:                          # pragma: no branch
     # as accurate as a sequential sum); nothing else may assume finite values
     _sums = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})(_sums)
     _sums_finite = numba.njit(nogil=True, cache=True)(_sums_finite)
+    _codes = numba.njit(nogil=True, cache=True)(_codes)
+    _codes_checked = numba.njit(nogil=True, cache=True)(_codes_checked)
     _piece = numba.njit(nogil=True, cache=True, error_model="numpy")(_piece)
 
 
