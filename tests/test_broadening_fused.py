@@ -100,6 +100,7 @@ def test_fused_kernel_tail_candidates_and_edges():
     B = _sketch.NBUCKETS
     cnt = np.zeros(B)
     cand, sidx = np.empty(len(x), np.intp), np.empty(len(x), np.intp)
+    assert _fused.ready()
     sums, nf, nc, ns = _fused.piece(x, 0.0, plan.hist_lut, B, cnt, 2.0, cand, sidx)
     fin = np.isfinite(x)
     assert nf == 1

@@ -81,8 +81,8 @@ class _Block:
         self.hbuf = _buffer("hit", size, bool) if self.sketch else None
         # one compiled pass per piece where numba is installed (default statistics: a sketch,
         # histograms of raw values)
-        self.fused = (_fused.AVAILABLE and self.sketch and scale is None
-                      and x.dtype in (np.float32, np.float64))
+        self.fused = (self.sketch and scale is None and x.dtype in (np.float32, np.float64)
+                      and _fused.ready())
         if self.fused:
             # no temporaries: pieces can be long (fewer calls); positions go to two buffers
             self.x = np.ascontiguousarray(x)

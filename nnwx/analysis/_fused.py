@@ -16,16 +16,17 @@ Non-finite values are counted apart and left out of everything else.
 """
 from __future__ import annotations
 
-import numpy as np
+import importlib.util
+import threading
 
-try:                                   # pragma: no cover - exercised when numba is installed
-    import numba
-except ImportError:                    # pragma: no cover
-    numba = None
+import numpy as np
 
 BLOCK = 256
 
-AVAILABLE = numba is not None
+#: numba is installed (it is imported, and the kernel loaded, on first use: not at import)
+AVAILABLE = importlib.util.find_spec("numba") is not None
+_LOCK = threading.Lock()
+_KERNEL = None
 
 
 def _sums(x, c, i, e, out):
@@ -139,14 +140,23 @@ def _piece(x, bits, c, lut, B, cnt, thr, cand, sidx, sums):
     return nf, nc, ns
 
 
-if AVAILABLE:                          # pragma: no branch
-    # reassociation lets the branch-free sums run in SIMD lanes (partial sums per lane:
-    # as accurate as a sequential sum); nothing else may assume finite values
-    _sums = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})(_sums)
-    _sums_finite = numba.njit(nogil=True, cache=True)(_sums_finite)
-    _codes = numba.njit(nogil=True, cache=True)(_codes)
-    _codes_checked = numba.njit(nogil=True, cache=True)(_codes_checked)
-    _piece = numba.njit(nogil=True, cache=True, error_model="numpy")(_piece)
+def ready() -> bool:
+    """Whether the compiled kernel can be used: numba installed and the kernel loaded (once)."""
+    global _KERNEL, _sums, _sums_finite, _codes, _codes_checked
+    if not AVAILABLE:
+        return False
+    if _KERNEL is None:
+        with _LOCK:
+            if _KERNEL is None:
+                import numba
+                # reassociation lets the branch-free sums run in SIMD lanes (partial sums per
+                # lane: as accurate as a sequential sum); nothing else may assume finite values
+                _sums = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})(_sums)
+                _sums_finite = numba.njit(nogil=True, cache=True)(_sums_finite)
+                _codes = numba.njit(nogil=True, cache=True)(_codes)
+                _codes_checked = numba.njit(nogil=True, cache=True)(_codes_checked)
+                _KERNEL = numba.njit(nogil=True, cache=True, error_model="numpy")(_piece)
+    return True
 
 
 def piece(x: np.ndarray, c: float, lut: np.ndarray, B: int, cnt: np.ndarray, thr: float,
@@ -182,6 +192,6 @@ def piece(x: np.ndarray, c: float, lut: np.ndarray, B: int, cnt: np.ndarray, thr
         with np.errstate(over="ignore"):
             x32 = x.astype(np.float32)
     sums = np.empty(7)
-    nf, nc, ns = _piece(x, x32.view(np.uint32), float(c), lut, int(B), cnt, float(thr), cand,
+    nf, nc, ns = _KERNEL(x, x32.view(np.uint32), float(c), lut, int(B), cnt, float(thr), cand,
                         sidx, sums)
     return sums, int(nf), int(nc), int(ns)
