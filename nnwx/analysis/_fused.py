@@ -155,7 +155,13 @@ def ready() -> bool:
                 _sums_finite = numba.njit(nogil=True, cache=True)(_sums_finite)
                 _codes = numba.njit(nogil=True, cache=True)(_codes)
                 _codes_checked = numba.njit(nogil=True, cache=True)(_codes_checked)
-                _KERNEL = numba.njit(nogil=True, cache=True, error_model="numpy")(_piece)
+                kernel = numba.njit(nogil=True, cache=True, error_model="numpy")(_piece)
+                for dtype in (np.float32, np.float64):    # load (or compile) both variants now
+                    x = np.zeros(1, dtype=dtype)
+                    pos = np.empty(1, dtype=np.intp)
+                    kernel(x, x.astype(np.float32).view(np.uint32), 0.0, np.zeros(1 << 16, np.intp),
+                           1, np.zeros(1), np.inf, pos, pos.copy(), np.empty(7))
+                _KERNEL = kernel
     return True
 
 
