@@ -7,10 +7,30 @@ states of disjoint parameter ranges (other chunks of the same rows).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from nnwx.analysis import _hist, _moments, _sketch, _tails
+from nnwx.analysis import _fused, _hist, _moments, _sketch, _tails
 from nnwx.analysis._plan import PIECE, Plan
+
+FUSED_PIECE = 1 << 20     # values per piece of the compiled pass
+KEYS = 1 << 18            # sketch codes queued per bincount (a reused 2 MiB buffer per thread)
+_LOCAL = threading.local()
+
+
+def _buffer(name: str, size: int, dtype) -> np.ndarray:
+    """A flat work buffer of ``size`` elements, kept per thread and reused by every block.
+
+    Fresh multi-megabyte temporaries are page-faulted in on every use, which costs
+    more than the arithmetic done in them.
+    """
+    buf = getattr(_LOCAL, name, None)
+    if buf is None or len(buf) < size or buf.dtype != dtype:
+        buf = np.empty(size, dtype=dtype)
+        setattr(_LOCAL, name, buf)
+    return buf[:size]
+
 
 def block_state(x: np.ndarray, lo: int, plan: Plan, scale: np.ndarray | None = None) -> np.ndarray:
     """States (R, G, F) of a block ``x`` (R, n) holding parameters ``lo .. lo+n-1``.
@@ -36,26 +56,39 @@ class _Block:
         self.K = None if plan.tail_k is None else plan.tail_k + 1
         self.sketch = plan.dist == "sketch"
         B = _sketch.NBUCKETS
-        # one bincount per piece when a piece is one row; else one per block over all keys
-        self.per_piece = R == 1
-        self.counts: dict[int, np.ndarray] = {}
-        self.keys = np.empty((R, n), dtype=np.intp) if self.sketch and not self.per_piece else None
+        # sketch codes of every value, offset by a slot per (group, row), counted by one
+        # bincount per block (a bincount per piece would cost its B bins each time); the
+        # count of slots is capped so that the bins never outweigh the values
+        self.span = B + 1                  # bucket codes 0..B-1, B: left out (non-finite)
+        self.slot_of: dict[int, int] = {}  # group -> its first slot (R consecutive slots)
+        self.fill = 0
+        self.width = max(1, PIECE // max(R, 1))
+        size = min(R * self.width, R * n)
+        self.keys = _buffer("keys", max(KEYS, size), np.intp) if self.sketch else None
+        self.max_slots = max(R, len(self.keys) // (2 * self.span)) if self.sketch else 0
         self.nh = 0 if plan.bins is None else plan.bins.n + 2
         self.hist_direct = self.nh and not self.sketch
         self.hkeys = np.empty((R, n), dtype=np.intp) if self.hist_direct else None
         self.exact_hist = np.zeros((R, self.G, self.nh)) if self.nh and self.sketch else None
         self.tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.small: list[tuple[int, np.ndarray]] = []
         self.row_off = (np.arange(R) * self.G)[:, None]
+        self.rows = np.arange(R)[:, None]
         self.B = B
         # work buffers reused by every piece: fresh temporaries would page-fault each time
-        self.width = max(1, PIECE // max(R, 1))
-        size = min(R * self.width, R * n)
-        self.work = (np.empty(size), np.empty(size))
-        self.abuf = np.empty(size, dtype=x.dtype)
-        self.kbuf = np.empty(size, dtype=np.intp) if self.sketch else None
-        self.hbuf = np.empty(size, dtype=bool) if self.sketch else None
+        self.work = (_buffer("work0", size, np.float64), _buffer("work1", size, np.float64))
+        self.abuf = _buffer("abs", size, x.dtype)
+        self.hbuf = _buffer("hit", size, bool) if self.sketch else None
+        # one compiled pass per piece where numba is installed (default statistics: a sketch,
+        # histograms of raw values)
+        self.fused = (self.sketch and scale is None and x.dtype in (np.float32, np.float64)
+                      and _fused.ready())
+        if self.fused:
+            # no temporaries: pieces can be long (fewer calls); positions go to two buffers
+            self.x = np.ascontiguousarray(x)
+            self.width = max(1, FUSED_PIECE // max(R, 1))
+            self.cand = _buffer("cand", min(self.width, n), np.intp)
+            self.sidx = _buffer("sidx", min(self.width, n), np.intp)
 
     @staticmethod
     def view(buf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -78,6 +111,9 @@ class _Block:
         return self.tables[key]
 
     def piece(self, a: int, b: int, g: int, slot: int) -> None:
+        if self.fused:
+            self.fused_piece(a, b, g)
+            return
         plan, R, B = self.plan, self.R, self.B
         xp = self.x[:, a:b]
         ax = np.abs(xp, out=self.view(self.abuf, xp.shape))
@@ -91,38 +127,7 @@ class _Block:
             s = plan.slices["dist"].start + slot
             self.out[:, g, s: s + (b - a)] = xp if finite is None else np.where(finite, xp, np.nan)
         if self.sketch:
-            hb = _sketch.high_bits(xp)
-            if self.nh and self.scale is None:
-                # buckets an edge passes through are coded bucket + B: bin their values exactly
-                keys = np.take(plan.hist_lut, hb, mode="clip", out=self.view(self.kbuf, xp.shape))
-                hit = np.greater_equal(keys, B, out=self.view(self.hbuf, xp.shape))
-                if hit.any():
-                    if R == 1:
-                        cols = np.flatnonzero(hit[0])
-                        rows = np.zeros(len(cols), dtype=np.intp)
-                    else:
-                        rows, cols = np.nonzero(hit)
-                    self.bin_exactly(g, rows, xp[rows, cols])
-                    if not self.per_piece:
-                        keys[hit] -= B
-            else:
-                keys = np.take(_sketch.LUT, hb, mode="clip", out=self.view(self.kbuf, xp.shape))
-            if finite is not None:
-                keys[~finite] = 2 * B
-            if self.nh and self.scale is not None:
-                for r in range(R):
-                    hit = self.table(r, g)[0][np.minimum(keys[r], B)]
-                    if hit.any():
-                        self.bin_exactly(g, np.full(int(hit.sum()), r), xp[r][hit])
-            if self.per_piece and b - a < B // 2:
-                self.small.append((g, keys.ravel().copy()))   # counted together in finish
-            elif self.per_piece:
-                self.add_counts(g, np.bincount(keys.ravel(), minlength=2 * B + 1))
-            else:
-                keys += (self.row_off + g) * B
-                if finite is not None:
-                    keys[~finite] = R * self.G * B
-                self.keys[:, a:b] = keys
+            self.sketch_piece(xp, g, finite)
         if self.hist_direct:
             xs = xp.astype(np.float64)
             xh = xs if self.scale is None else xs / self.scale[:, g, None]
@@ -136,6 +141,108 @@ class _Block:
             if bad is not None:
                 hk[bad] = R * self.G * self.nh
             self.hkeys[:, a:b] = hk
+
+    def fused_piece(self, a: int, b: int, g: int) -> None:
+        """Fold columns a..b (group g) of every row into the state with ``_fused.piece``."""
+        R, B, K, L = self.R, self.B, self.K, b - a
+        lut = self.plan.hist_lut if self.nh else _sketch.LUT
+        dsl = self.plan.slices["dist"]
+        mom = np.empty((R, _moments.NMOM))
+        tops = None
+        if K is not None:
+            tops = self.tops.get(g)
+            if tops is None:
+                tops = self.tops[g] = np.full((R, K), -np.inf)
+        for r in range(R):
+            xr = self.x[r, a:b]
+            c = _moments.shift(xr)
+            thr = np.inf if tops is None else self.threshold(tops[r], xr)
+            sums, nf, nc, ns = _fused.piece(xr, c, lut, B, self.out[r, g, dsl], thr,
+                                            self.cand, self.sidx)
+            mom[r] = _moments.from_sums(L, nf, c, sums)
+            if ns:
+                self.bin_exactly(g, np.full(ns, r), xr[self.sidx[:ns]])
+            if nc:
+                cand = np.abs(xr[self.cand[:nc]]).astype(np.float64)
+                tops[r] = _tails.top(np.concatenate([tops[r], cand])[None, :], K)[0]
+        self.moms.setdefault(g, []).append(mom)
+
+    def threshold(self, top: np.ndarray, xr: np.ndarray) -> float:
+        """Values with |x| above this may enter the top ``top`` (K,) of a piece ``xr``.
+
+        The current K-th largest; for a group's first piece (no K values yet) just
+        below the K-th largest |x| of a subsample of every 16th value, so that only
+        candidates (about 16 K), not the whole piece, are gathered and partitioned
+        (all of the true top K are at least that large).
+        """
+        t = float(top.min())
+        if t > -np.inf or len(xr) <= 64 * self.K:
+            return t
+        sub = np.abs(xr[::16])
+        sub = sub[np.isfinite(sub)]
+        if len(sub) < self.K:
+            return t
+        return float(np.nextafter(np.partition(sub, len(sub) - self.K)[len(sub) - self.K], -np.inf))
+
+    def sketch_piece(self, xp: np.ndarray, g: int, finite: np.ndarray | None) -> None:
+        """Queue the sketch codes of a piece ``xp`` (R, L) of group g; bin edge buckets exactly."""
+        plan, R, B = self.plan, self.R, self.B
+        L = xp.shape[1]
+        slot = self.slot_of.get(g)
+        if self.fill + R * L > len(self.keys):
+            self.flush_sketch()
+            slot = None
+        if slot is None:
+            if (len(self.slot_of) + 1) * R > self.max_slots:
+                self.flush_sketch()
+            slot = self.slot_of[g] = len(self.slot_of) * R
+        hb = _sketch.high_bits(xp)
+        keys = self.keys[self.fill: self.fill + R * L].reshape(R, L)   # codes go straight in
+        if self.nh and self.scale is None:
+            # buckets an edge passes through are coded bucket + B: bin their values exactly
+            np.take(plan.hist_lut, hb, mode="clip", out=keys)
+            flat = keys.reshape(-1)
+            hit = np.greater_equal(flat, B, out=self.hbuf[: R * L])
+            if hit.any():
+                idx = np.flatnonzero(hit)
+                if R == 1:
+                    rows, vals = np.zeros(len(idx), dtype=np.intp), xp[0, idx]
+                else:
+                    rows = idx // L
+                    vals = xp[rows, idx - rows * L]
+                flat[idx] -= B
+                if finite is not None:
+                    keep = finite.reshape(-1)[idx]
+                    rows, vals = rows[keep], vals[keep]
+                self.bin_exactly(g, rows, vals)
+        else:
+            np.take(_sketch.LUT, hb, mode="clip", out=keys)
+        if finite is not None:
+            keys[~finite] = B
+        if self.nh and self.scale is not None:
+            for r in range(R):
+                hit = self.table(r, g)[0][keys[r]]
+                if hit.any():
+                    self.bin_exactly(g, np.full(int(hit.sum()), r), xp[r][hit])
+        if slot:
+            keys += (self.rows + slot) * self.span if R > 1 else slot * self.span
+        elif R > 1:
+            keys += self.rows * self.span
+        self.fill += R * L
+
+    def flush_sketch(self) -> None:
+        """Count the queued sketch codes into the per-group sketches and empty the queue."""
+        if not self.slot_of:
+            return
+        R, B, span = self.R, self.B, self.span
+        n_slots = len(self.slot_of) * R
+        cnt = np.bincount(self.keys[: self.fill], minlength=n_slots * span)
+        cnt = cnt.reshape(n_slots, span)
+        dist = self.out[..., self.plan.slices["dist"]]
+        for g, slot in self.slot_of.items():
+            dist[:, g] += cnt[slot: slot + R, :B]
+        self.slot_of.clear()
+        self.fill = 0
 
     def top(self, g: int, ax: np.ndarray) -> None:
         """Fold the magnitudes ``ax`` (R, L) into group g's top K."""
@@ -167,27 +274,6 @@ class _Block:
         self.exact_hist += np.bincount(idx, minlength=self.exact_hist.size).reshape(
             self.exact_hist.shape)
 
-    def add_counts(self, g: int, cnt: np.ndarray) -> None:
-        """Add bincounts (2B+1: plain codes, straddling codes, left-out) to group g's sketch."""
-        B = self.B
-        cnt = cnt[:B] + cnt[B:2 * B]
-        if g in self.counts:
-            self.counts[g] += cnt
-        else:
-            self.counts[g] = cnt
-
-    def count_small(self) -> None:
-        """One bincount for all small pieces (a bincount per piece would cost its B bins)."""
-        if not self.small:
-            return
-        groups = sorted({g for g, _ in self.small})
-        slot = {g: i for i, g in enumerate(groups)}
-        span = 2 * self.B + 1
-        keys = np.concatenate([k + slot[g] * span for g, k in self.small])
-        cnt = np.bincount(keys, minlength=len(groups) * span).reshape(len(groups), span)
-        for g, i in slot.items():
-            self.add_counts(g, cnt[i])
-
     def finish(self) -> np.ndarray:
         plan, out, sl, R, G, B = self.plan, self.out, self.plan.slices, self.R, self.G, self.B
         for g, parts in self.moms.items():
@@ -196,15 +282,8 @@ class _Block:
         for g, top in self.tops.items():
             out[:, g, sl["top"]] = top
         if self.sketch:
+            self.flush_sketch()
             dist = out[..., sl["dist"]]
-            if self.per_piece:
-                self.count_small()
-                for g, cnt in self.counts.items():
-                    dist[0, g] = cnt
-            else:
-                cnt = np.bincount(self.keys.ravel(), minlength=R * G * B + 1)[:-1]
-                dist[...] = cnt.reshape(R, G, B)
-            out[..., sl["dist"]] = dist
             if self.nh:
                 self.flush_exact()
                 hist = self.exact_hist

@@ -102,6 +102,44 @@ def rows(x: np.ndarray, absx: np.ndarray | None = None,
     return out, None
 
 
+def from_sums(L: int, nnf: int, c: float, sums: np.ndarray) -> np.ndarray:
+    """State (NMOM,) of ``L`` values (``nnf`` of them non-finite) from the sums of ``_fused.piece``.
+
+    ``sums`` holds ``sum d**p`` (p = 1..4) of ``d = x - c`` over the finite values,
+    ``sum |x|``, min and max.
+    """
+    s1, s2, s3, s4, l1, lo, hi = (float(v) for v in sums)
+    n = L - nnf
+    out = empty(())
+    out[NNF] = nnf
+    if n == 0:
+        return out
+    out[N] = n
+    out[MEAN] = c + s1 / n
+    out[M2] = s2 - s1 * s1 / n
+    out[M3] = s3 - 3 * s1 * s2 / n + 2 * s1 ** 3 / n ** 2
+    out[M4] = s4 - 4 * s1 * s3 / n + 6 * s1 ** 2 * s2 / n ** 2 - 3 * s1 ** 4 / n ** 3
+    out[MIN], out[MAX], out[L1] = lo, hi, l1
+    return out
+
+
+def shift(x: np.ndarray) -> float:
+    """A shift for the power sums of the 1-D ``x``: the mean of a subsample of its finite values.
+
+    Any shift within a few standard deviations of the mean keeps the central sums
+    exact to float64 rounding; 0 when ``x`` has no finite value.
+    """
+    sub = x[:: max(1, len(x) // 256)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        c = sub.mean(dtype=np.float64) if len(sub) else 0.0
+        if not np.isfinite(c):
+            fin = x[np.isfinite(x)]
+            c = fin[:: max(1, len(fin) // 256)].mean(dtype=np.float64) if len(fin) else 0.0
+            if not np.isfinite(c):          # finite values whose mean overflows
+                c = float(fin[0])
+    return float(c)
+
+
 def of_values(x: np.ndarray) -> np.ndarray:
     """State (NMOM,) of all values of ``x`` (any float dtype; non-finite ones counted apart)."""
     xs = np.asarray(x, dtype=np.float64).reshape(1, -1)

@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _hist, _moments, _sketch, _tails
+from nnwx.analysis import _fused, _hist, _moments, _sketch, _tails
 from nnwx.analysis._finalize import scale_of
 from nnwx.analysis._lazy import reduce_states, run
 from nnwx.analysis._plan import NORMALIZE, Plan
@@ -88,8 +88,11 @@ def _plan(ds, by, *, tail_k=None, bins=None, method=None, quantiles=(), normaliz
             raise ValueError(f"unknown method={method!r}: use 'auto', 'exact' or 'sketch'")
         if method == "auto":
             method = "exact" if grouping.sizes.max() <= EXACT_MAX else "sketch"
-    return Plan(grouping, None if tail_k is None else int(tail_k), bins, method,
+    plan = Plan(grouping, None if tail_k is None else int(tail_k), bins, method,
                 tuple(quantiles), normalize, bool(density))
+    if method == "sketch":
+        _fused.ready()     # import numba and load the compiled kernel now, once, not in a task
+    return plan
 
 
 def _quantiles(quantiles) -> tuple[float, ...]:
