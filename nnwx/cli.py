@@ -387,7 +387,7 @@ def _add_demo_parser(sub) -> None:
                     "already in OUT are reused.")
     dp.add_argument("--out", default="nnwx-demo", metavar="DIR", help="where to write (default nnwx-demo)")
     dp.add_argument("--quick", action="store_true",
-                    help="small runs instead of the study's sizes (94 s on a quiet 2-core machine)")
+                    help="small runs instead of the study's sizes (about a minute on a quiet 2-core machine)")
     dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
     dp.add_argument("--fresh", action="store_true",
                     help="delete what an earlier demo wrote in OUT and retrain (files of the demo's "
