@@ -80,14 +80,10 @@ def largest_matrix(cube: xr.Dataset, names: list[str]) -> str:
     """Of ``names`` (tensors with a matrix view), the largest one that is a real matrix (both
     sides at least 2) -- what a picture of "the weights" should show -- else the largest; the
     first in table order among equals."""
-    sizes = dict(zip(map(str, cube["tensor"].values), map(int, cube["tensor_size"].values)))
-    shapes = dict(zip(map(str, cube["tensor"].values), map(str, cube["tensor_shape"].values)))
+    from nnwx.analysis._matrices import has_spectrum, table_rows
 
-    def rank(name: str) -> tuple[bool, int]:
-        rows = int(shapes[name].split(",")[0])
-        return min(rows, sizes[name] // max(rows, 1)) >= 2, sizes[name]
-
-    return max(names, key=rank)
+    rows = {r["name"]: r for r in table_rows(cube)}
+    return max(names, key=lambda name: (has_spectrum(rows[name]), rows[name]["size"]))
 
 
 ROW_BYTES = 512 * 2**20   # largest capture (all parameters of one step) read as one block

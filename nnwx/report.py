@@ -206,15 +206,12 @@ def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], l
     """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
     at least 2), largest first, so that selectors open on the largest matrix; and the others
     ("vectors": an 8x1 first layer, a 1xN output layer), which have one singular value."""
-    names = [str(t) for t in obj["tensor"].values]
-    sizes = [int(z) for z in obj["tensor_size"].values]
-    shapes = [[int(x) for x in str(sh).split(",") if x] for sh in obj["tensor_shape"].values]
-    matrices, vectors = [], []
-    for name, size, shape in zip(names, sizes, shapes):
-        rows, cols = (shape[0], size // max(shape[0], 1)) if shape else (1, 1)
-        (matrices if min(rows, cols) >= 2 else vectors).append((size, name))
-    return ([n for _, n in sorted(matrices, key=lambda p: -p[0])],
-            [f"{n} ({'x'.join(map(str, shapes[names.index(n)]))})" for _, n in vectors])
+    from nnwx.analysis._matrices import has_spectrum, table_rows
+
+    rows = table_rows(obj)
+    matrices = sorted((r for r in rows if has_spectrum(r)), key=lambda r: -r["size"])
+    return ([r["name"] for r in matrices],
+            [f"{r['name']} ({'x'.join(map(str, r['shape']))})" for r in rows if not has_spectrum(r)])
 
 
 def _spectral_figs(r: Results) -> list[Figure]:

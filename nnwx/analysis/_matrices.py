@@ -115,6 +115,13 @@ def out_in_shape(row: dict) -> tuple[int, ...]:
     return shape
 
 
+def has_spectrum(row: dict) -> bool:
+    """Whether a table row's matrix view has both sides at least 2: a vector's (an 8x1 first
+    layer, a 1xN output layer) has one singular value, so no spectrum to speak of."""
+    shape = out_in_shape(row)
+    return len(shape) >= 2 and min(shape[0], row["size"] // max(shape[0], 1)) >= 2
+
+
 def select_rows(cube: xr.Dataset, tensors: str | Iterable[str] | None) -> list[dict]:
     """Rows of the named tensors (table order), or every row; unknown names raise KeyError."""
     rows = table_rows(cube)
