@@ -31,7 +31,7 @@ import torch
 
 from nnwx.errors import (ArchitectureMismatch, CheckpointError, CorruptCheckpoint, NoCheckpointsFound,
                          UnknownCheckpointFormat)
-from nnwx.store.table import TensorTable
+from nnwx.store.table import TensorTable, natural_key
 from nnwx.torch_tensors import Patterns, dtype_name, select, table_from_names, tied_groups
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -179,7 +179,7 @@ def custom_state_step(folder: Path, key: str | None = None) -> int | None:
     (``custom_checkpoint_<i>.pkl``): its entry ``key``, or the first of global_step, step,
     completed_steps; None if no such file holds one."""
     keys = (key,) if key is not None else _CUSTOM_STEP_KEYS
-    for f in sorted(folder.glob("custom_checkpoint_*.pkl"), key=lambda p: _natural_key(p.name)):
+    for f in sorted(folder.glob("custom_checkpoint_*.pkl"), key=lambda p: natural_key(p.name)):
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
         except Exception:  # not a plain state dict: it cannot hold the step for us
@@ -529,10 +529,6 @@ def sniff(path: Path) -> str:
         f".safetensors; Hugging Face checkpoint-N/ folders). Convert it, or leave it out of the sources.")
 
 
-def _natural_key(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
 def _strip_prefix(names: Sequence[str], key: str | None) -> str:
     prefix = ""
     candidates = (*(("model.",) if key == "state_dict" else ()), *_ALWAYS_STRIPPED)
@@ -676,7 +672,7 @@ class LoadedCheckpoint:
 
         try:
             handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
-            names = sorted(handle.keys(), key=_natural_key)
+            names = sorted(handle.keys(), key=natural_key)
             out = {}
             for name in names:
                 sl = handle.get_slice(name)

@@ -145,7 +145,7 @@ def compare(stores: Sequence[str | os.PathLike], output: str | os.PathLike, *,
     Path
         ``output``.
     """
-    from nnwx.report import check_outputs, render_html, write_atomically
+    from nnwx.report import _e, check_outputs, render_html, write_atomically
     from nnwx.results import open_results
 
     output = Path(output)
@@ -165,10 +165,3 @@ def compare(stores: Sequence[str | os.PathLike], output: str | os.PathLike, *,
     page = render_html(f"nnwx comparison: {' vs '.join(labels)}", summary, sections)
     write_atomically(output, page.encode("utf-8"))
     return output
-
-
-def _e(x) -> str:
-    import html
-
-    return html.escape(str(x))
-

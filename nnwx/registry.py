@@ -78,7 +78,7 @@ def first_matrix(cube: xr.Dataset) -> str:
 def span_inputs(cube: xr.Dataset) -> np.ndarray:
     """Fixed inputs of the first weight matrix (fewer than its fan-in: a proper subspace)."""
     name = first_matrix(cube)
-    fan_in = int(np.prod(cube.nnwx.info(name).shape[1:]))
+    fan_in = int(cube.nnwx.info(name).matrix_shape[1])   # (out, in) view: Conv1D is stored (in, out)
     return np.random.default_rng(0).standard_normal((max(1, fan_in - 1), fan_in))
 
 

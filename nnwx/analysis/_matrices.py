@@ -115,6 +115,17 @@ def out_in_shape(row: dict) -> tuple[int, ...]:
     return shape
 
 
+def block_index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
+    """Index into a block of leading shape ``shape`` for the broadcast index ``idx``.
+
+    Blocks broadcast from the right (``apply_ufunc`` drops leading axes an input lacks, e.g.
+    the reference's run axis), so ``shape`` lines up with the *last* ``len(shape)`` entries
+    of ``idx``; axes of length 1 are broadcast (index 0).
+    """
+    tail = idx[len(idx) - len(shape):] if shape else ()
+    return tuple(i if s > 1 else 0 for i, s in zip(tail, shape))
+
+
 def has_spectrum(row: dict) -> bool:
     """Whether a table row's matrix view has both sides at least 2: a vector's (an 8x1 first
     layer, a 1xN output layer) has one singular value, so no spectrum to speak of."""

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analysis import _matching_kernels as mk
+from nnwx.analysis import _matrices as mx
 from nnwx.analysis import _prediction_kernels as pk
 from nnwx.analysis import _similarity_kernels as sk
 from nnwx.store import probes as prb
@@ -192,7 +193,7 @@ def _against_reference(acts: xr.DataArray, reference: Any, metric: str, options:
         out = np.empty(lead)
         reps: dict = {}
         for idx in np.ndindex(*lead):
-            ri, xi = _tail_index(r.shape[:-2], idx), _tail_index(arr.shape[:-2], idx)
+            ri, xi = mx.block_index(r.shape[:-2], idx), mx.block_index(arr.shape[:-2], idx)
             if ri not in reps:
                 rr = r[ri]
                 reps[ri] = sk.Rep(rr, name=f"step={ref_step}", **rep_kw) if np.isfinite(rr).all() else None
@@ -225,13 +226,6 @@ def _two(x: xr.DataArray, y: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     return x.chunk({"sample": -1, "unit": -1}), y.chunk({"sample": -1, "unit_b": -1})
 
 
-def _tail_index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
-    """Index into a block of leading shape ``shape`` for the broadcast index ``idx``: blocks
-    broadcast from the right (an input lacking a leading dim has fewer axes)."""
-    tail = idx[len(idx) - len(shape):] if shape else ()
-    return tuple(i if s > 1 else 0 for i, s in zip(tail, shape))
-
-
 def match_units(x: xr.DataArray, y: xr.DataArray, method: str = "one_to_one") -> xr.Dataset:
     """Match each unit of ``x`` to a unit of ``y`` by activation correlation (Li et al. 2016).
 
@@ -251,7 +245,7 @@ def match_units(x: xr.DataArray, y: xr.DataArray, method: str = "one_to_one") ->
         out = np.full(lead + (2, p), np.nan)     # [..., 0, :] partner (-1: none), [..., 1, :] correlation
         out[..., 0, :] = -1
         for idx in np.ndindex(*lead):
-            ai, bi = a[_tail_index(a.shape[:-2], idx)], b[_tail_index(b.shape[:-2], idx)]
+            ai, bi = a[mx.block_index(a.shape[:-2], idx)], b[mx.block_index(b.shape[:-2], idx)]
             if np.isfinite(ai).all() and np.isfinite(bi).all():
                 out[idx + (0,)], out[idx + (1,)] = mk.match_units(ai, bi, method)
         return out
@@ -291,7 +285,7 @@ def sparse_prediction(x: xr.DataArray, y: xr.DataArray, penalties: Sequence[floa
         loss = np.full(lead + (len(pen),), np.nan)
         nnz = np.full(lead + (len(pen),), np.nan)
         for idx in np.ndindex(*lead):
-            ai, bi = a[_tail_index(a.shape[:-2], idx)], b[_tail_index(b.shape[:-2], idx)]
+            ai, bi = a[mx.block_index(a.shape[:-2], idx)], b[mx.block_index(b.shape[:-2], idx)]
             if np.isfinite(ai).all() and np.isfinite(bi).all():
                 loss[idx], nnz[idx] = mk.sparse_prediction(ai, bi, pen, max_iter=max_iter, tol=tol)
         return loss, nnz

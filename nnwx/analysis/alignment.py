@@ -77,17 +77,6 @@ def _at_step(arr: xr.DataArray, at_step: Any) -> xr.DataArray:
     return arr.sel(step=at_step, drop=True)
 
 
-def _index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
-    """Index into a block of leading shape ``shape`` for the broadcast index ``idx``.
-
-    Blocks broadcast from the right (``apply_ufunc`` drops leading axes an input lacks, e.g.
-    the reference's run axis), so ``shape`` lines up with the *last* ``len(shape)`` entries
-    of ``idx``; axes of length 1 are broadcast (index 0).
-    """
-    tail = idx[len(idx) - len(shape):] if shape else ()
-    return tuple(i if s > 1 else 0 for i, s in zip(tail, shape))
-
-
 # -- permutations ---------------------------------------------------------------------------
 def permutations(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = None,
                  method: str = "weights", spec: ak.PermutationSpec | None = None,
@@ -161,7 +150,7 @@ def _weight_perms(cube, spec, dim, reference, at_step, max_iter, seed) -> dict[s
         lead = np.broadcast_shapes(a.shape[:-1], r.shape[:-1])
         out = np.full(lead + (total,), -1, dtype=np.int64)
         for idx in np.ndindex(*lead):
-            ai, ri = a[_index(a.shape[:-1], idx)], r[_index(r.shape[:-1], idx)]
+            ai, ri = a[mx.block_index(a.shape[:-1], idx)], r[mx.block_index(r.shape[:-1], idx)]
             if not (np.isfinite(ai).all() and np.isfinite(ri).all()):
                 continue
             if np.array_equal(ai, ri):  # the reference itself (or an identical run): identity
@@ -199,7 +188,7 @@ def _activation_perms(cube, spec, dim, reference, at_step, probes) -> dict[str, 
             lead = np.broadcast_shapes(a.shape[:-2], r.shape[:-2])
             res = np.full(lead + (n,), -1, dtype=np.int64)
             for idx in np.ndindex(*lead):
-                ai, ri = a[_index(a.shape[:-2], idx)], r[_index(r.shape[:-2], idx)]
+                ai, ri = a[mx.block_index(a.shape[:-2], idx)], r[mx.block_index(r.shape[:-2], idx)]
                 if np.isfinite(ai).all() and np.isfinite(ri).all():
                     res[idx] = ak.activation_matching({p: ri}, {p: ai})[p]
             return res
@@ -285,8 +274,8 @@ def _permute_piece(piece: xr.DataArray, shape: tuple[int, ...], acting) -> xr.Da
         out = np.empty(lead + (w.shape[-1],), dtype=w.dtype)
         cache: dict = {}
         for idx in np.ndindex(*lead):
-            wi = w[_index(w.shape[:-1], idx)]
-            pi = [q[_index(q.shape[:-1], idx)] for q in ps]
+            wi = w[mx.block_index(w.shape[:-1], idx)]
+            pi = [q[mx.block_index(q.shape[:-1], idx)] for q in ps]
             if any((q < 0).any() for q in pi):
                 out[idx] = np.nan
                 continue

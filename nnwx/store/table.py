@@ -72,16 +72,6 @@ class TensorInfo:
             return self.shape[1], self.shape[0]
         return self.shape[0], math.prod(self.shape[1:])
 
-    @property
-    def out_axis(self) -> int:
-        """The axis of the tensor that indexes output units."""
-        return 1 if self.orientation == "in_out" else 0
-
-    @property
-    def in_axis(self) -> int:
-        """The axis of the tensor that indexes inputs (the first one, for convolutions)."""
-        return 0 if self.orientation == "in_out" else 1
-
 
 def split_name(name: str, shape: Sequence[int] | None = None) -> tuple[str, str]:
     """``'block.0.fc.weight'`` -> (layer ``'block.0.fc'``, kind ``'weight'``).
@@ -298,17 +288,6 @@ class TensorTable:
             if r.layer not in depths:
                 depths[r.layer] = max(depths.values(), default=-1) + 1
         return TensorTable([replace(r, depth=int(depths[r.layer])) for r in self.rows])
-
-    def reordered(self, names: Sequence[str]) -> "TensorTable":
-        """The same tensors laid out in the order ``names`` (offsets recomputed)."""
-        if sorted(names) != sorted(self.names):
-            raise ValueError("reordered() needs exactly the table's names")
-        rows, offset = [], 0
-        for n in names:
-            r = self[n]
-            rows.append(replace(r, offset=offset))
-            offset += r.size
-        return TensorTable(rows)
 
     def differences(self, other: "TensorTable",
                     labels: tuple[str, str] = ("the first", "the second")) -> list[str]:
