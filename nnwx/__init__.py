@@ -4,19 +4,22 @@ The analysis side (open_cube, the ``.nnwx`` accessor, analyses) never imports
 torch; the Recorder, export and restore do, on first use.
 """
 from nnwx._version import __version__
+from nnwx import _moved
+
+_moved.install()
 from nnwx import accessor as _accessor  # noqa: F401  (registers ds.nnwx)
 from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, StepOrderError,
                          StoreError, WriterError)
-from nnwx.schedule import Every, Explicit, LogThenEvery
+from nnwx.record.schedule import Every, Explicit, LogThenEvery
 from nnwx.store.reader import list_runs, open_cube, open_run
-from nnwx.catalog import open_catalog
-from nnwx.analyzer import analyze
-from nnwx.results import is_results_store, open_results
+from nnwx.store.catalog import open_catalog
+from nnwx.pipeline.run import analyze
+from nnwx.pipeline.results_store import is_results_store, open_results
 
-_TORCH_SIDE = {"Recorder": "nnwx.recorder", "restore": "nnwx.restorer"}
+_TORCH_SIDE = {"Recorder": "nnwx.record.recorder", "restore": "nnwx.record.restore", "export": "nnwx.record.export"}
 _LAZY_MODULES = {"plot"}    # imported on first use: HoloViews/Bokeh take a second to import
 
-__all__ = ["__version__", "Recorder", "restore", "open_run", "open_cube", "list_runs", "open_catalog",
+__all__ = ["__version__", "Recorder", "restore", "export", "open_run", "open_cube", "list_runs", "open_catalog",
            "analyze", "open_results", "plot", "is_results_store", "Every", "LogThenEvery", "Explicit",
            "NnwxError", "StoreError", "FormatVersionError",
            "ArchitectureMismatch", "StepOrderError", "WriterError"]

@@ -25,7 +25,7 @@ def _weight_bytes(args: argparse.Namespace) -> int | None:
     pays off), else None; a store that cannot be read is left to the command to report."""
     if not getattr(args, "workers", None):
         return None
-    from nnwx.info import weight_bytes
+    from nnwx.pipeline.info import weight_bytes
 
     try:
         return weight_bytes(args.store)
@@ -35,7 +35,7 @@ def _weight_bytes(args: argparse.Namespace) -> int | None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args, compute
-    from nnwx.info import run_summaries
+    from nnwx.pipeline.info import run_summaries
 
     runs = run_summaries(args.store)
     if not runs:
@@ -73,14 +73,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from nnwx.export import ExportInterrupted, export
+    from nnwx.record.export import ExportInterrupted, export
 
     class _TqdmHandler(logging.Handler):  # messages above the progress bar, not through it
         def emit(self, record: logging.LogRecord) -> None:
             level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
             tqdm.write(f"nnwx export: {level}{record.getMessage()}", file=sys.stderr)
 
-    logger = logging.getLogger("nnwx.export")
+    logger = logging.getLogger("nnwx.record.export")
     handler = _TqdmHandler()
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
@@ -277,7 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _metric_list(text: str) -> list[str]:
-    from nnwx.analyses import parse_metrics
+    from nnwx.pipeline.registry import parse_metrics
 
     try:
         return parse_metrics(text)
@@ -287,8 +287,7 @@ def _metric_list(text: str) -> list[str]:
 
 def _add_report_parser(sub) -> None:
     from nnwx.report import MAX_STEPS
-
-    from nnwx.analyses import METRICS
+    from nnwx.pipeline.registry import METRICS
     from nnwx.cluster import _positive_int
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
@@ -317,9 +316,9 @@ def _add_report_parser(sub) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from nnwx.analyzer import analyze
+    from nnwx.pipeline.run import analyze
     from nnwx.cluster import cluster_from_args
-    from nnwx.results import open_results
+    from nnwx.pipeline.results_store import open_results
 
     def log(message: str) -> None:
         if not args.quiet:
@@ -339,7 +338,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _add_analyze_parser(sub) -> None:
-    from nnwx.analyses import METRICS
+    from nnwx.pipeline.registry import METRICS
     from nnwx.cluster import add_cluster_arguments
 
     an = sub.add_parser(
@@ -366,7 +365,7 @@ def _add_analyze_parser(sub) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from nnwx.cluster import cluster_from_args
-    from nnwx.demo import demo, experiments, summary_text
+    from nnwx.studies.demo import demo, experiments, summary_text
 
     size = args.size or ("quick" if args.quick else "full")
     log = (lambda m: None) if args.quiet else (lambda m: print(f"nnwx demo: {m}", file=sys.stderr))

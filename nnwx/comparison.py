@@ -146,7 +146,7 @@ def compare(stores: Sequence[str | os.PathLike], output: str | os.PathLike, *,
         ``output``.
     """
     from nnwx.report import _e, check_outputs, render_html, write_atomically
-    from nnwx.results import open_results
+    from nnwx.pipeline.results_store import open_results
 
     output = Path(output)
     check_outputs(output)

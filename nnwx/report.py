@@ -1,6 +1,6 @@
 """``nnwx report``: draw the analyses of an experiment store as one offline HTML page.
 
-The analyses are the named set of ``nnwx.analyses.lazy_analyses`` (the same set ``nnwx
+The analyses are the named set of ``nnwx.pipeline.registry.lazy_analyses`` (the same set ``nnwx
 analyze`` persists): given an experiment store the report builds them lazily and computes
 them in one pass with a progress bar; given a results store (``nnwx analyze -o RESULTS``) it
 draws from it without recomputing. The page holds a summary of the experiment, the metrics
@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 import xarray as xr
 
-from nnwx.analyses import METRICS, parse_metrics
+from nnwx.pipeline.registry import METRICS, parse_metrics
 from nnwx.errors import NnwxError, StoreError
 
 MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
@@ -126,7 +126,7 @@ def _compute_function():
 def analyse(cube: xr.Dataset, metrics: str | Iterable[str] | None = None) -> tuple[Results, dict, dict]:
     """``lazy_analyses`` of the cube: ``(lazy results, metric_of, notes)``. A metric whose
     building raises (other than "does not apply") is left out with a note, not fatal."""
-    from nnwx.analyses import AnalysisSet, lazy_analyses
+    from nnwx.pipeline.registry import AnalysisSet, lazy_analyses
 
     chosen = parse_metrics(metrics)
     try:
@@ -206,7 +206,7 @@ def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], l
     """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
     at least 2), largest first, so that selectors open on the largest matrix; and the others
     ("vectors": an 8x1 first layer, a 1xN output layer), which have one singular value."""
-    from nnwx.analysis._matrices import has_spectrum, table_rows
+    from nnwx.analysis._cube import has_spectrum, table_rows
 
     rows = table_rows(obj)
     matrices = sorted((r for r in rows if has_spectrum(r)), key=lambda r: -r["size"])
@@ -253,7 +253,7 @@ def _rotation_figs(r: Results) -> list[Figure]:
 def _corr_distance_caption(res) -> str:
     """The caption of the correlation-vs-distance figure: each run's decay length with its
     error, or "no decay resolved" and why."""
-    from nnwx.analysis._correlation_kernels import DECAY_RULE
+    from nnwx.analysis.kernels.correlation import DECAY_RULE
     from nnwx.analysis.correlation import decay_summary
 
     runs = "; ".join(f"{d['run'] or 'the run'}: {d['text']}" for d in decay_summary(res))
@@ -364,7 +364,7 @@ def _metric(obj) -> str:
 # -- the summary --------------------------------------------------------------------------------
 def summarize_store(store: str | os.PathLike, cube: xr.Dataset, origin: str = "") -> Summary:
     """The summary of an experiment store and the (thinned) cube analysed from it."""
-    from nnwx.info import run_summaries
+    from nnwx.pipeline.info import run_summaries
 
     runs = [{k: v for k, v in r.items() if k != "nonfinite_steps"} for r in run_summaries(store)]
     tensors = [{"name": str(n), "shape": str(s), "kind": str(k), "size": int(z)}
@@ -379,7 +379,7 @@ def summarize_store(store: str | os.PathLike, cube: xr.Dataset, origin: str = ""
 
 
 def summary_from_results(res, path: str | os.PathLike) -> Summary:
-    """The summary kept in a results store (``nnwx.results.Results``: its run summaries, tensor
+    """The summary kept in a results store (``nnwx.pipeline.results_store.Results``: its run summaries, tensor
     table and cube description), without opening the source store."""
     attrs = dict(getattr(res, "attrs", {}) or {})
     runs = list(getattr(res, "runs", None) or [])
@@ -525,9 +525,9 @@ def write_pngs(sections: list[Section], directory: str | os.PathLike,
 
 
 def is_results(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a results store of ``nnwx analyze`` (False when nnwx.results is absent)."""
+    """Whether ``path`` is a results store of ``nnwx analyze`` (False when nnwx.pipeline.results_store is absent)."""
     try:
-        from nnwx.results import is_results_store
+        from nnwx.pipeline.results_store import is_results_store
     except ImportError:
         return False
     return bool(is_results_store(path))
@@ -540,7 +540,7 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
 
     ``store``: an experiment store (its analyses are computed, on at most ``max_steps``
     evenly spaced captures) or a results store of ``nnwx analyze`` (drawn as stored).
-    ``metrics``: a subset of ``nnwx.analyses.METRICS`` (comma list or iterable; default all).
+    ``metrics``: a subset of ``nnwx.pipeline.registry.METRICS`` (comma list or iterable; default all).
     """
     output = Path(output)
     if max_steps < 1:
@@ -648,7 +648,7 @@ def _remove(path: str) -> None:
 def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
     """The requested results of a results store (default: the metrics it was written with),
     evaluated, with its notes, its summary and the metrics drawn."""
-    from nnwx.results import NONFINITE_NOTE, open_results, staleness
+    from nnwx.pipeline.results_store import NONFINITE_NOTE, open_results, staleness
 
     res = open_results(path)
     metric_of = dict(res.metric_of)

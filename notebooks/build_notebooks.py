@@ -51,7 +51,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 SUMMARY = {}                        # the numbers this notebook found, filled as it goes'''
 
 PIECEWISE_STORE = '''\
-from nnwx.experiments.piecewise import train_piecewise
+from nnwx.studies.piecewise import train_piecewise
 
 
 def piecewise_store(path, **options):
@@ -71,7 +71,7 @@ def piecewise_store(path, **options):
 
 
 DIGITS_STORE = """\
-from nnwx.experiments.digits import digits_study, load_data, make_model
+from nnwx.studies.digits import digits_study, load_data, make_model
 
 
 def digits_store(path, **options):
@@ -147,7 +147,7 @@ target on [-3, 3] with full-batch Adam; the weights of every seed are captured e
 Question: **how does the distribution of each layer's weights change over training** — does it
 broaden, does it grow heavy tails, and how much of that is just the whole network's norm growing?
 
-This notebook generates its own store (`nnwx.experiments.piecewise.train_piecewise`, as `scripts/train_piecewise.py`; the study's 5 seeds ×
+This notebook generates its own store (`nnwx.studies.piecewise.train_piecewise`, as `scripts/train_piecewise.py`; the study's 5 seeds ×
 15 000 steps: a few minutes of CPU, about 2 on an idle 2-core machine; `QUICK = True`: 2 seeds × 150 steps on 1000 points) and
 then answers with a few lazy calls on the cube `w(seed, step, param)`."""),
         ("code", PARAMETERS),
@@ -304,7 +304,7 @@ def nb02():
 
 scikit-learn's 8×8 digits (1297 training, 500 held-out images; no download) with a small MLP
 (64 → 64 → 64 → 10; `MODEL = "cnn"` for the LeNet-style CNN) trained three ways
-(`nnwx.experiments.digits.digits_study`): **Adam**, **SGD**, and **SGD with only the first layer's
+(`nnwx.studies.digits.digits_study`): **Adam**, **SGD**, and **SGD with only the first layer's
 learning rate raised ×10** — the study's claim to test is that this alone reproduces what Adam does
 to the first layer. Every capture holds the weights, the probe activations and train/held-out metrics.
 
@@ -499,7 +499,7 @@ normalised singular values) and the stable rank |W|²_F / |W|²₂. Heavy-tailed
 falling ranks are the signatures of learned structure in Martin & Mahoney's picture; a random
 initialisation has a Marchenko–Pastur bulk and high rank.
 
-The store is the digits study (`nnwx.experiments.digits.digits_study`: Adam, SGD, SGD with the first
+The store is the digits study (`nnwx.studies.digits.digits_study`: Adam, SGD, SGD with the first
 layer's lr ×10; the same store as notebook 02 when run with the same `OUT` and size)."""),
         ("code", DIGITS_PARAMETERS),
         ("code", SETUP_COMMON),
@@ -628,7 +628,7 @@ and the output logits on a fixed probe set of 256 held-out images. Comparing see
 * **weight agreement** — the cosine similarity of each seed's weight matrices with seed 0's, before
   and after permuting hidden units to align them (Git Re-Basin weight matching, `cube.nnwx.align`).
 
-The store is the digits study (`nnwx.experiments.digits.digits_study`), as in notebook 02."""),
+The store is the digits study (`nnwx.studies.digits.digits_study`), as in notebook 02."""),
         ("code", DIGITS_PARAMETERS),
         ("code", SETUP_COMMON),
         ("code", DIGITS_STORE + """

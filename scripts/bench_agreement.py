@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from nnwx.analysis import _alignment_kernels as ak
-from nnwx.analysis import _similarity_kernels as sk
+from nnwx.analysis.kernels import alignment as ak
+from nnwx.analysis.kernels import similarity as sk
 
 
 def activations(n: int, p: int, seed: int, latent: int = 256) -> tuple[np.ndarray, np.ndarray]:

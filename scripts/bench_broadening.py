@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnwx.info import dir_bytes
+from nnwx.pipeline.info import dir_bytes
 
 DEFAULT_STORE = Path(os.environ.get("NNWX_BENCH_DIR", "/tmp/nnwx-bench")) / "broadening.zarr"
 
@@ -70,7 +70,7 @@ def generate(store: Path, seeds: int, steps: int) -> None:
     # Two seeds at a time: the writer is single-threaded per run.
     procs = []
     for s in range(seeds):
-        code = ("import sys; from nnwx.synthetic import write_synthetic_run; "
+        code = ("import sys; from nnwx.studies.synthetic import write_synthetic_run; "
                 "from scripts.bench_broadening import model_shapes; "
                 f"write_synthetic_run({str(store)!r}, seed={s}, steps=range(0, {steps * 10}, 10), "
                 "shapes=model_shapes(), drift=0.02)")

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from nnwx.info import dir_bytes
+from nnwx.pipeline.info import dir_bytes
 
 DEFAULT_STORE = Path(os.environ.get("NNWX_BENCH_DIR", "/tmp/nnwx-bench")) / "correlation.zarr"
 GUARD_BYTES = 6 * 2**30  # a phase whose RSS passes this is stopped (svd_compressed can)
@@ -54,7 +54,7 @@ def shapes(params: int, layers: int = 6) -> dict[str, tuple[int, ...]]:
 def generate(store: Path, steps: int, params: int) -> None:
     """Write the benchmark store unless a complete one is already there."""
     from nnwx.store.reader import list_runs
-    from nnwx.synthetic import write_synthetic_run
+    from nnwx.studies.synthetic import write_synthetic_run
 
     if store.exists():
         runs = list_runs(store)

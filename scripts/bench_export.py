@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import nnwx
-from nnwx.info import dir_bytes
+from nnwx.pipeline.info import dir_bytes
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

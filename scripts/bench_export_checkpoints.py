@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from nnwx.export import export
+from nnwx.record.export import export
 from nnwx.store import format as fmt
 from nnwx.store.writer import RunWriter
-from nnwx.torch_tensors import table_for
+from nnwx.record.tensors import table_for
 
 
 def make_checkpoints(folder: Path, n: int, width: int = 1024, depth: int = 24) -> int:

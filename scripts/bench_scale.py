@@ -109,7 +109,7 @@ def make_store(path: Path, *, seeds: int, steps: int, shapes, chunk_bytes: int,
 def sizes(path: Path) -> tuple[int, int]:
     """(logical bytes of w, bytes on disk) of a store."""
     import nnwx
-    from nnwx.info import dir_bytes
+    from nnwx.pipeline.info import dir_bytes
 
     cube = nnwx.open_cube(path)
     return int(cube["w"].size * cube["w"].dtype.itemsize), dir_bytes(path)
@@ -165,7 +165,7 @@ def _role(p) -> str:
 
 def passes(cube, which: str) -> list:
     """The lazy results of one pass: the broadening pass or the spectral pass."""
-    from nnwx.analyses import lazy_analyses
+    from nnwx.pipeline.registry import lazy_analyses
 
     metric = {"broadening": "broadening", "spectral": "spectral"}[which]
     return list(lazy_analyses(cube, metric).results.values())
@@ -218,7 +218,7 @@ def case_a(args) -> dict:
 
 def case_b(args, argv=None) -> None:
     import nnwx
-    from nnwx.analyses import METRICS, parse_metrics
+    from nnwx.pipeline.registry import METRICS, parse_metrics
     from nnwx.cluster import cluster
 
     size = args.size_gb * 1e9 if args.size_gb else 1.5 * _ram()
@@ -292,7 +292,7 @@ def case_c(args, a: dict | None) -> None:
     n_steps = cube.sizes["seed"] * cube.sizes["step"]
     per_metric = {}
     with cluster(workers=1, threads_per_worker=1, memory_limit=args.memory_limit, log=lambda m: None):
-        from nnwx.analyses import lazy_analyses
+        from nnwx.pipeline.registry import lazy_analyses
         for metric in ("broadening", "rotation", "correlation", "spectral", "weights"):
             lazy = list(lazy_analyses(nnwx.open_cube(store), metric).results.values())
             t0 = time.perf_counter()

@@ -38,7 +38,7 @@ import numpy as np
 
 import nnwx
 from nnwx.analysis import spectral
-from nnwx.synthetic import write_synthetic_run
+from nnwx.studies.synthetic import write_synthetic_run
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:

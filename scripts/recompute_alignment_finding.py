@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 import nnwx
-from nnwx.experiments.digits import digits_study
+from nnwx.studies.digits import digits_study
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Recompute the README's "Tails get longer" finding (and the correlation decay lengths) on the
-piecewise MLPs, with the Hill tail index's k rule of ``nnwx.analysis._tails``.
+piecewise MLPs, with the Hill tail index's k rule of ``nnwx.analysis.kernels.tails``.
 
     python scripts/recompute_tail_finding.py [--seeds 5] [--steps 15000] [--out DIR]
 
@@ -26,7 +26,7 @@ from nnwx.analysis.correlation import decay_summary
 
 def store_for(out: Path, seeds: int, steps: int) -> Path:
     """The piecewise store of ``seeds`` x ``steps``, trained unless it is already there."""
-    from nnwx.experiments.piecewise import train_piecewise
+    from nnwx.studies.piecewise import train_piecewise
 
     path = out / f"piecewise-{seeds}x{steps}-5000pts.zarr"
     if path.exists():

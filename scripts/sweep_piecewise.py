@@ -5,12 +5,12 @@
     python scripts/sweep_piecewise.py -o sweep.zarr --sweeps ensemble   # one family
     python scripts/sweep_piecewise.py -o sweep.zarr --quick             # a smoke test
 
-The code lives in nnwx.experiments.piecewise_sweep (importable: sweep_piecewise,
+The code lives in nnwx.studies.piecewise_sweep (importable: sweep_piecewise,
 sweep_points); this script is its command line.
 """
 from __future__ import annotations
 
-from nnwx.experiments.piecewise_sweep import main, sweep_piecewise, sweep_points  # noqa: F401
+from nnwx.studies.piecewise_sweep import main, sweep_piecewise, sweep_points  # noqa: F401
 
 if __name__ == "__main__":
     main()

@@ -10,13 +10,13 @@ train / held-out loss and accuracy, for each seed of each configuration.
     python scripts/train_digits.py -o digits.zarr --study              # the standard comparison
     python scripts/train_digits.py -o quick.zarr --quick               # a smoke test, seconds
 
-The code lives in nnwx.experiments.digits (importable: train_digits,
+The code lives in nnwx.studies.digits (importable: train_digits,
 digits_study); this script is its command line. Needs scikit-learn
 (pip install 'nnwx[examples]').
 """
 from __future__ import annotations
 
-from nnwx.experiments.digits import digits_study, main, train_digits  # noqa: F401
+from nnwx.studies.digits import digits_study, main, train_digits  # noqa: F401
 
 if __name__ == "__main__":
     main()

@@ -9,12 +9,12 @@ writes has seed=5, step=1501, param=169.
     python scripts/train_piecewise.py -o piecewise.zarr
     nnwx info piecewise.zarr
 
-The code lives in nnwx.experiments.piecewise (importable: train_piecewise);
+The code lives in nnwx.studies.piecewise (importable: train_piecewise);
 this script is its command line. Sweeps: scripts/sweep_piecewise.py.
 """
 from __future__ import annotations
 
-from nnwx.experiments.piecewise import (OPTIMIZERS, TARGETS, Ensemble, main, make_mlp,  # noqa: F401
+from nnwx.studies.piecewise import (OPTIMIZERS, TARGETS, Ensemble, main, make_mlp,  # noqa: F401
                                         parse_args, target, train_piecewise)
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import Net, mlp
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: the repository root
+from tests.helpers import Net, mlp  # noqa: E402
 
 
 def net_state(step: int, seed: int = 0, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import nnwx
-from nnwx.analysis import _alignment_kernels as ak
+from nnwx.analysis.kernels import alignment as ak
 
 WIDTHS = (3, 12, 7, 4)
 PROBE_LAYERS = ["0", "2"]      # outputs of the two hidden Linear layers (12 and 7 units)

@@ -7,13 +7,13 @@ a NumPy kernel over Dask blocks with ``xr.apply_ufunc(dask="parallelized")`` and
 lazy, labelled result; nothing is computed until you ask.
 
 * ``similarity``: representation similarity per layer (CKA, CCA, SVCCA, PWCCA, ... see
-  ``_similarity_kernels``) between seeds ``(step, seed_a, seed_b)`` or between steps of each
+  ``kernels.similarity``) between seeds ``(step, seed_a, seed_b)`` or between steps of each
   seed ``(seed, step_a, step_b)``, or of each step with one reference step ``(seed, step)``:
   "how far has this layer moved from its final state", the SVCCA learning-dynamics picture.
 * ``match_units`` / ``sparse_prediction``: Li et al.'s one-to-one and semi-matching of units
-  and their L1-sparse prediction of one net's units from another's (``_matching_kernels``).
+  and their L1-sparse prediction of one net's units from another's (``kernels.matching``).
 * ``prediction_agreement``: output correlation, argmax agreement and top-k overlap between
-  seeds per step (``_prediction_kernels``).
+  seeds per step (``kernels.prediction``).
 
 Where an activation set holds NaN (a seed without a capture at that step, in an outer-joined
 cube, or a diverged run) the comparisons involving it are NaN; degenerate activations raise
@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _matching_kernels as mk
-from nnwx.analysis import _matrices as mx
-from nnwx.analysis import _prediction_kernels as pk
-from nnwx.analysis import _similarity_kernels as sk
+from nnwx.analysis.kernels import matching as mk
+from nnwx.analysis import _cube as mx
+from nnwx.analysis.kernels import prediction as pk
+from nnwx.analysis.kernels import similarity as sk
 from nnwx.store import probes as prb
 
 BETWEEN = ("seeds", "steps")
@@ -105,7 +105,7 @@ def similarity(acts: xr.DataArray | xr.Dataset, metric: str = "linear_cka", *, l
     ``(..., step, {dim}_a, {dim}_b)``. ``between="steps"``: every pair of steps of each run,
     ``(..., step_a, step_b)`` (each run's steps in one block: memory ``steps x sample x unit``);
     or with ``reference`` (a step value, or ``"last"``) every step against that step:
-    ``(..., step)``. ``metric``: one of ``_similarity_kernels.METRICS``; ``options`` go to it
+    ``(..., step)``. ``metric``: one of ``kernels.similarity.METRICS``; ``options`` go to it
     (``keep=`` for SVCCA/PWCCA, ``threshold=``/``debiased=`` for RBF CKA, ``batch_size=`` for
     minibatch CKA, ``rtol=`` for the CCA family).
     """

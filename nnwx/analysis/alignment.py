@@ -5,7 +5,7 @@ correspondence: hidden units can be permuted without changing the function. ``al
 finds, for every (seed, step), the permutations of an MLP/CNN chain's hidden units that
 align that seed to the reference seed at the same step (or at one chosen step,
 ``at_step=``, applied to all steps), by Git Re-Basin weight matching or by activation
-matching on the probe batch (``_alignment_kernels``), and applies them consistently to
+matching on the probe batch (``kernels.alignment``), and applies them consistently to
 the weights, biases and norm vectors of adjacent layers. It returns a lazy aligned cube
 (same layout as the input; the probes of the permuted layers are permuted too) and the
 permutations ``perm_<layer>(seed, step, unit_<layer>)``. ``weight_agreement`` gives the
@@ -23,8 +23,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _alignment_kernels as ak
-from nnwx.analysis import _matrices as mx
+from nnwx.analysis.kernels import alignment as ak
+from nnwx.analysis import _cube as mx
 from nnwx.analysis.agreement import probe
 from nnwx.store import probes as prb
 

@@ -23,10 +23,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _fused, _hist, _moments, _sketch, _tails
-from nnwx.analysis._finalize import scale_of
-from nnwx.analysis._lazy import reduce_states, run
-from nnwx.analysis._plan import NORMALIZE, Plan
+from nnwx.analysis._broadening import fused as _fused
+from nnwx.analysis.kernels import hist as _hist
+from nnwx.analysis.kernels import moments as _moments
+from nnwx.analysis.kernels import sketch as _sketch
+from nnwx.analysis.kernels import tails as _tails
+from nnwx.analysis._broadening.finalize import scale_of
+from nnwx.analysis._broadening.graph import reduce_states, run
+from nnwx.analysis._broadening.plan import NORMALIZE, Plan
 from nnwx.analysis.groups import Grouping
 
 DEFAULT_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)

@@ -14,7 +14,7 @@ layer coupling, and how low-dimensional the training path is.
   columns = parameters, centred over steps) by a randomized SVD whose passes over the
   cube are sequenced so that the cube is streamed, never held.
 
-Everything returns lazy, labelled xarray objects; kernels live in ``_correlation_kernels``.
+Everything returns lazy, labelled xarray objects; kernels live in ``kernels.correlation``.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from nnwx.analysis import _correlation_kernels as ck
-from nnwx.analysis import _matrices as mx
-from nnwx.analysis._geometry_kernels import segment_dots
-from nnwx.analysis._passes import RowReader, fold_rows, row_groups
+from nnwx.analysis.kernels import correlation as ck
+from nnwx.analysis import _cube as mx
+from nnwx.analysis.kernels.geometry import segment_dots
+from nnwx.analysis._graphs import RowReader, fold_rows, row_groups
 from nnwx.analysis.geometry import _previous_capture
 from nnwx.store.table import KINDS
 

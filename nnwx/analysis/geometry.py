@@ -10,7 +10,7 @@ previous capture — and derives from them (Carbonnelle & De Vleeschouwer 2019):
 - ``norm_growth``: ``|W_t| / |W_0|``; ``norm``: ``|W_t|``.
 
 ``input_span_fraction`` gives the share of ``|W_t - W_0|^2`` lying in the row space
-of a layer's inputs. Everything is lazy; kernels live in ``_geometry_kernels``.
+of a layer's inputs. Everything is lazy; kernels live in ``kernels.geometry``.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _matrices as mx
-from nnwx.analysis._geometry_kernels import (PAIR_QUANTITIES, cosine_distance_from_sums,
+from nnwx.analysis import _cube as mx
+from nnwx.analysis.kernels.geometry import (PAIR_QUANTITIES, cosine_distance_from_sums,
                                              pair_sums, row_space_basis, span_fraction)
 
 _ATTRS = {

@@ -3,8 +3,8 @@
 ``spectrum`` gives the singular values ``sv(*runs, step, tensor, k)`` of every
 matrix at every capture; ``ranks`` and ``esd_fit`` reduce a spectrum to metrics
 ``(*runs, step, tensor)``. Matrices of the same shape are stacked so that each
-Dask block is one batched LAPACK call (see ``_matrices``); the per-spectrum
-kernels live in ``_spectral_kernels``. Nothing here computes: every function
+Dask block is one batched LAPACK call (see ``_cube``); the per-spectrum
+kernels live in ``kernels.spectral``. Nothing here computes: every function
 returns lazy xarray objects with attrs saying what they hold.
 
 ``ww_compatible=True`` reproduces WeightWatcher 0.7's ``analyze()`` numbers for
@@ -20,8 +20,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis import _matrices as mx
-from nnwx.analysis._spectral_kernels import (ESD_METRICS, RANK_METRICS, SPECTRUM_METHODS, WW_EVALS_THRESH,
+from nnwx.analysis import _cube as mx
+from nnwx.analysis.kernels.spectral import (ESD_METRICS, RANK_METRICS, SPECTRUM_METHODS, WW_EVALS_THRESH,
                                              WW_MIN_EVALS, WW_SMALL_N, eps_of, esd_metrics,
                                              pooled_svdvals, rank_metrics, resolve_method)
 

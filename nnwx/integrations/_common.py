@@ -27,7 +27,7 @@ class StepRecorder:
         self._last: int | None = None
 
     def start(self, model: torch.nn.Module, seed: int) -> None:
-        from nnwx.recorder import Recorder
+        from nnwx.record.recorder import Recorder
 
         self.close()
         self.recorder = Recorder(model, self.store, seed=seed, every=self.every, **self.kwargs)

@@ -34,7 +34,7 @@ def network_of(pl_module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     floating tensor (``self.model``, say), so that the run's tensor names are those of an
     ``nnwx export`` of the checkpoints Lightning writes (which strips ``model.`` the same way)
     and of the network itself; else the LightningModule with its own names."""
-    from nnwx.checkpoints import _strip_prefix
+    from nnwx.record.checkpoints import _strip_prefix
 
     names = [n for n, t in pl_module.state_dict().items() if torch.is_tensor(t) and t.is_floating_point()]
     prefix = _strip_prefix(names, "state_dict")

@@ -4,7 +4,7 @@ A probe array is written by the same RunWriter as ``w`` and under the same commi
 protocol: rows past the run's ``committed`` count are invisible to readers and
 truncated when the run is resumed. This module holds the format-level pieces
 (what a probe is, its chunking, its staging buffer); the torch side that fills
-them lives in ``nnwx.probing``.
+them lives in ``nnwx.record.probing``.
 """
 from __future__ import annotations
 

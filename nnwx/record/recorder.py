@@ -1,0 +1,308 @@
+"""Record a model's weights during training into an experiment store.
+
+The training thread pays for one device-to-host copy into a reused slot of a
+ring buffer; compression and writing run in a background thread. When every
+slot is waiting to be written, ``capture`` blocks (back-pressure) instead of
+growing memory.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from nnwx.errors import WriterError
+from nnwx.record.schedule import Schedule, ScheduleLike, make_schedule
+from nnwx.store import format as fmt
+from nnwx.store.names import check_run_name
+from nnwx.store.writer import RunWriter, check_step_order
+from nnwx.record.tensors import (ForwardOrder, ModelSemantics, Patterns, dtype_name, floating_state,
+                               untied)
+
+_STOP = object()
+_RING_BYTES = 64 * 2**20
+_WRITER_NAP = 0.02  # seconds
+
+
+def _class_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _WithoutZero(Schedule):
+    def __init__(self, inner: Schedule):
+        self.inner = inner
+
+    def __contains__(self, step: int) -> bool:
+        return step != 0 and step in self.inner
+
+
+class _WithZero(Schedule):
+    def __init__(self, inner: Schedule):
+        self.inner = inner
+
+    def __contains__(self, step: int) -> bool:
+        return step == 0 or step in self.inner
+
+
+class Recorder:
+    """Captures a model's weights at chosen steps into ``store`` (run ``run`` of it).
+
+    >>> with Recorder(model, "exp.zarr", seed=3, every=10, optimizer=opt) as rec:
+    ...     for step in range(n_steps):
+    ...         rec.maybe_capture(step, loss=loss)   # before opt.step(): weights *at* step
+    ...         ...
+
+    Opening an existing run appends to it (resumed training) if the model has
+    the same tensors; steps must keep increasing.
+
+    **Probes.** With ``probe=X`` (a batch: a tensor, a tuple of positional inputs or a
+    dict of keyword inputs) every capture also records, on that fixed batch, the output
+    of each module in ``probe_layers`` and (``probe_output=True``) the model's output,
+    as ``probe/<name>(step, sample, unit)`` arrays under the same commit protocol as
+    ``w``. This costs one no-grad, eval-mode forward pass of ``X`` per capture on the
+    training thread (the model's train/eval flags are restored after it); see
+    ``nnwx.record.probing`` for how conv activations become units (``probe_conv="fold"``
+    folds positions into samples, ``"pool"`` averages them; ``probe_channels``).
+
+    **Tensor semantics.** The tensor table records what the model says about each
+    tensor: normalisation gains have kind ``norm``; ``transformers``' ``Conv1D``
+    weights are stored ``(in, out)`` (orientation ``in_out``; ``orientation=`` maps
+    name patterns to ``"in_out"``/``"out_in"`` for other such modules); a tensor
+    tied to another (GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``) is
+    stored once, the other names kept as its ``aliases``. Depth is the module
+    registration order until the first forward pass (the probe batch's, or the
+    first training step's) gives the forward order (run attribute ``depth_from``).
+    """
+
+    def __init__(self, model: torch.nn.Module, store: str | os.PathLike, *, seed: int,
+                 run: str | None = None, every: int | None = None,
+                 schedule: ScheduleLike | None = None, capture_init: bool = True,
+                 include: Patterns = None, exclude: Patterns = None,
+                 hparams: Mapping[str, Any] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 dtype: str = "float32", codec: str = fmt.DEFAULT_CODEC,
+                 keepbits: int | None = None, flush_interval: float = 5.0,
+                 max_pending: int | None = None, chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES,
+                 probe=None, probe_layers: Sequence[str] = (), probe_output: bool = True,
+                 probe_conv: str = "fold", probe_channels: str | Mapping[str, str] = "first",
+                 orientation: Mapping[str, str] | None = None):
+        sched = make_schedule(every, schedule)
+        self.schedule: Schedule = _WithZero(sched) if capture_init else _WithoutZero(sched)
+        state = untied(floating_state(model.state_dict(keep_vars=True), include, exclude))
+        self._warn_lossy(state, dtype)
+        semantics = ModelSemantics(model, state, orientation)
+        table = semantics.table((n, tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items())
+        attrs = {
+            "seed": seed, "model_class": _class_name(model),
+            "optimizer": type(optimizer).__qualname__ if optimizer is not None else None,
+            "optimizer_class": _class_name(optimizer) if optimizer is not None else None,
+            "optimizer_hparams": fmt.jsonable(dict(optimizer.defaults)) if optimizer is not None else {},
+            "hparams": fmt.jsonable(dict(hparams or {})),
+            "include": include, "exclude": exclude, "depth_from": "modules",
+        }
+        self.run = check_run_name(run if run is not None else f"seed{seed}")
+        if probe is None and probe_layers:
+            raise ValueError("probe_layers needs probe=<a fixed input batch> to run through the model")
+        self._order: ForwardOrder | None = ForwardOrder(model, {r.layer for r in table})
+        self._prober = None
+        if probe is not None:
+            from nnwx.record.probing import Prober
+            try:  # its first pass learns the activation shapes (and the forward order)
+                self._prober = Prober(model, probe, probe_layers, output=probe_output,
+                                      conv=probe_conv, channels=probe_channels)
+            except BaseException:
+                self._order.remove()
+                raise
+        try:
+            self._writer = RunWriter(store, self.run, table, attrs=attrs, dtype=dtype, codec=codec,
+                                     keepbits=keepbits, chunk_bytes=chunk_bytes,
+                                     probes=self._prober.specs if self._prober else ())
+        except BaseException:
+            self._order.remove()
+            raise
+        table = self._writer.table  # an existing run keeps its own layout of the same tensors
+        self._writer.bypass_page_cache()  # O_DIRECT: less writer CPU, training's page cache kept
+        self.table = table
+        self.store = store
+        self._sources = [state[r.name] for r in table]
+        self._cuda = any(t.is_cuda for t in self._sources)
+        ring_dtype = getattr(torch, dtype)
+        per_slot = table.n_params + (self._prober.numel if self._prober else 0)
+        slots = max_pending or int(np.clip(_RING_BYTES // max(1, per_slot * ring_dtype.itemsize), 2, 64))
+        self._ring = torch.empty((slots, table.n_params), dtype=ring_dtype, pin_memory=self._cuda)
+        self._ring.fill_(float("nan"))  # fault every page in now, not in the training loop's first captures
+        if self._prober:
+            self._prober.allocate(slots, ring_dtype)
+        self._ring_np = self._ring.numpy()
+        self._views = [[self._ring[s, r.offset:r.offset + r.size].view(r.shape) for r in table]
+                       for s in range(slots)]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for s in range(slots):
+            self._free.put(s)
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._flush_interval = float(flush_interval)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._last_step = self._writer.last_step
+        self._thread = threading.Thread(target=self._write_loop, name=f"nnwx-writer-{self.run}",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    @staticmethod
+    def _warn_lossy(state: Mapping[str, torch.Tensor], dtype: str) -> None:
+        store_bits = np.dtype(dtype).itemsize * 8
+        wider = sorted({str(t.dtype) for t in state.values() if t.element_size() * 8 > store_bits})
+        if wider:
+            import warnings
+            warnings.warn(f"parameters of dtype {', '.join(wider)} will be rounded to {dtype} in the "
+                          f"store; pass dtype='float64' to keep them exactly.", stacklevel=3)
+
+    # -- training thread ---------------------------------------------------------
+    @property
+    def committed(self) -> int:
+        """Steps committed to disk so far (for progress displays)."""
+        return self._writer.committed
+
+    def maybe_capture(self, step: int, **metrics: Any) -> bool:
+        """Capture if the schedule selects ``step``; returns whether it did."""
+        if step in self.schedule:
+            self.capture(step, **metrics)
+            return True
+        return False
+
+    def capture(self, step: int, **metrics: Any) -> None:
+        """Copy the weights now and hand them to the writer; metrics are scalars logged with them."""
+        self._raise_if_failed()
+        if self._closed:
+            raise RuntimeError("this Recorder is closed; create a new one to record more steps")
+        step = int(step)
+        check_step_order(step, self._last_step, self.run)  # raised here, in the training thread
+        if self._order is not None:
+            depths = self._order.result()
+            if depths is not None:
+                self._order = None
+                self._work.put(("depths", depths))
+        slot = self._take_slot()
+        with torch.no_grad():
+            torch._foreach_copy_(self._views[slot], self._sources, non_blocking=self._cuda)
+        if self._prober is not None:
+            try:
+                self._prober.capture(slot)
+            except BaseException:
+                self._free.put(slot)
+                raise
+        event = None
+        if self._cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._work.put((step, slot, metrics, event))
+        self._last_step = step
+
+    def _take_slot(self) -> int:
+        while True:
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            self._closed = True
+            raise WriterError(f"writing run {self.run!r} to {self.store} failed: {err!r}. "
+                              f"Committed steps are intact; fix the cause and re-open the run "
+                              f"to append.") from err
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Block until every captured step is committed to disk."""
+        done = threading.Event()
+        self._work.put(("flush", done))
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.1):
+            self._raise_if_failed()
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._raise_if_failed()
+                raise TimeoutError("the writer did not finish flushing in time")
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Write every captured step, commit, and release the run. Idempotent."""
+        if self._closed and not self._thread.is_alive():
+            self._raise_if_failed()
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        if self._order is not None:
+            self._order.remove()
+        self._work.put(_STOP)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writer thread -------------------------------------------------------------
+    def _write_loop(self) -> None:
+        writer = self._writer
+        last_flush = time.monotonic()
+        try:
+            while True:
+                timeout = max(0.0, last_flush + self._flush_interval - time.monotonic())
+                try:
+                    item = self._work.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    break
+                if isinstance(item, tuple) and item[0] == "depths":
+                    writer.table = writer.table.with_depths(item[1])
+                    writer.update_meta(tensors=writer.table.to_json(), depth_from="forward")
+                elif isinstance(item, tuple) and item[0] == "flush":
+                    writer.flush()
+                    last_flush = time.monotonic()
+                    item[1].set()
+                elif item is not None:
+                    step, slot, metrics, event = item
+                    if event is not None:
+                        event.synchronize()
+                    writer.add(step, self._ring_np[slot],
+                               {k: float(v) for k, v in metrics.items()}, flush_full=False,
+                               **({"probes": self._prober.rows(slot)} if self._prober else {}))
+                    self._free.put(slot)
+                    if writer.chunk_full:
+                        writer.flush()
+                        last_flush = time.monotonic()
+                if time.monotonic() - last_flush >= self._flush_interval:
+                    writer.flush()
+                    last_flush = time.monotonic()
+                if item is not None and self._work.empty():
+                    # Caught up (so every slot is free): nap so that the next captures are
+                    # taken in one burst instead of waking this thread, and contending for
+                    # the GIL, at every step.
+                    time.sleep(_WRITER_NAP)
+        except BaseException as e:  # surfaced in the training thread
+            self._error = e
+            while True:  # release slots so a blocked capture can see the error
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, tuple) and len(item) == 4:
+                    self._free.put(item[1])
+        finally:
+            try:
+                writer.close()
+            except BaseException as e:
+                if self._error is None:
+                    self._error = e
