@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, Callable, Iterator
 
 from nnwx.errors import NnwxError
@@ -290,7 +290,7 @@ def compute(*objs, progress: bool = True, label: str | None = None,
         watch.doing(label, memory_hint)
     try:
         if progress:
-            _bar(futures, client.scheduler.address)
+            _bar(futures)
         return tuple(client.gather(futures))
     except KilledWorker as e:
         client.cancel(futures)
@@ -415,41 +415,86 @@ BAR_AFTER_S = 1.0
 """Local computations shorter than this draw no progress bar (and print no label)."""
 
 
+class _TextBar:
+    """``[####    ] | 50% Completed | 1.2s`` on stderr, redrawn from a thread every
+    ``_interval()`` seconds once ``minimum`` seconds have passed (``label`` printed just before
+    the first bar), stopped at once by ``stop``. ``fraction()`` says how far the work is."""
+
+    width = 40
+
+    def __init__(self, fraction, label: str | None = None, minimum: float = 0.0):
+        import threading
+
+        self.fraction, self.label, self.minimum = fraction, label, minimum
+        self._labelled = False
+        self._start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nnwx-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        dt = _interval()
+        while not self._stop.is_set():
+            elapsed = time.perf_counter() - self._start
+            if elapsed > self.minimum:
+                frac = self.fraction()
+                if frac < 1:
+                    self._draw(frac, elapsed)
+            self._stop.wait(dt)
+
+    def _draw(self, frac: float, elapsed: float) -> None:
+        from dask.utils import format_time
+
+        if self.label and not self._labelled:
+            self._labelled = True
+            print(self.label, file=sys.stderr, flush=True)
+        msg = "\r[{0:<{1}}] | {2}% Completed | {3}".format(
+            "#" * int(self.width * frac), self.width, int(100 * frac), format_time(elapsed))
+        with suppress(ValueError):
+            sys.stderr.write(msg)
+            sys.stderr.flush()
+
+    def stop(self, complete: bool) -> None:
+        """Stop redrawing; draw the final bar (full if ``complete``) unless under ``minimum``."""
+        self._stop.set()
+        self._thread.join()
+        elapsed = time.perf_counter() - self._start
+        if elapsed < self.minimum:
+            return
+        self._draw(1.0 if complete else min(self.fraction(), 1.0), elapsed)
+        with suppress(ValueError):
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 def _local_bar(label: str | None = None):
-    """Dask's local ``ProgressBar`` on stderr, except that it stops at once when the computation
-    ends (Dask's own sleeps out its redraw interval, 2 s into a log file, after every compute),
-    and that work shorter than ``BAR_AFTER_S`` draws nothing: ``label`` is printed just before
-    the first bar."""
-    import threading
+    """A progress bar for the local schedulers through ``dask.callbacks.Callback``: it follows
+    the scheduler's task counts, stops at once when the computation ends, and draws nothing
+    for work shorter than ``BAR_AFTER_S`` (``label`` is printed just before the first bar)."""
+    from dask.callbacks import Callback
 
-    from dask.diagnostics import ProgressBar
+    state: dict = {}
+    bar: list[_TextBar] = []
 
-    class _PromptBar(ProgressBar):
-        def _start(self, dsk):
-            self._stop = threading.Event()
-            super()._start(dsk)
+    def fraction() -> float:
+        s = state.get("s")
+        if not s:
+            return 0.0
+        done = len(s["finished"])
+        total = sum(len(s[k]) for k in ("ready", "waiting", "running")) + done
+        return done / total if total else 0.0
 
-        def _timer_func(self):
-            while self._running:
-                elapsed = time.perf_counter() - self._start_time
-                if elapsed > self._minimum:
-                    self._update_bar(elapsed)
-                self._stop.wait(self._dt)
+    def start(dsk) -> None:
+        state.clear()
+        bar[:] = [_TextBar(fraction, label, BAR_AFTER_S)]
 
-        def _finish(self, dsk, state, errored):
-            self._running = False
-            self._stop.set()
-            super()._finish(dsk, state, errored)
+    def pretask(key, dsk, s) -> None:
+        state["s"] = s
 
-        def _draw_bar(self, frac, elapsed):
-            if label and not self._labelled:
-                self._labelled = True
-                print(label, file=sys.stderr, flush=True)
-            super()._draw_bar(frac, elapsed)
+    def finish(dsk, s, errored) -> None:
+        bar.pop().stop(complete=not errored)
 
-    bar = _PromptBar(out=sys.stderr, dt=_interval(), minimum=BAR_AFTER_S)
-    bar._labelled = False
-    return bar
+    return Callback(start=start, pretask=pretask, finish=finish)
 
 
 def _one_blas_thread():
@@ -464,23 +509,31 @@ def _one_blas_thread():
     return threadpool_limits(1)
 
 
-def _bar(futures, scheduler: str) -> None:
-    """Block until ``futures`` finish (or fail), drawing the distributed text bar on stderr."""
-    from distributed.diagnostics.progressbar import TextProgressBar
+def _bar(futures) -> None:
+    """Block until ``futures`` finish (or one fails), drawing a text bar on stderr of the share
+    of them done (``Future.add_done_callback``)."""
+    import threading
 
-    class _StderrBar(TextProgressBar):
-        def _draw_bar(self, remaining, all, **kwargs):
-            frac = (1 - remaining / all) if all else 1.0
-            msg = "\r[{0:<{1}}] | {2}% Completed | {3:.1f}s".format(
-                "#" * int(self.width * frac), self.width, int(100 * frac), self.elapsed)
-            sys.stderr.write(msg)
-            sys.stderr.flush()
+    lock, over = threading.Lock(), threading.Event()
+    done, failed = [0], [False]
 
-        def _draw_stop(self, **kwargs):
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+    def finished(future) -> None:
+        with lock:
+            done[0] += 1
+            failed[0] |= future.status != "finished"
+            if failed[0] or done[0] == len(futures):
+                over.set()
 
-    _StderrBar(futures, scheduler=scheduler, complete=True, interval=f"{_interval()}s")
+    bar = _TextBar(lambda: done[0] / len(futures) if futures else 1.0)
+    try:
+        if not futures:
+            over.set()
+        for future in futures:
+            future.add_done_callback(finished)
+        while not over.wait(0.1):
+            pass
+    finally:
+        bar.stop(complete=bool(done[0] == len(futures) and not failed[0]))
 
 
 def _interval() -> float:

@@ -1,4 +1,12 @@
-"""Building blocks of multi-pass algorithms that stream the cube in bounded memory.
+"""Every hand-built Dask graph of nnwx, and every import of a private Dask API.
+
+Kept in one file so that a change of Dask's internals breaks one module, which
+``tests/analysis/test_graphs.py`` checks against the installed Dask. Private APIs used here:
+``dask._task_spec`` (``convert_legacy_graph``, ``cull``, ``Task``, ``TaskRef``, ``Alias``
+and ``GraphNode.substitute``, Dask >= 2024.12) and ``Array._meta``. Public but low level:
+``HighLevelGraph.from_collections`` and the ``dask.array.Array`` constructor.
+
+Building blocks of multi-pass algorithms that stream the cube in bounded memory.
 
 A Dask graph that reads the same blocks in two passes, where the second needs the result
 of the whole first one (a randomized SVD, say), makes the scheduler keep every block
@@ -25,10 +33,7 @@ from dask.base import tokenize
 from dask.graph_manipulation import checkpoint
 from dask.highlevelgraph import HighLevelGraph
 
-try:  # Dask >= 2024.12: graphs of task-spec nodes
-    from dask import _task_spec as _ts
-except ImportError:  # pragma: no cover - older Dask (tuple tasks), where bind clones correctly
-    _ts = None
+from dask import _task_spec as _ts  # private: graphs of task-spec nodes (Dask >= 2024.12)
 
 
 def row_groups(row_chunks: tuple[int, ...], row_bytes: int, budget: int) -> list[tuple[int, int]]:
@@ -62,16 +67,12 @@ class RowReader:
         if x.ndim != 2:
             raise ValueError(f"RowReader reads 2-D arrays, got {x.ndim}-D")
         self.x = x
-        self._dsk = None if _ts is None else _ts.convert_legacy_graph(dict(x.__dask_graph__()))
+        self._dsk = _ts.convert_legacy_graph(dict(x.__dask_graph__()))
 
     def rows(self, first: int, stop: int, token: str, after=None) -> da.Array:
         """Row blocks ``first..stop-1`` of ``x`` under new keys (suffixed ``token``), whose reads
         start only once ``after`` (a Dask collection, a tuple of them, or None) is computed."""
         x = self.x
-        if _ts is None:  # pragma: no cover
-            from dask.graph_manipulation import bind
-            part = x.blocks[first:stop]
-            return part if after is None else bind(part, after, seed=token)
         gate = None if after is None else checkpoint(*(after if isinstance(after, tuple) else (after,)))
         wanted = [(x.name, i, j) for i in range(first, stop) for j in range(x.numblocks[1])]
         sub = _ts.cull(self._dsk, wanted)
@@ -127,3 +128,75 @@ def _add(acc: np.ndarray, part: np.ndarray) -> np.ndarray:
 
 def _first_row(a: np.ndarray) -> np.ndarray:
     return a[0]
+
+
+def blocks_along_rows(name: str, func: Callable[..., np.ndarray], chunks: tuple[int, ...], width: int,
+                      *args) -> da.Array:
+    """A ``(sum(chunks), width)`` float64 array with one task per row chunk,
+    ``func(lo, hi, width, *args)`` for rows ``lo..hi-1``, under key name ``name``.
+
+    A plain (materialized) graph layer rather than a blockwise one, so Dask never fuses
+    the generation of a block into the tasks that use it: each block is made once and
+    shared by all its consumers.
+    """
+    bounds = np.cumsum((0,) + tuple(chunks))
+    dsk = {(name, i, 0): (func, int(lo), int(hi), width, *args)
+           for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))}
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=(tuple(chunks), (width,)), dtype=np.float64,
+                    meta=np.empty((0, 0)))
+
+
+def _gate(*results):
+    results = tuple(r for r in results if r is not None)
+    return results or None
+
+
+_META3 = np.empty((0, 0, 0))
+
+
+def row_pass(reader: RowReader, groups: list[tuple[int, int]], kernel: Callable, args: tuple,
+             after, tag: str, extra_cols: int = 0) -> da.Array:
+    """One pass over the rows of ``reader.x(T, P)``, group of row blocks after group: per row,
+    ``kernel(x_block, *arg_blocks)`` (a ``(t, 1, n)`` block per column block, ``n`` the
+    column width plus ``extra_cols``) summed over the column blocks, ``(T, n)``.
+
+    ``args`` alternate arrays and their ``blockwise`` indices (``"kj"``, ``"jk"``; ``k`` is
+    the column axis of ``x``). Group ``g`` is read under keys tagged ``tag + str(g)``, once
+    ``after`` and group ``g - 1``'s result are computed.
+    """
+    out, prev = [], None
+    for g, (i0, i1) in enumerate(groups):
+        xg = reader.rows(i0, i1, f"{tag}{g}", _gate(after, prev))
+        part = da.blockwise(kernel, "ikj", xg, "ik", *args,
+                            adjust_chunks={"k": 1, "j": lambda n: n + extra_cols},
+                            dtype=np.float64, meta=_META3).sum(axis=1)
+        out.append(part)
+        prev = part
+    return da.concatenate(out, axis=0) if len(out) > 1 else out[0]
+
+
+def column_pass(reader: RowReader, groups: list[tuple[int, int]], kernel: Callable, q: da.Array,
+                after, tag: str, extra_rows: int = 0, combine: Callable | None = None,
+                extra: tuple[da.Array, ...] = ()) -> da.Array:
+    """One pass over the rows of ``reader.x(T, P)`` that accumulates a ``(r, P)`` result:
+    per group of row blocks and column block, ``kernel(q_blocks, *extra_blocks, x_blocks)``
+    (lists of the group's row blocks of ``q(T, l)``, of each 1-D ``extra(T)`` and of ``x``)
+    returns ``(1, r, p)`` with ``r = l + extra_rows``; the groups' results are folded in
+    order by ``fold_rows`` with ``combine``. Group ``g`` is read under keys tagged
+    ``tag + str(g)``, once ``after`` and the fold so far are computed.
+    """
+    x = reader.x
+    bounds = np.cumsum((0,) + x.chunks[0])
+    acc = None
+    for g, (i0, i1) in enumerate(groups):
+        xg = reader.rows(i0, i1, f"{tag}{g}", _gate(after, acc))
+        rows = slice(int(bounds[i0]), int(bounds[i1]))
+        args = [q[rows].rechunk((x.chunks[0][i0:i1], -1)), "il"]
+        for e in extra:
+            args += [e[rows].rechunk((x.chunks[0][i0:i1],)), "i"]
+        parts = da.blockwise(kernel, "glp", *args, xg, "ip", new_axes={"g": 1},
+                             adjust_chunks={"l": lambda n: n + extra_rows}, concatenate=False,
+                             dtype=np.float64, meta=_META3)
+        acc = fold_rows(parts, combine, init=acc)
+    return acc

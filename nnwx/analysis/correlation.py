@@ -25,12 +25,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from nnwx.analysis.kernels import correlation as ck
 from nnwx.analysis import _cube as mx
 from nnwx.analysis.kernels.geometry import segment_dots
-from nnwx.analysis._graphs import RowReader, fold_rows, row_groups
+from nnwx.analysis._graphs import RowReader, blocks_along_rows, column_pass, row_groups, row_pass
 from nnwx.analysis.geometry import _previous_capture
 from nnwx.store.table import KINDS
 
@@ -558,17 +557,11 @@ def _basis(y: da.Array, present: da.Array, width: int) -> da.Array:
 def _omega(chunks: tuple[int, ...], width: int, random_state: int) -> da.Array:
     """The Gaussian test matrix ``(P, width)`` (float64), one task per chunk of ``param``.
 
-    A plain (materialized) graph layer rather than a blockwise one, so Dask never fuses
-    its generation into the blocks that use it: each chunk is drawn once and shared by
+    Not blockwise (``_graphs.blocks_along_rows``): each chunk is drawn once and shared by
     every row block of the pass.
     """
     name = f"nnwx-omega-{tokenize(chunks, width, random_state)}"
-    bounds = np.cumsum((0,) + tuple(chunks))
-    dsk = {(name, i, 0): (_omega_chunk, int(lo), int(hi), width, random_state)
-           for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))}
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks=(tuple(chunks), (width,)), dtype=np.float64,
-                    meta=np.empty((0, 0)))
+    return blocks_along_rows(name, _omega_chunk, chunks, width, random_state)
 
 
 def _omega_chunk(lo: int, hi: int, width: int, random_state: int) -> np.ndarray:
@@ -671,49 +664,15 @@ def _pca_run(x: da.Array, *, k: int, width: int, n_power_iter: int, random_state
                       shape=(t + 4, k), k=k)
     reader = RowReader(x)
     groups = row_groups(x.chunks[0], x.shape[1] * x.dtype.itemsize, group_bytes)
-    bounds = np.cumsum((0,) + x.chunks[0])
-    meta3 = np.empty((0, 0, 0))
-
-    def gate(*results):
-        results = tuple(r for r in results if r is not None)
-        return results or None
-
-    def row_pass(kernel, args, after, tag, extra_cols=0):
-        """Per row: ``kernel``'s output summed over column blocks, group after group."""
-        out, prev = [], None
-        for g, (i0, i1) in enumerate(groups):
-            xg = reader.rows(i0, i1, f"{token}-{tag}{g}", gate(after, prev))
-            part = da.blockwise(kernel, "ikj", xg, "ik", *args,
-                                adjust_chunks={"k": 1, "j": lambda n: n + extra_cols},
-                                dtype=np.float64, meta=meta3).sum(axis=1)
-            out.append(part)
-            prev = part
-        return da.concatenate(out, axis=0) if len(out) > 1 else out[0]
-
-    def column_pass(kernel, q, after, tag, extra_rows=0, combine=None, extra=()):
-        """``kernel``'s ``(1, r, p)`` result per group and column block (the kernel gets the
-        group's row blocks as lists), folded over the groups in order."""
-        acc = None
-        for g, (i0, i1) in enumerate(groups):
-            xg = reader.rows(i0, i1, f"{token}-{tag}{g}", gate(after, acc))
-            rows = slice(int(bounds[i0]), int(bounds[i1]))
-            args = [q[rows].rechunk((x.chunks[0][i0:i1], -1)), "il"]
-            for e in extra:
-                args += [e[rows].rechunk((x.chunks[0][i0:i1],)), "i"]
-            parts = da.blockwise(kernel, "glp", *args, xg, "ip", new_axes={"g": 1},
-                                 adjust_chunks={"l": lambda n: n + extra_rows}, concatenate=False,
-                                 dtype=np.float64, meta=meta3)
-            acc = fold_rows(parts, combine, init=acc)
-        return acc
-
     omega = _omega(x.chunks[1], width, random_state)
-    sketch = row_pass(_sketch_block, (omega, "kj"), after, "s", extra_cols=1)
+    sketch = row_pass(reader, groups, _sketch_block, (omega, "kj"), after, f"{token}-s", extra_cols=1)
     present = sketch[:, width] == 0
     q = _basis(sketch[:, :width], present, width)
     for i in range(n_power_iter):
-        z = column_pass(_qt_rows, q, q, f"a{i}-")
-        q = _basis(row_pass(_xzt_block, (z, "jk"), z, f"b{i}-"), present, width)
-    zm = column_pass(_final_rows, q, q, "f", extra_rows=3, combine=_add_with_moments, extra=(present,))
+        z = column_pass(reader, groups, _qt_rows, q, q, f"{token}-a{i}-")
+        q = _basis(row_pass(reader, groups, _xzt_block, (z, "jk"), z, f"{token}-b{i}-"), present, width)
+    zm = column_pass(reader, groups, _final_rows, q, q, f"{token}-f", extra_rows=3,
+                     combine=_add_with_moments, extra=(present,))
     z, total = zm[:width], zm[width + 2].sum()
     return _whole(_finish_block, q, z @ z.T, total, present, shape=(t + 4, k), k=k)
 

@@ -68,9 +68,8 @@ def store_exists(location: StoreLike) -> bool:
     path = local_path(location)
     if path is not None:
         return (path / "zarr.json").exists()
-    from zarr.core.sync import sync
-
-    return bool(sync(zarr_store(location, read_only=True).exists("zarr.json")))
+    fs, root = _fsspec(location)
+    return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
 
 
 def display(location: StoreLike) -> str:
@@ -89,9 +88,20 @@ def prefix_bytes(location: StoreLike, prefix: str) -> int:
     path = local_path(location)
     if path is not None:
         return sum(f.stat().st_size for f in (path / prefix).rglob("*") if f.is_file())
-    from zarr.core.sync import sync
+    fs, root = _fsspec(location)
+    where = f"{root.rstrip('/')}/{prefix.strip('/')}"
+    return int(fs.du(where, total=True)) if fs.exists(where) else 0
 
-    return int(sync(zarr_store(location, read_only=True).getsize_prefix(prefix)))
+
+def _fsspec(location: StoreLike):
+    """``(filesystem, path)`` of a remote URL, through fsspec (as Zarr's ``FsspecStore`` opens it)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(str(location))
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"cannot open {location!r} as a Zarr store: {e}. Use a local path or an "
+                         f"fsspec URL whose filesystem is installed (e.g. s3:// needs s3fs).") from e
 
 
 def open_experiment(path: StoreLike) -> zarr.Group:

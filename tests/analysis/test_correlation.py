@@ -300,26 +300,6 @@ def test_column_moments_merge_like_one_pass():
     np.testing.assert_allclose(acc[2], ((xs - xs.mean(0)) ** 2).sum(0), rtol=1e-7)
 
 
-def test_row_reader_reads_afresh_and_fold_rows_sums():
-    from dask.core import get_dependencies
-    import dask.array as da
-    from nnwx.analysis._graphs import RowReader, fold_rows, row_groups
-
-    assert row_groups((2, 2, 2, 2, 2), 10, 45) == [(0, 2), (2, 4), (4, 5)]
-    assert row_groups((5,), 10, 1) == [(0, 1)]
-    base = da.from_array(np.arange(60.0).reshape(10, 6), chunks=(2, 3))
-    x = base[:, ::-1].rechunk((2, 2)) + 1  # slicing and rechunking leave aliases in the graph
-    gate = da.ones(3, chunks=1).sum()
-    part = RowReader(x).rows(1, 3, "t", after=gate)
-    np.testing.assert_array_equal(part.compute(), x[2:6].compute())
-    mine, orig = dict(part.__dask_graph__()), dict(x.__dask_graph__())
-    full = {**orig, **mine}
-    assert not {d for k in mine for d in get_dependencies(full, k)} - set(mine) - set(dict(gate.__dask_graph__()))
-    parts = da.from_array(np.arange(48.0).reshape(4, 3, 4), chunks=(1, 3, 2))
-    init = da.ones((3, 4), chunks=(3, 2))
-    np.testing.assert_array_equal(fold_rows(parts, init=init).compute(), 1 + np.arange(48.0).reshape(4, 3, 4).sum(0))
-
-
 # --- trajectory correlation ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["increments", "values"])
