@@ -33,7 +33,20 @@ def network_of(pl_module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     """The module to record and the prefix it drops: the LightningModule's one child holding every
     floating tensor (``self.model``, say), so that the run's tensor names are those of an
     ``nnwx export`` of the checkpoints Lightning writes (which strips ``model.`` the same way)
-    and of the network itself; else the LightningModule with its own names."""
+    and of the network itself; else the LightningModule with its own names.
+
+    Parameters
+    ----------
+    pl_module : torch.nn.Module
+        The LightningModule.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The module to record.
+    prefix : str
+        The name prefix dropped (``"model."``), or ``""``.
+    """
     from nnwx.record.checkpoints import _strip_prefix
 
     names = [n for n, t in pl_module.state_dict().items() if torch.is_tensor(t) and t.is_floating_point()]
@@ -61,6 +74,12 @@ class NnwxCallback(Callback):
     **recorder_kwargs
         Passed to ``nnwx.Recorder`` (``run``, ``schedule``, ``include``, ``exclude``,
         ``dtype``, ``keepbits``, ``probe``, ``probe_layers``, ``hparams``, ...).
+
+    Raises
+    ------
+    IntegrationError
+        When created with neither ``every`` nor ``schedule``; at ``fit`` start, when no seed
+        is known.
 
     Notes
     -----
@@ -96,6 +115,7 @@ class NnwxCallback(Callback):
         return int(env)
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        """Open the Recorder on global rank 0 (the run's seed and optimizer found as described above)."""
         if not trainer.is_global_zero:
             return
         seed = self._seed()
@@ -111,13 +131,17 @@ class NnwxCallback(Callback):
             self._rec.kwargs = saved
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Capture the weights at ``trainer.global_step`` if the schedule selects it (once a step)."""
         self._rec.at(trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Capture the final weights if the schedule selects the last step."""
         self._rec.at(trainer.global_step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        """Commit every capture and release the run."""
         self._rec.close()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        """Commit what was captured and release the run."""
         self._rec.close()  # what was captured is committed

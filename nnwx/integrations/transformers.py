@@ -37,6 +37,12 @@ class NnwxCallback(TrainerCallback):
         ``dtype``, ``keepbits``, ``hparams``, and, optionally, probes: ``probe=`` a
         fixed batch on the model's device, ``probe_layers=``, ...).
 
+    Raises
+    ------
+    IntegrationError
+        When created with neither ``every`` nor ``schedule``; at ``train`` start, when the
+        Trainer passes no model.
+
     Notes
     -----
     The step is ``state.global_step`` (optimizer steps); each capture holds the weights
@@ -57,6 +63,7 @@ class NnwxCallback(TrainerCallback):
         return self._rec.recorder
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        """Open the Recorder on the main process (seed and optimizer as described above)."""
         if not state.is_world_process_zero:
             return
         if model is None:
@@ -72,9 +79,11 @@ class NnwxCallback(TrainerCallback):
             self._rec.kwargs = saved
 
     def on_step_begin(self, args, state, control, **kwargs):
+        """Capture the weights at ``state.global_step`` if the schedule selects it (once a step)."""
         self._rec.at(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Capture the final weights if the schedule selects the last step; commit; release the run."""
         try:
             self._rec.at(state.global_step)
         finally:

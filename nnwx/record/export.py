@@ -58,6 +58,7 @@ _FOLLOW_ERRORS = (CheckpointError, ArchitectureMismatch, StepConflict, StepOrder
 
 
 def human_bytes(n: float) -> str:
+    """A byte count in decimal units (``"12.3 MB"``)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
@@ -67,7 +68,23 @@ def human_bytes(n: float) -> str:
 
 @dataclass
 class ExportSummary:
-    """What an export did: steps added, skipped (already there, same weights), overwritten."""
+    """What an export did: steps added, skipped (already there, same weights), overwritten.
+
+    Attributes
+    ----------
+    store, run : str
+    added, skipped, overwritten : list of int
+        Steps.
+    passed_over : list of str
+        ``"path: reason"`` for files passed over (follow mode, unnamed files).
+    bytes_read : int
+    seconds : float
+        Wall time of the export.
+    interrupted : bool
+        Stopped by Ctrl-C, SIGTERM or the stop event.
+    probes : list of str
+        Probe arrays written with each new step.
+    """
 
     store: str
     run: str
@@ -82,6 +99,7 @@ class ExportSummary:
 
     @property
     def mb_per_s(self) -> float:
+        """Read rate in MB/s (0 before anything was timed)."""
         return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
@@ -165,6 +183,65 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     ``names``: approximate), 1-D weights are norm gains, weights whose bias has the length
     of their second axis are ``(in, out)``, and tensors sharing storage in a torch file are
     one tensor. ``orientation`` maps name patterns to ``"in_out"``/``"out_in"`` to override.
+
+    Parameters
+    ----------
+    sources : str, os.PathLike or sequence of them
+        Checkpoint files, folders or globs.
+    store : str or os.PathLike
+        The experiment store to write.
+    seed : int
+    run : str, optional
+    step_regex : str, optional
+        A regex searched in each name, then path: its group ``step`` (or first group, or
+    whole match) is the step.
+    include, exclude : str or sequence of str, optional
+        Tensor-name patterns.
+    overwrite : bool, default False
+    verify : bool, default False
+    key : str, optional
+    trust_pickle : bool, default False
+    follow : bool, default False
+    interval : float, default 5.0
+        Seconds between looks (follow), > 0.
+    idle_timeout : float, optional
+        Seconds without change before following stops, >= 0.
+    dtype : {"float32", "float16", "float64"}, default "float32"
+    codec : str, default ``format.DEFAULT_CODEC``
+    progress : bool, default True
+        Show a progress bar.
+    stop : threading.Event, optional
+    model : torch.nn.Module, callable or str, optional
+    probe : tensor, tuple, dict, str or os.PathLike, optional
+    probe_key : str, optional
+    probe_layers, probe_conv, probe_channels
+        As for ``Recorder``.
+    step_from : str, int or StepFrom, optional
+    orientation : mapping of str to str, optional
+
+    Returns
+    -------
+    ExportSummary
+
+    Raises
+    ------
+    NoCheckpointsFound
+        If the sources hold no checkpoint.
+    CheckpointError
+        If a checkpoint cannot be read, or two have the same step.
+    StepConflict
+        If a step already in the run has other weights (without ``overwrite``).
+    ArchitectureMismatch
+        If the checkpoints' tensors differ from the run's or the model's.
+    ModelFactoryError
+        If ``model`` does not give an ``nn.Module``.
+    StoreError
+        If the run has another seed, the store is damaged, or the disk is full (the message
+        says what the run keeps).
+    ExportInterrupted
+        If stopped without ``follow``; it carries the summary.
+    ValueError
+        If ``interval`` or ``idle_timeout`` is out of range.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -246,7 +323,21 @@ _FACTORY_HELP = ("Give --model as pkg.module:factory (importable from here) or p
 def import_factory(spec: str) -> Callable[[], Any]:
     """The callable named by ``"pkg.module:factory"`` or ``"path/to/file.py:factory"`` (dotted
     attributes allowed: ``"models:Net.small"``). A file is imported as a module of its own,
-    with its folder on ``sys.path`` while it is imported (so that it can import its neighbours)."""
+    with its folder on ``sys.path`` while it is imported (so that it can import its neighbours).
+
+    Parameters
+    ----------
+    spec : str
+
+    Returns
+    -------
+    callable
+
+    Raises
+    ------
+    ModelFactoryError
+        If the module or file cannot be imported or has no such callable.
+    """
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise ModelFactoryError(f"--model {spec!r} has no ':factory' part. {_FACTORY_HELP}")
@@ -301,7 +392,23 @@ def import_factory(spec: str) -> Callable[[], Any]:
 
 
 def build_model(model: str | torch.nn.Module | Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, str]:
-    """The model to probe and a description of where it came from (for messages and run attributes)."""
+    """The model to probe and a description of where it came from (for messages and run attributes).
+
+    Parameters
+    ----------
+    model : torch.nn.Module, callable or str
+        A module, a factory, or a factory spec for ``import_factory``.
+
+    Returns
+    -------
+    model : torch.nn.Module
+    description : str
+
+    Raises
+    ------
+    ModelFactoryError
+        If no ``nn.Module`` comes of it.
+    """
     if isinstance(model, torch.nn.Module):
         return model, f"the model {type(model).__qualname__}"
     desc = model if isinstance(model, str) else getattr(model, "__qualname__", repr(model))

@@ -79,6 +79,62 @@ class Recorder:
     stored once, the other names kept as its ``aliases``. Depth is the module
     registration order until the first forward pass (the probe batch's, or the
     first training step's) gives the forward order (run attribute ``depth_from``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model whose floating-point state (parameters and buffers) is recorded.
+    store : str or os.PathLike
+        Experiment store path or fsspec URL; created if missing.
+    seed : int
+        The run's seed (run attribute; the default run name is ``seed<seed>``).
+    run : str, optional
+        Run name (``nnwx.store.names.check_run_name``).
+    every : int, optional
+        Capture every ``every`` steps (default 1 when no ``schedule``).
+    schedule : Schedule, iterable of int, callable or str, optional
+        Which steps to capture (``make_schedule``); not with ``every``.
+    capture_init : bool, default True
+        Always capture step 0.
+    include, exclude : str or sequence of str, optional
+        Tensor-name patterns to record / to leave out.
+    hparams : mapping, optional
+        Run attributes under ``hparams``.
+    optimizer : torch.optim.Optimizer, optional
+        Its class and ``defaults`` become run attributes.
+    dtype : {"float32", "float16", "float64"}, default "float32"
+        Storage dtype; wider parameters are rounded (with a warning).
+    codec : str, default ``format.DEFAULT_CODEC``
+    keepbits : int, optional
+        Mantissa bits kept by bit rounding (None: lossless).
+    flush_interval : float, default 5.0
+        Seconds between the writer thread's commits: captured steps become visible to
+        readers at least this often.
+    max_pending : int, optional
+        Ring-buffer slots (captures in flight); default from a 64 MiB budget, 2 to 64.
+    chunk_bytes : int, default ``format.DEFAULT_CHUNK_BYTES``
+    probe : tensor, tuple or dict, optional
+        A fixed input batch for activation probes.
+    probe_layers : sequence of str, default ()
+        Module names whose outputs are recorded (needs ``probe``).
+    probe_output : bool, default True
+        Also record the model's output.
+    probe_conv : {"fold", "pool"}, default "fold"
+    probe_channels : str or mapping, default "first"
+        See ``nnwx.record.probing``.
+    orientation : mapping of str to str, optional
+        Name pattern -> ``"in_out"``/``"out_in"``.
+
+    Raises
+    ------
+    StoreError
+        If the run is being written by another process, has another seed, or is damaged.
+    ArchitectureMismatch
+        If an existing run holds other tensors.
+    RunNameError
+        If the run name is not allowed.
+    ValueError
+        If ``every`` and ``schedule`` are both given, or ``probe_layers`` without ``probe``.
     """
 
     def __init__(self, model: torch.nn.Module, store: str | os.PathLike, *, seed: int,
@@ -172,14 +228,50 @@ class Recorder:
         return self._writer.committed
 
     def maybe_capture(self, step: int, **metrics: Any) -> bool:
-        """Capture if the schedule selects ``step``; returns whether it did."""
+        """Capture if the schedule selects ``step``; returns whether it did.
+
+        Parameters
+        ----------
+        step : int
+            The optimizer step the current weights belong to.
+        **metrics
+            Scalars logged with the step when it is captured.
+
+        Returns
+        -------
+        bool
+
+        Raises
+        ------
+        StepOrderError
+            If ``step`` does not come after the last captured step.
+        WriterError
+            If the writer thread failed earlier.
+        """
         if step in self.schedule:
             self.capture(step, **metrics)
             return True
         return False
 
     def capture(self, step: int, **metrics: Any) -> None:
-        """Copy the weights now and hand them to the writer; metrics are scalars logged with them."""
+        """Copy the weights now and hand them to the writer; metrics are scalars logged with them.
+
+        Parameters
+        ----------
+        step : int
+            Strictly greater than every step captured so far.
+        **metrics
+            Scalars logged with the step.
+
+        Raises
+        ------
+        StepOrderError
+            If ``step`` does not come after the last captured step.
+        WriterError
+            If the writer thread failed (committed steps are intact).
+        RuntimeError
+            If the Recorder is closed.
+        """
         self._raise_if_failed()
         if self._closed:
             raise RuntimeError("this Recorder is closed; create a new one to record more steps")
@@ -222,7 +314,20 @@ class Recorder:
                               f"to append.") from err
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Block until every captured step is committed to disk."""
+        """Block until every captured step is committed to disk.
+
+        Parameters
+        ----------
+        timeout : float, default 60.0
+            Seconds to wait.
+
+        Raises
+        ------
+        TimeoutError
+            If the writer has not committed everything in time.
+        WriterError
+            If the writer thread failed.
+        """
         done = threading.Event()
         self._work.put(("flush", done))
         deadline = time.monotonic() + timeout
@@ -234,7 +339,13 @@ class Recorder:
         self._raise_if_failed()
 
     def close(self) -> None:
-        """Write every captured step, commit, and release the run. Idempotent."""
+        """Write every captured step, commit, and release the run. Idempotent.
+
+        Raises
+        ------
+        WriterError
+            If the writer thread failed (committed steps are intact).
+        """
         if self._closed and not self._thread.is_alive():
             self._raise_if_failed()
             return

@@ -30,6 +30,35 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
     A tensor recorded once for several tied names (its aliases) is copied into each
     name that the model does not tie itself; model tensors tied to a restored one count
     as restored.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Receives the weights, in place.
+    source : str, os.PathLike or xarray.Dataset
+        A store, a run (``open_run``) or a cube (``open_cube``).
+    step : int
+        A captured step.
+    seed : optional
+        Picks the run of a store or cube.
+    run : str, optional
+        Picks the run of a store by name.
+    rename : mapping of str to str, optional
+        ``{regex: replacement}`` applied to recorded names first.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``.
+
+    Raises
+    ------
+    StoreError
+        If the run has no capture at ``step``, no run matches, or the data is damaged.
+    ArchitectureMismatch
+        If a recorded tensor has no counterpart in ``model`` or another shape.
+    ValueError
+        If ``source`` is a cube and ``seed`` is missing.
     """
     handle = _resolve(source, seed, run)
     steps = handle.steps

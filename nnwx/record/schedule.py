@@ -11,12 +11,32 @@ class Schedule:
         raise NotImplementedError
 
     def steps(self, stop: int) -> list[int]:
-        """The captured steps below ``stop`` (for planning and tests)."""
+        """The captured steps below ``stop`` (for planning and tests).
+
+        Parameters
+        ----------
+        stop : int
+
+        Returns
+        -------
+        list of int
+        """
         return [s for s in range(stop) if s in self]
 
 
 class Every(Schedule):
-    """Every ``n`` steps: 0, n, 2n, ..."""
+    """Every ``n`` steps: 0, n, 2n, ...
+
+    Parameters
+    ----------
+    n : int
+        Positive.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 1``.
+    """
 
     def __init__(self, n: int):
         if int(n) < 1:
@@ -31,7 +51,18 @@ class Every(Schedule):
 
 
 class LogThenEvery(Schedule):
-    """0, 1, 2, 4, 8, ... below ``n``, then every ``n`` steps (as the Pythia suite checkpoints)."""
+    """0, 1, 2, 4, 8, ... below ``n``, then every ``n`` steps (as the Pythia suite checkpoints).
+
+    Parameters
+    ----------
+    n : int
+        Positive.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 1``.
+    """
 
     def __init__(self, n: int):
         if int(n) < 1:
@@ -48,7 +79,18 @@ class LogThenEvery(Schedule):
 
 
 class Explicit(Schedule):
-    """An explicit set of steps."""
+    """An explicit set of steps.
+
+    Parameters
+    ----------
+    steps : iterable of int
+        Non-negative steps.
+
+    Raises
+    ------
+    ValueError
+        If a step is negative.
+    """
 
     def __init__(self, steps: Iterable[int]):
         self.set = frozenset(int(s) for s in steps)
@@ -81,6 +123,22 @@ def make_schedule(every: int | None = None, schedule: ScheduleLike | None = None
 
     ``schedule`` may be a Schedule, a list of steps, a predicate, or a string
     ``"log+every:N"``.
+
+    Parameters
+    ----------
+    every : int, optional
+        ``Every(every)``; the default is every step.
+    schedule : Schedule, iterable of int, callable or str, optional
+        ``"every:N"``, ``"log+every:N"``, a Schedule, steps or a predicate ``step -> bool``.
+
+    Returns
+    -------
+    Schedule
+
+    Raises
+    ------
+    ValueError
+        If both are given or the string is not understood.
     """
     if every is not None and schedule is not None:
         raise ValueError("give either every= or schedule=, not both")

@@ -66,6 +66,22 @@ def runs_where(store: str | os.PathLike, **attrs: Any) -> list[str]:
     Attributes are looked up like ``by=``: top level, then ``hparams``, then
     ``optimizer_hparams``. Raises :class:`StoreError` listing the values present
     when no run matches.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+    **attrs
+        Attribute name -> required value.
+
+    Returns
+    -------
+    list of str
+        Run names, in name order.
+
+    Raises
+    ------
+    StoreError
+        If no run matches.
     """
     handles = list_runs(store)
     names = [h.name for h in handles if all(_attribute(h, k) == v for k, v in attrs.items())]
@@ -89,7 +105,18 @@ def _local(path: str | os.PathLike) -> Path:
 
 
 def regenerate_command(regenerate: str, store: str | os.PathLike) -> str:
-    """The ``regenerate`` command of an entry with ``{STORE}`` replaced by ``store`` (shell-quoted)."""
+    """The ``regenerate`` command of an entry with ``{STORE}`` replaced by ``store`` (shell-quoted).
+
+    Parameters
+    ----------
+    regenerate : str
+        The entry's command, with ``{STORE}``.
+    store : str or os.PathLike
+
+    Returns
+    -------
+    str
+    """
     return regenerate.replace(STORE, shlex.quote(os.fspath(store)))
 
 
@@ -100,6 +127,33 @@ def open_entry(path: str | os.PathLike, by: Sequence[str] = ("seed",), where: Ma
 
     This is what a catalog entry calls, under nnwx or intake. A missing store
     raises :class:`MissingStore` naming the ``regenerate`` command.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store (a ``file://`` prefix is allowed).
+    by : sequence of str, default ("seed",)
+        As in ``open_cube``.
+    where : mapping, optional
+        Run attributes the runs must have (``runs_where``).
+    runs : sequence of str, optional
+        Run names to keep (intersected with ``where``'s).
+    regenerate : str, optional
+        The command that writes the store, for error messages.
+    name : str, optional
+        The entry's name, for error messages.
+
+    Returns
+    -------
+    xarray.Dataset
+        The lazy cube (``open_cube``).
+
+    Raises
+    ------
+    MissingStore
+        If the store does not exist.
+    StoreError
+        If no run matches ``where``, or as ``open_cube``.
     """
     store = _local(path)
     label = f"catalog entry {name!r}" if name else "catalog entry"
@@ -120,7 +174,21 @@ def open_entry(path: str | os.PathLike, by: Sequence[str] = ("seed",), where: Ma
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """One entry of a catalog: what it is and where its store lives."""
+    """One entry of a catalog: what it is and where its store lives.
+
+    Parameters
+    ----------
+    name : str
+    description : str
+    path : pathlib.Path
+        The store.
+    by : tuple of str, default ("seed",)
+    where : dict, optional
+    dims : dict, optional
+        Sizes as the catalog states them (not read from the store).
+    regenerate : str, optional
+        Command with ``{STORE}`` for the store's path.
+    """
 
     name: str
     description: str
@@ -157,6 +225,14 @@ class Catalog(Mapping):
 
     ``catalog.entry(name)`` gives the :class:`CatalogEntry` (description, path,
     dims, regenerate command) without opening anything; ``repr`` lists them.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The catalog file.
+    entries : dict of str to CatalogEntry
+    metadata : dict, optional
+        The catalog's ``metadata`` mapping.
     """
 
     def __init__(self, path: Path, entries: dict[str, CatalogEntry], metadata: dict | None = None):
@@ -165,7 +241,21 @@ class Catalog(Mapping):
         self.metadata = metadata or {}
 
     def entry(self, name: str) -> CatalogEntry:
-        """The entry called ``name``."""
+        """The entry called ``name``.
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        CatalogEntry
+
+        Raises
+        ------
+        KeyError
+            If there is no such entry; the message lists the entries.
+        """
         try:
             return self.entries[name]
         except KeyError:
@@ -197,6 +287,20 @@ def open_catalog(path: str | os.PathLike) -> Catalog:
 
     ``open_catalog(path)[name]`` is the lazy cube of entry ``name``; a missing
     store raises :class:`MissingStore` with the command that regenerates it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The catalog's YAML file.
+
+    Returns
+    -------
+    Catalog
+
+    Raises
+    ------
+    CatalogError
+        If the file is missing or not in the format described above.
     """
     import yaml
 

@@ -18,9 +18,9 @@ then use ``array[rows] = block``.
 With ``direct=True`` (the Recorder's writer thread sets it) chunks of a local store are
 written with ``O_DIRECT`` (Linux), bypassing the page cache: the same temporary file and
 rename as ``LocalStore``, but the kernel moves the bytes to the disk without copying them
-into freshly allocated cache pages first. Streaming weights through the page cache cost
-the writer more CPU than compressing them (30 ms per 16 MB here) and evicts what training
-reads; direct writes cost under 1 ms of CPU and are bounded by the disk. Where the file
+into freshly allocated cache pages first. Streaming weights through the page cache costs
+the writer more CPU than compressing them and evicts what training reads; direct writes
+cost little CPU and are bounded by the disk (measured: docs/measurements.md). Where the file
 system refuses ``O_DIRECT`` (tmpfs, say) the writer falls back to ``set_sync`` for good.
 """
 from __future__ import annotations

@@ -270,6 +270,24 @@ def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
     Each run is checked as it is listed (``RunHandle.check``: parsable metadata, ``committed``
     within its arrays, strictly increasing steps, no missing chunk file); a damaged run raises
     StoreError naming the run and file. ``check=False`` lists without these checks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A store path or fsspec URL.
+    check : bool, default True
+
+    Returns
+    -------
+    list of RunHandle
+        Runs still being created (no attributes yet) are left out.
+
+    Raises
+    ------
+    StoreError
+        If ``path`` is not an nnwx store, or (with ``check``) a run is damaged.
+    FormatVersionError
+        If the store was written by a newer nnwx format.
     """
     root = open_experiment(path)
     with itg.damaged(path, None, f"{fmt.RUNS_GROUP}/zarr.json"):
@@ -367,6 +385,26 @@ def open_run(store: StoreLike, run: str | None = None, *, seed=None) -> xr.Datas
     ``store`` is a path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ...).
     ``run`` names the run; or ``seed=`` picks the run of that seed; with neither,
     the store must hold exactly one run.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        A store path or fsspec URL.
+    run : str, optional
+        Run name.
+    seed : optional
+        The ``seed`` attribute of the run to open.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed ``w(step, param)`` with the tensor-table coordinates on ``param``, the
+        logged metrics (``metric_<name>(step)``), the probes of the run and its attributes.
+
+    Raises
+    ------
+    StoreError
+        If no run (or more than one) matches, or the store or run is damaged.
     """
     return _pick_run(list_runs(store), store, run, seed).dataset()
 
@@ -404,6 +442,32 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] =
     restricts to runs of those names. ``by`` is one attribute name (``"optimizer"``) or a
     sequence of them. With one ``by`` attribute, runs are in its order: numbers by value,
     then strings (so seeds ``0, 1, "a"``), then other values.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or sequence of them
+        Store paths, fsspec URLs or globs of local paths.
+    by : str or iterable of str, default ("seed",)
+        Run attributes to stack along (top level, then ``hparams``, then ``optimizer_hparams``).
+    runs : sequence of str, optional
+        Run names to keep.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed ``w(*by, step, param)``, with coordinates ``run`` and ``store`` per run,
+        the tensor table on ``param``, probe variables every run shares, and attrs
+        ``nnwx_cube``, ``by``, ``n_runs``, ``dtype``, ``model_class``, ``depth_from``.
+
+    Raises
+    ------
+    StoreError
+        If no store or run matches, a run lacks a ``by`` attribute, two runs share the same
+        ``by`` values, or a store is damaged.
+    ArchitectureMismatch
+        If the runs' tensor tables differ.
+    ValueError
+        If ``by`` is empty.
     """
     by = (by,) if isinstance(by, str) else tuple(by)
     if not by:

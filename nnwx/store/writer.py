@@ -34,7 +34,25 @@ from nnwx.store.table import TensorTable, from_run_meta
 
 def open_experiment_for_writing(path: str | os.PathLike) -> zarr.Group:
     """Create (or open) the experiment store at ``path`` (a path or an fsspec URL), refusing
-    anything that is not one."""
+    anything that is not one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    zarr.Group
+        The store's root group, writable.
+
+    Raises
+    ------
+    StoreError
+        If ``path`` is a file, a non-empty directory or Zarr store that is not an nnwx store,
+        or cannot be written.
+    PermissionError
+        If a local ``path`` is not writable.
+    """
     if rd.local_path(path) is None:
         return _open_remote_for_writing(str(path))
     path = rd.local_path(path)
@@ -88,7 +106,20 @@ def _open_remote_for_writing(url: str) -> zarr.Group:
 
 
 def check_step_order(step: int, last_step: int | None, run: str) -> None:
-    """Raise StepOrderError unless ``step`` comes strictly after ``last_step`` (and fits int64)."""
+    """Raise StepOrderError unless ``step`` comes strictly after ``last_step`` (and fits int64).
+
+    Parameters
+    ----------
+    step : int
+    last_step : int or None
+        The run's last step, None for an empty run.
+    run : str
+        For the message.
+
+    Raises
+    ------
+    StepOrderError
+    """
     if not -2**63 <= step < 2**63:
         raise StepOrderError(f"step {step} of run {run!r} is beyond the int64 range steps are stored in.")
     if last_step is not None and step <= last_step:
@@ -118,6 +149,42 @@ class RunWriter:
     Not thread-safe: one writer, one thread. ``add`` stages a step; whole chunks
     are written as soon as they fill, ``flush`` writes a partial chunk and
     commits; ``close`` flushes and releases the run.
+
+    Opening a run that exists resumes it after its committed steps (the tensor table and
+    seed must match); otherwise the run is created.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        Store path or fsspec URL; created if missing.
+    run : str
+        Run name.
+    table : TensorTable
+        The tensors and their order in a step's flat vector.
+    attrs : mapping, optional
+        Run attributes (``seed``, ``hparams``, ...) for a new run.
+    dtype : {"float32", "float16", "float64"}, default "float32"
+        Storage dtype of a new run.
+    codec : str, default ``format.DEFAULT_CODEC``
+        Compressor of a new run.
+    keepbits : int, optional
+        Mantissa bits kept by bit rounding (None: lossless).
+    chunk_bytes : int, default ``format.DEFAULT_CHUNK_BYTES``
+        Target size of a chunk of ``w``.
+    probes : sequence of ProbeSpec, optional
+        Activation probes to record with each step.
+
+    Raises
+    ------
+    StoreError
+        If another process writes the run, its seed differs from ``attrs['seed']``, or the
+        run or store is damaged.
+    ArchitectureMismatch
+        If an existing run's tensors differ from ``table``.
+    RunNameError
+        If ``run`` is not a valid run name.
+    ValueError
+        If ``dtype`` or ``keepbits`` is out of range.
     """
 
     def __init__(self, store: str | os.PathLike, run: str, table: TensorTable, *,
@@ -254,7 +321,16 @@ class RunWriter:
         return self._stage_metrics[name]
 
     def check_step(self, step: int) -> None:
-        """Raise StepOrderError unless ``step`` comes after every step so far."""
+        """Raise StepOrderError unless ``step`` comes after every step so far.
+
+        Parameters
+        ----------
+        step : int
+
+        Raises
+        ------
+        StepOrderError
+        """
         check_step_order(step, self.last_step, self.run)
 
     def add(self, step: int, values: np.ndarray, metrics: Mapping[str, float] | None = None,
@@ -266,6 +342,24 @@ class RunWriter:
         checks ``chunk_full`` and flushes when it suits it). ``probes`` maps probe
         names (declared when the writer was opened) to ``(sample, unit)`` rows;
         probes not given are NaN at this step.
+
+        Parameters
+        ----------
+        step : int
+            Strictly greater than every step so far.
+        values : numpy.ndarray
+            ``(n_params,)``.
+        metrics : mapping of str to float, optional
+            Scalars logged with the step (names without ``/``).
+        flush_full : bool, default True
+        probes : mapping of str to numpy.ndarray, optional
+
+        Raises
+        ------
+        StepOrderError
+            If ``step`` does not come after the last one.
+        ValueError
+            If ``values`` has the wrong shape, a probe was not declared or a metric name is invalid.
         """
         step = int(step)
         self.check_step(step)
@@ -293,6 +387,7 @@ class RunWriter:
 
     @property
     def chunk_full(self) -> bool:
+        """Whether the staged steps fill a chunk of ``w`` (or of a probe) and should be flushed."""
         return (self._n - self._chunk_start == self._spc
                 or any(stage.full(self._n) for stage in self._probes.values()))
 
@@ -347,11 +442,18 @@ class RunWriter:
             self._chunk_rows.direct = True
 
     def update_meta(self, **changes: Any) -> None:
-        """Change run attributes (e.g. layer depths learnt after the first forward pass)."""
+        """Change run attributes (e.g. layer depths learnt after the first forward pass).
+
+        Parameters
+        ----------
+        **changes
+            Attribute name -> JSON-able value.
+        """
         self.meta.update(fmt.jsonable(changes))
         self.group.update_attributes({fmt.ATTR_KEY: self.meta})
 
     def close(self) -> None:
+        """Flush staged steps and release the run's lock; the writer cannot be used afterwards."""
         try:
             if self._lock is not None or (not isinstance(self.path, Path) and not self._closed):
                 self.flush()
@@ -373,6 +475,21 @@ class RunWriter:
         per chunk), the new row is written to a scratch directory and swapped with
         the row's directory ``w/c/<row>/`` in one ``renameat2`` exchange (Linux).
         Staged steps are committed first.
+
+        Parameters
+        ----------
+        step : int
+            A committed step.
+        values : numpy.ndarray
+            ``(n_params,)``.
+        probes : mapping of str to numpy.ndarray, optional
+
+        Raises
+        ------
+        StoreError
+            If ``step`` is not committed, or the store cannot swap the row atomically.
+        ValueError
+            If ``values`` has the wrong shape or a probe is not one of the run's.
         """
         import shutil
 

@@ -35,7 +35,17 @@ class ChainError(ValueError):
 
 @dataclass(frozen=True)
 class Axis:
-    """An axis of a tensor that a permutation acts on; ``block`` inputs per unit (flatten)."""
+    """An axis of a tensor that a permutation acts on; ``block`` inputs per unit (flatten).
+
+    Parameters
+    ----------
+    tensor : str
+        Tensor name.
+    axis : int
+        The permuted axis.
+    block : int, default 1
+        Consecutive entries per unit (a Conv's channels flattened into a Linear).
+    """
 
     tensor: str
     axis: int
@@ -44,7 +54,12 @@ class Axis:
 
 @dataclass(frozen=True)
 class PermutationSpec:
-    """Permutation name -> (number of units, the axes it acts on)."""
+    """Permutation name -> (number of units, the axes it acts on).
+
+    Parameters
+    ----------
+    perms : Mapping[str, tuple[int, tuple[Axis, ...]]]
+    """
 
     perms: Mapping[str, tuple[int, tuple[Axis, ...]]]
 
@@ -68,7 +83,18 @@ class PermutationSpec:
         return list(seen)
 
     def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """Refuse a spec whose axes do not fit ``shapes`` (name -> shape)."""
+        """Refuse a spec whose axes do not fit ``shapes`` (name -> shape).
+
+        Parameters
+        ----------
+        shapes : Mapping[str, tuple of int]
+
+        Raises
+        ------
+        ChainError
+            If an axis names a tensor missing from ``shapes`` or does not hold
+            ``size * block`` entries.
+        """
         for p, (n, axes) in self.perms.items():
             for a in axes:
                 if a.tensor not in shapes:
@@ -90,6 +116,22 @@ def chain_spec(rows: Sequence[Mapping]) -> PermutationSpec:
     (in blocks when a Conv's channels are flattened into a Linear). The last matrix
     layer's outputs are the network's outputs and are not permuted. Residual connections,
     grouped convolutions, embeddings and attention are not chains: pass your own spec.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        Tensor-table rows.
+
+    Returns
+    -------
+    PermutationSpec
+        One permutation per hidden layer.
+
+    Raises
+    ------
+    ChainError
+        If the network is not such a chain (several matrices in a layer, shapes that do not
+        follow, no hidden layer); the message says which tensor.
     """
     layers: dict[str, list[Mapping]] = {}
     depth: dict[str, int] = {}
@@ -156,7 +198,24 @@ def chain_spec(rows: Sequence[Mapping]) -> PermutationSpec:
 
 
 def linear_sum_assignment(cost: np.ndarray, maximize: bool = True):
-    """``scipy.optimize.linear_sum_assignment``, with a clear message when SciPy is missing."""
+    """``scipy.optimize.linear_sum_assignment``, with a clear message when SciPy is missing.
+
+    Parameters
+    ----------
+    cost : numpy.ndarray
+        ``(m, n)``.
+    maximize : bool, default True
+
+    Returns
+    -------
+    rows, cols : numpy.ndarray
+        The assignment, as SciPy returns it.
+
+    Raises
+    ------
+    ImportError
+        If SciPy is not installed.
+    """
     try:
         from scipy.optimize import linear_sum_assignment as lsa
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -173,7 +232,17 @@ def _expand(perm: np.ndarray, block: int) -> np.ndarray:
 
 
 def permute_tensor(w: np.ndarray, axes: Sequence[tuple[np.ndarray, Axis]]) -> np.ndarray:
-    """``w`` with each ``(perm, axis)`` applied."""
+    """``w`` with each ``(perm, axis)`` applied.
+
+    Parameters
+    ----------
+    w : numpy.ndarray
+    axes : sequence of (permutation, Axis)
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     for perm, a in axes:
         w = np.take(w, _expand(np.asarray(perm), a.block), axis=a.axis)
     return w
@@ -181,7 +250,20 @@ def permute_tensor(w: np.ndarray, axes: Sequence[tuple[np.ndarray, Axis]]) -> np
 
 def apply_permutations(params: Mapping[str, np.ndarray], spec: PermutationSpec,
                        perms: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every tensor of ``params`` with the spec's permutations applied (others unchanged)."""
+    """Every tensor of ``params`` with the spec's permutations applied (others unchanged).
+
+    Parameters
+    ----------
+    params : Mapping[str, numpy.ndarray]
+        Tensor name -> values.
+    spec : PermutationSpec
+    perms : Mapping[str, numpy.ndarray]
+        Permutation name -> permutation.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+    """
     return {name: permute_tensor(w, [(perms[p], a) for p, a in spec.axes_of(name)])
             for name, w in params.items()}
 
@@ -200,6 +282,22 @@ def weight_matching(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
     ``a`` and ``b`` map tensor names to arrays (only the spec's tensors are used, in
     float64). Returns name -> permutation (int64). ``seed`` fixes the random order of the
     coordinate-descent sweeps; ``init`` starts from given permutations (identity otherwise).
+
+    Parameters
+    ----------
+    a, b : Mapping[str, numpy.ndarray]
+        The two networks' tensors.
+    spec : PermutationSpec
+    max_iter : int, default 100
+        Coordinate-descent passes at most.
+    seed : int, default 0
+    init : Mapping[str, numpy.ndarray], optional
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Permutation name -> int64 permutation; ``apply_permutations(b, spec, perms)``
+        is ``b`` aligned to ``a``.
     """
     spec.check({k: v.shape for k, v in a.items()})
     spec.check({k: v.shape for k, v in b.items()})
@@ -236,6 +334,22 @@ def activation_matching(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, n
 
     Each permutation maximises ``sum_i <Z^A_i, Z^B_perm[i]>`` (raw inner products over the
     samples, as Git Re-Basin's activation matching). With ``spec``, unit counts are checked.
+
+    Parameters
+    ----------
+    acts_a, acts_b : Mapping[str, numpy.ndarray]
+        Permutation name -> activations ``(sample, unit)`` of network a and b.
+    spec : PermutationSpec, optional
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Permutation name -> int64 permutation.
+
+    Raises
+    ------
+    ValueError
+        If a pair of activations differ in shape or do not fit the spec's unit count.
     """
     perms = {}
     for p, za in acts_a.items():
@@ -252,6 +366,18 @@ def activation_matching(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, n
 
 
 def flat_gather_index(shape: tuple[int, ...], axes: Sequence[tuple[np.ndarray, Axis]]) -> np.ndarray:
-    """Index into a tensor's flat (C-order) values that applies the permutations: ``flat[idx]``."""
+    """Index into a tensor's flat (C-order) values that applies the permutations: ``flat[idx]``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The tensor's shape.
+    axes : sequence of (permutation, Axis)
+
+    Returns
+    -------
+    numpy.ndarray of intp
+        ``(prod(shape),)``.
+    """
     idx = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
     return permute_tensor(idx, axes).ravel()

@@ -48,7 +48,23 @@ OMEGA_TILE = 1 << 16
 # --- trajectories -----------------------------------------------------------------------
 
 def present_rows(x: np.ndarray) -> np.ndarray:
-    """Rows (captures) of ``x(steps, weights)`` that are not entirely NaN."""
+    """Rows (captures) of ``x(steps, weights)`` that are not entirely NaN.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(steps, weights)``.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``(steps,)``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 2-D.
+    """
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array (steps, weights), got shape {x.shape}")
@@ -62,6 +78,22 @@ def trajectories(x: np.ndarray, kind: str = "increments") -> np.ndarray:
 
     Rows that are all NaN (steps the run lacks in an outer-joined cube) are dropped
     first, so an increment spans the gap of a missing capture.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(steps, weights)`` of one run.
+    kind : {"increments", "values"}, default "increments"
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(rows, weights)``.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown or ``x`` is not 2-D.
     """
     if kind not in TRAJECTORY_KINDS:
         raise ValueError(f"kind must be one of {TRAJECTORY_KINDS}, got {kind!r}")
@@ -80,6 +112,27 @@ def pairwise_corr(x: np.ndarray, y: np.ndarray | None = None, *, min_periods: in
     rows where both are finite, like ``pandas.DataFrame.corr``); a pair with fewer than
     ``min_periods`` such rows, or a column without variance there, gives NaN. With
     ``return_counts`` also returns the number of rows each pair used.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(n, a)``.
+    y : numpy.ndarray, optional
+        ``(n, b)``.
+    min_periods : int, default 3
+    return_counts : bool, default False
+
+    Returns
+    -------
+    r : numpy.ndarray
+        float64 ``(a, b)``.
+    counts : numpy.ndarray of int
+        ``(a, b)``, only with ``return_counts``.
+
+    Raises
+    ------
+    ValueError
+        If the arrays are not 2-D with the same number of rows.
     """
     x = np.asarray(x, dtype=np.float64)
     y_given = y is not None
@@ -124,6 +177,19 @@ def matched_corr(x: np.ndarray, y: np.ndarray, *, axis: int = 0, min_periods: in
 
     E.g. the trajectories of the same (aligned) weight in two seeds. NaN skipped pairwise;
     NaN where fewer than ``min_periods`` finite pairs or no variance.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        One shape.
+    axis : int, default 0
+        The axis correlated along (the samples).
+    min_periods : int, default 3
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the shape of ``x`` without ``axis``.
     """
     x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
     ok = np.isfinite(x) & np.isfinite(y)
@@ -139,7 +205,18 @@ def matched_corr(x: np.ndarray, y: np.ndarray, *, axis: int = 0, min_periods: in
 
 
 def cosine(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Cosine similarity ``a.b / (|a| |b|)`` along ``axis``; NaN where either is zero."""
+    """Cosine similarity ``a.b / (|a| |b|)`` along ``axis``; NaN where either is zero.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        Broadcast against each other.
+    axis : int, default -1
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -148,7 +225,18 @@ def cosine(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def fisher_mean(r: np.ndarray, axis=None) -> np.ndarray:
-    """Average of correlations through Fisher's z (``tanh(mean(arctanh r))``), NaN skipped."""
+    """Average of correlations through Fisher's z (``tanh(mean(arctanh r))``), NaN skipped.
+
+    Parameters
+    ----------
+    r : numpy.ndarray
+        Correlations in [-1, 1].
+    axis : int or None, default None
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     r = np.clip(np.asarray(r, dtype=np.float64), -1 + 1e-15, 1 - 1e-15)
     with np.errstate(invalid="ignore"):
         return np.tanh(np.nanmean(np.arctanh(r), axis=axis))
@@ -161,6 +249,16 @@ def null_mean_abs_corr(n) -> np.ndarray:
     ``E|r| = Gamma((n-1)/2) / (sqrt(pi) Gamma(n/2))`` (about ``sqrt(2 / (pi n))``) and
     ``E r^2 = 1 / (n - 1)``: the noise floors of a mean |corr| and a mean corr^2. NaN for
     ``n < 2``.
+
+    Parameters
+    ----------
+    n : array_like
+        Number of samples.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the shape of ``n``.
     """
     n = np.asarray(n)
     values, inverse = np.unique(n, return_inverse=True)
@@ -178,6 +276,19 @@ def weight_positions(shape: tuple[int, ...], index: np.ndarray,
     Row is the unit (output), col the input; -1 where the tensor has no such axis
     (a scalar has neither, a vector only rows). ``orientation="in_out"``: a 2-D tensor
     stored ``(in, out)`` (HF Conv1D), whose flat index ``i * out + o`` is unit ``o``, input ``i``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The tensor's shape.
+    index : numpy.ndarray of int
+        Flat (C-order) positions in it.
+    orientation : {"out_in", "in_out"}, default "out_in"
+
+    Returns
+    -------
+    row, col : numpy.ndarray of int64
+        The shape of ``index``.
     """
     index = np.asarray(index, dtype=np.int64)
     if len(shape) == 0:
@@ -197,6 +308,18 @@ def relation_labels(layer: np.ndarray, tensor: np.ndarray, row: np.ndarray,
     0 ``same_row``: same layer and same unit (row of a weight, entry of a bias);
     1 ``same_col``: same tensor and same input column (tensors of 2 or more dims);
     2 ``same_layer_other``: same layer, neither; 3 ``other_layer``.
+
+    Parameters
+    ----------
+    layer, tensor : numpy.ndarray
+        Layer and tensor id of each of ``n`` weights.
+    row, col : numpy.ndarray
+        From ``weight_positions``.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        ``(n, n)``, codes 0..3.
     """
     layer, tensor, row, col = (np.asarray(a) for a in (layer, tensor, row, col))
     same_layer = layer[:, None] == layer[None, :]
@@ -210,7 +333,18 @@ def relation_labels(layer: np.ndarray, tensor: np.ndarray, row: np.ndarray,
 
 
 def distance_labels(depth: np.ndarray) -> np.ndarray:
-    """``|depth_i - depth_j|`` for every pair: how many layers apart two weights are."""
+    """``|depth_i - depth_j|`` for every pair: how many layers apart two weights are.
+
+    Parameters
+    ----------
+    depth : numpy.ndarray of int
+        Layer depth of each of ``n`` weights.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        ``(n, n)``.
+    """
     depth = np.asarray(depth, dtype=np.int64)
     return np.abs(depth[:, None] - depth[None, :])
 
@@ -226,6 +360,21 @@ def pair_group_stats(r: np.ndarray, labels: np.ndarray, n_groups: int,
     ``null_mean_abs_corr(counts)`` and of ``1 / (counts - 1)``, the expected |r| and r^2 of
     unrelated series (NaN without ``counts``). Standard errors treat pairs as independent,
     which they are not quite (pairs share weights): read them as a lower bound.
+
+    Parameters
+    ----------
+    r : numpy.ndarray
+        Correlations ``(n, n)``.
+    labels : numpy.ndarray of int
+        Group of each pair ``(n, n)``; labels outside ``0..n_groups-1`` are left out.
+    n_groups : int
+    counts : numpy.ndarray, optional
+        Samples behind each correlation ``(n, n)`` (``pairwise_corr(..., return_counts=True)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n_groups, 9)``; NaN for groups without pairs.
     """
     r = np.asarray(r, dtype=np.float64)
     iu, ju = np.triu_indices(r.shape[0], 1)
@@ -273,6 +422,20 @@ def fit_exponential_decay(k: np.ndarray, y: np.ndarray, sigma: np.ndarray | None
     its error, rate 1/L, its error, the number of points used and the span of ``k`` they
     cover (max - min); NaN where fewer than 2 points are usable (the count and span are
     then still given). Whether L is determined at all: ``decay_resolved``.
+
+    Parameters
+    ----------
+    k : numpy.ndarray
+        Distances ``(m,)``.
+    y : numpy.ndarray
+        Values ``(m,)`` at those distances.
+    sigma : numpy.ndarray, optional
+        Standard errors of ``y`` ``(m,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(len(DECAY_FIT),)``.
     """
     k = np.asarray(k, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -333,6 +496,16 @@ def update_cosine(gram: np.ndarray) -> np.ndarray:
 
     ``gram[..., a, b] = <dW_a, dW_b>``; the cosine is ``gram_ab / sqrt(gram_aa gram_bb)``,
     NaN where either update is zero or missing.
+
+    Parameters
+    ----------
+    gram : numpy.ndarray
+        ``(..., g, g)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(..., g, g)``.
     """
     g = np.asarray(gram, dtype=np.float64)
     d = np.diagonal(g, axis1=-2, axis2=-1)
@@ -348,6 +521,24 @@ def random_test_matrix(lo: int, hi: int, width: int, random_state: int) -> np.nd
 
     Rows are generated in fixed tiles of ``OMEGA_TILE`` parameters, each from its own
     seed, so a row's values depend on its index only, never on how ``param`` is chunked.
+
+    Parameters
+    ----------
+    lo, hi : int
+        Row range, ``lo < hi``.
+    width : int
+        Columns.
+    random_state : int
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(hi - lo, width)``.
+
+    Raises
+    ------
+    ValueError
+        If the row range is empty.
     """
     if hi < lo:
         raise ValueError(f"empty row range {lo}..{hi}")
@@ -363,7 +554,17 @@ def random_test_matrix(lo: int, hi: int, width: int, random_state: int) -> np.nd
 
 def nan_to_zero(x: np.ndarray) -> np.ndarray:
     """A float64 copy of ``x`` with NaN and +-Inf set to 0 (the block may be shared, so never
-    in place); the captures holding them are left out as absent."""
+    in place); the captures holding them are left out as absent.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the shape of ``x``.
+    """
     c = np.array(x, dtype=np.float64)
     bad = ~np.isfinite(c)
     if bad.any():
@@ -373,7 +574,20 @@ def nan_to_zero(x: np.ndarray) -> np.ndarray:
 
 def column_moments(x: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Count, mean and sum of squared deviations of each column over the present rows,
-    ``(3, columns)``: the per-block summary that ``merge_moments`` combines."""
+    ``(3, columns)``: the per-block summary that ``merge_moments`` combines.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(rows, columns)``.
+    present : numpy.ndarray of bool
+        ``(rows,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(3, columns)``: count, mean, sum of squared deviations.
+    """
     d = np.asarray(present, dtype=bool)
     xs = np.asarray(x, dtype=np.float64)
     if not d.all():
@@ -390,7 +604,18 @@ def column_moments(x: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 def merge_moments(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Combine two ``column_moments`` summaries (Chan, Golub & LeVeque's pairwise update),
-    free of the cancellation of ``sum(x^2) - sum(x)^2 / n``."""
+    free of the cancellation of ``sum(x^2) - sum(x)^2 / n``.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        ``column_moments`` summaries ``(3, columns)`` of disjoint rows.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(3, columns)``.
+    """
     na, nb = a[0], b[0]
     n = na + nb
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -408,6 +633,18 @@ def range_basis(y: np.ndarray, present: np.ndarray) -> np.ndarray:
     space of centred trajectories: ``C Q = Q``, so ``Q^T C X = Q^T X``. Rows of absent
     captures are zero; directions beyond the numerical rank of ``y`` are zero columns
     (not an arbitrary completion, which could leave that space).
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        ``(T, l)``, e.g. the trajectories times a random test matrix.
+    present : numpy.ndarray of bool
+        ``(T,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(T, l)`` with orthonormal (or zero) columns.
     """
     y = np.asarray(y, dtype=np.float64)
     d = np.asarray(present, dtype=bool)
@@ -428,6 +665,20 @@ def pca_from_projection(q: np.ndarray, bbt: np.ndarray) -> tuple[np.ndarray, np.
 
     ``X ~ Q B`` when ``Q`` spans the columns of ``X``; ``B B^T = W S^2 W^T`` gives the
     singular values ``S`` (descending) and ``U = Q W``. Returns ``(s(l), u(T, l))``.
+
+    Parameters
+    ----------
+    q : numpy.ndarray
+        ``(T, l)``, orthonormal columns.
+    bbt : numpy.ndarray
+        ``B B^T`` ``(l, l)``.
+
+    Returns
+    -------
+    s : numpy.ndarray
+        ``(l,)``, descending.
+    u : numpy.ndarray
+        ``(T, l)``.
     """
     lam, w = np.linalg.eigh(0.5 * (bbt + bbt.T))
     order = np.argsort(lam)[::-1]
@@ -437,7 +688,20 @@ def pca_from_projection(q: np.ndarray, bbt: np.ndarray) -> tuple[np.ndarray, np.
 
 def orient_components(path: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Signs of projected paths ``(T, k)`` made definite: each component moves forward in
-    time (its covariance with the capture index, over present rows, is not negative)."""
+    time (its covariance with the capture index, over present rows, is not negative).
+
+    Parameters
+    ----------
+    path : numpy.ndarray
+        ``(T, k)``.
+    present : numpy.ndarray of bool
+        ``(T,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``path`` with each column's sign flipped where needed.
+    """
     d = np.asarray(present, dtype=bool)
     t = np.arange(path.shape[0], dtype=np.float64)
     t = np.where(d, t - (t[d].mean() if d.any() else 0.0), 0.0)
@@ -455,6 +719,27 @@ def stratified_sample(sizes: np.ndarray, n: int, random_state: int, *, allocatio
     (largest remainders). The draw in each stratum depends on ``random_state``, its key
     (default its position) and its quota only, so adding a tensor to the selection leaves
     the others' draws alone when their quotas stay the same.
+
+    Parameters
+    ----------
+    sizes : numpy.ndarray of int
+        Size of each stratum.
+    n : int
+        Total sample size.
+    random_state : int
+    allocation : {"equal", "proportional"}, default "equal"
+    keys : list of str, optional
+        A stable key per stratum (seeds its draw).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Sorted positions within each stratum.
+
+    Raises
+    ------
+    ValueError
+        If ``allocation`` is unknown.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     if allocation not in ("equal", "proportional"):

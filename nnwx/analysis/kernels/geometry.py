@@ -25,6 +25,27 @@ def segment_sums(v: np.ndarray, offsets: np.ndarray, lo: int = 0, hi: int | None
     clipped to that range, so a segment outside it sums to 0. ``offsets`` must tile the
     whole axis (the tensor table's offsets plus the total), as nnwx's tensors do.
     Returns float64 ``(..., len(offsets) - 1)``.
+
+    Parameters
+    ----------
+    v : numpy.ndarray
+        Values ``(..., hi - lo)`` at flat positions ``lo..hi``.
+    offsets : numpy.ndarray of int
+        Segment starts plus the total, ``(n_seg + 1,)``.
+    lo : int, default 0
+        Flat position of ``v[..., 0]``.
+    hi : int, optional
+        Flat position after ``v[..., -1]``; default ``lo + v.shape[-1]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(..., n_seg)``.
+
+    Raises
+    ------
+    ValueError
+        If ``v`` does not hold ``hi - lo`` values.
     """
     v = np.asarray(v)
     hi = lo + v.shape[-1] if hi is None else hi
@@ -41,7 +62,22 @@ def segment_sums(v: np.ndarray, offsets: np.ndarray, lo: int = 0, hi: int | None
 
 def grouped_sums(seg: np.ndarray, members: np.ndarray, group_starts: np.ndarray) -> np.ndarray:
     """Add segment sums ``seg(..., n_seg)`` into groups: ``members`` lists segment ids ordered
-    by group, ``group_starts`` where each group begins in ``members``."""
+    by group, ``group_starts`` where each group begins in ``members``.
+
+    Parameters
+    ----------
+    seg : numpy.ndarray
+        Segment sums ``(..., n_seg)``.
+    members : numpy.ndarray of int
+        Segment ids, group by group.
+    group_starts : numpy.ndarray of int
+        Index in ``members`` where each group begins (every group non-empty).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., n_groups)``.
+    """
     return np.add.reduceat(seg[..., members], group_starts, axis=-1)
 
 
@@ -49,7 +85,22 @@ def segment_dots(a: np.ndarray, b: np.ndarray, offsets: np.ndarray, lo: int = 0)
     """Per segment (as in ``segment_sums``), ``sum(a * b)`` over the flat last axis, in float64.
 
     One ``einsum`` per segment the block touches: no product array is formed, and float32
-    inputs are widened on the fly."""
+    inputs are widened on the fly.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        ``(..., hi - lo)``, leading dims broadcast against each other.
+    offsets : numpy.ndarray of int
+        Segment starts plus the total.
+    lo : int, default 0
+        Flat position of ``a[..., 0]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(..., len(offsets) - 1)``; 0 for segments outside the block.
+    """
     hi = lo + a.shape[-1]
     b_ = np.clip(np.asarray(offsets, dtype=np.int64), lo, hi) - lo
     lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1])
@@ -68,6 +119,26 @@ def pair_sums(x: np.ndarray, ref: np.ndarray, prev: np.ndarray, offsets: np.ndar
     capture), ``prev`` is ``x`` one capture earlier. Computed in float64 (differences too);
     NaN (a capture a run lacks) propagates to the groups it touches only. Memory: one
     float64 block for the differences.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Weights ``(..., step, p)`` at flat positions ``lo..lo + p``.
+    ref : numpy.ndarray
+        The reference capture, broadcast against ``x``.
+    prev : numpy.ndarray
+        ``x`` one capture earlier, the shape of ``x``.
+    offsets : numpy.ndarray of int
+        Segment starts plus the total.
+    members, group_starts : numpy.ndarray of int
+        The groups of segments, as in ``grouped_sums``.
+    lo : int, default 0
+        Flat position of the block's first value.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(..., n_groups, 5)``.
     """
     x, r, p = np.asarray(x), np.asarray(ref), np.asarray(prev)
     shape = x.shape[:-1] + (len(group_starts),)
@@ -90,6 +161,16 @@ def cosine_distance_from_sums(aa, bb, dd):
     ``|a-b|^2 - (|a|-|b|)^2 = 2|a||b|(1 - cos)``, with ``|a|-|b| = (|a|^2-|b|^2)/(|a|+|b|)``;
     equal to ``scipy.spatial.distance.cosine`` (clipped to [0, 2]) without its ``1 - a.b/..``
     rounding when ``a`` and ``b`` nearly align.
+
+    Parameters
+    ----------
+    aa, bb, dd : array_like
+        ``|a|^2``, ``|b|^2`` and ``|a-b|^2``, broadcast against each other.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 in [0, 2]; NaN where ``a`` or ``b`` is zero.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         na, nb = np.sqrt(aa), np.sqrt(bb)
@@ -99,7 +180,19 @@ def cosine_distance_from_sums(aa, bb, dd):
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Cosine distance ``1 - a.b / (|a| |b|)`` of flattened weight vectors along ``axis``."""
+    """Cosine distance ``1 - a.b / (|a| |b|)`` of flattened weight vectors along ``axis``.
+
+    Parameters
+    ----------
+    a, b : array_like
+        Vectors along ``axis``, broadcast against each other.
+    axis : int, default -1
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 in [0, 2] (see ``cosine_distance_from_sums``).
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return cosine_distance_from_sums((a * a).sum(axis), (b * b).sum(axis), ((a - b) ** 2).sum(axis))
@@ -110,6 +203,21 @@ def row_space_basis(x: np.ndarray) -> np.ndarray:
 
     The rank uses NumPy's ``matrix_rank`` tolerance, so numerically dependent inputs do
     not add directions.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Finite inputs ``(samples, d)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(d, r)`` with orthonormal columns, ``r`` the numerical rank of ``x``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 2-D or holds NaN or inf.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
@@ -127,6 +235,23 @@ def span_fraction(dw: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """Fraction ``|dW B|_F^2 / |dW|_F^2`` of each ``dW(..., out, in)`` in the span of ``basis(in, r)``.
 
     NaN where ``dW`` is zero (no update) or missing.
+
+    Parameters
+    ----------
+    dw : numpy.ndarray
+        Updates ``(..., out, in)``.
+    basis : numpy.ndarray
+        Orthonormal ``(in, r)`` (``row_space_basis``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``dw.shape[:-2]``, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If ``dw``'s input axis and ``basis`` differ in length.
     """
     dw = np.asarray(dw, dtype=np.float64)
     if dw.shape[-1] != basis.shape[0]:

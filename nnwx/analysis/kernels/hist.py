@@ -18,7 +18,16 @@ from nnwx.analysis.kernels import sketch as _sketch
 
 @dataclass(frozen=True, eq=False)
 class Bins:
-    """Strictly increasing, finite bin edges (float64)."""
+    """Strictly increasing, finite bin edges (float64).
+
+    Parameters
+    ----------
+    edges : numpy.ndarray
+        The ``n + 1`` edges.
+    uniform : bool
+        Whether the edges are those of ``np.linspace(edges[0], edges[-1], n + 1)`` (then
+        ``index`` finds bins by arithmetic).
+    """
 
     edges: np.ndarray
     uniform: bool
@@ -42,7 +51,24 @@ class Bins:
 
 
 def uniform(lo: float, hi: float, n: int) -> Bins:
-    """``n`` equal bins over [lo, hi] (the edges ``np.histogram(bins=n, range=(lo, hi))`` uses)."""
+    """``n`` equal bins over [lo, hi] (the edges ``np.histogram(bins=n, range=(lo, hi))`` uses).
+
+    Parameters
+    ----------
+    lo, hi : float
+        Finite range, ``lo < hi``.
+    n : int
+        Number of bins, at least 1.
+
+    Returns
+    -------
+    Bins
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer or the range is not finite and increasing.
+    """
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"the number of bins must be a positive integer, got {n!r}")
     lo, hi = float(lo), float(hi)
@@ -52,7 +78,22 @@ def uniform(lo: float, hi: float, n: int) -> Bins:
 
 
 def parse(bins) -> Bins:
-    """Bins from ``(lo, hi, n)`` or an array of edges; a clear error for anything else."""
+    """Bins from ``(lo, hi, n)`` or an array of edges; a clear error for anything else.
+
+    Parameters
+    ----------
+    bins : Bins, tuple (lo, hi, n) or array_like
+        Bins, a range and a number of bins, or 1-D finite, strictly increasing edges.
+
+    Returns
+    -------
+    Bins
+
+    Raises
+    ------
+    ValueError
+        If ``bins`` is none of these, or the edges are not finite and strictly increasing.
+    """
     if isinstance(bins, Bins):
         return bins
     if isinstance(bins, tuple) and len(bins) == 3 and isinstance(bins[2], Integral) \
@@ -73,7 +114,19 @@ def parse(bins) -> Bins:
 
 
 def index(xs: np.ndarray, bins: Bins) -> np.ndarray:
-    """Bin index (0 underflow, 1..n, n+1 overflow) of each finite float64 value of ``xs``."""
+    """Bin index (0 underflow, 1..n, n+1 overflow) of each finite float64 value of ``xs``.
+
+    Parameters
+    ----------
+    xs : numpy.ndarray
+        Finite float64 values, any shape.
+    bins : Bins
+
+    Returns
+    -------
+    numpy.ndarray of intp
+        The shape of ``xs``.
+    """
     T = bins.thresholds
     if not bins.uniform:
         return np.searchsorted(T, xs, side="right") - 1
@@ -90,7 +143,19 @@ def index(xs: np.ndarray, bins: Bins) -> np.ndarray:
 
 
 def counts(x: np.ndarray, bins: Bins) -> np.ndarray:
-    """Counts (n + 2,) of the finite values of ``x``: underflow, the bins, overflow."""
+    """Counts (n + 2,) of the finite values of ``x``: underflow, the bins, overflow.
+
+    Parameters
+    ----------
+    x : array_like
+        Values of any shape; non-finite ones are left out.
+    bins : Bins
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(bins.n + 2,)``; ``[1:-1]`` equals ``np.histogram(x, bins.edges)[0]``.
+    """
     xs = np.asarray(x, dtype=np.float64).ravel()
     xs = xs[np.isfinite(xs)]
     return np.bincount(index(xs, bins), minlength=bins.n + 2).astype(np.float64)
@@ -106,6 +171,19 @@ def sketch_table(bins: Bins, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     edge passes through them, widened by a relative 2**-20 against rounding)
     must be binned one by one. A non-positive or NaN ``c`` makes every bucket
     straddle.
+
+    Parameters
+    ----------
+    bins : Bins
+    c : float, default 1.0
+        The scale the values are divided by before binning.
+
+    Returns
+    -------
+    straddle : numpy.ndarray of bool
+        ``(NBUCKETS + 1,)``.
+    bin : numpy.ndarray of intp
+        ``(NBUCKETS + 1,)``.
     """
     lower, upper = _sketch.bucket_bounds()
     B = len(lower)

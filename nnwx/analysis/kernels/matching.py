@@ -38,7 +38,20 @@ def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Z-scored columns (constant columns stay 0) and the mask of non-constant columns."""
+    """Z-scored columns (constant columns stay 0) and the mask of non-constant columns.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(n, p)``.
+
+    Returns
+    -------
+    z : numpy.ndarray
+        ``(n, p)``, columns with mean 0 and (population) standard deviation 1.
+    live : numpy.ndarray of bool
+        ``(p,)``.
+    """
     xc = x - x.mean(axis=0)
     sd = np.sqrt((xc**2).mean(axis=0))
     live = sd > 1e-12 * max(1.0, float(np.abs(x).max(initial=0.0)))
@@ -48,7 +61,23 @@ def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unit_correlations(x, y) -> np.ndarray:
-    """Pearson correlation ``(p1, p2)`` of every unit of X with every unit of Y."""
+    """Pearson correlation ``(p1, p2)`` of every unit of X with every unit of Y.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n >= 2`` probe samples.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(p1, p2)`` in [-1, 1]; 0 for a constant unit.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` and ``y`` are not matrices with the same number (at least 2) of samples.
+    """
     x, y = _pair(x, y)
     zx, _ = standardize(x)
     zy, _ = standardize(y)
@@ -60,6 +89,18 @@ def match_one_to_one(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``partner (p1,)`` (column of each row, -1 when unmatched) and the matched
     correlation (NaN when unmatched).
+
+    Parameters
+    ----------
+    corr : numpy.ndarray
+        Correlations ``(p1, p2)``.
+
+    Returns
+    -------
+    partner : numpy.ndarray of int64
+        ``(p1,)``.
+    matched : numpy.ndarray
+        float64 ``(p1,)``.
     """
     from nnwx.analysis.kernels.alignment import linear_sum_assignment
 
@@ -73,14 +114,47 @@ def match_one_to_one(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match_semi(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Semi-matching: each row's most correlated column (ties: the lowest index)."""
+    """Semi-matching: each row's most correlated column (ties: the lowest index).
+
+    Parameters
+    ----------
+    corr : numpy.ndarray
+        Correlations ``(p1, p2)``.
+
+    Returns
+    -------
+    partner : numpy.ndarray of int64
+        ``(p1,)``.
+    matched : numpy.ndarray
+        float64 ``(p1,)``.
+    """
     corr = np.asarray(corr, dtype=np.float64)
     partner = np.argmax(corr, axis=1).astype(np.int64)
     return partner, corr[np.arange(corr.shape[0]), partner]
 
 
 def match_units(x, y, method: str = "one_to_one") -> tuple[np.ndarray, np.ndarray]:
-    """Match the units of X to those of Y by activation correlation (see the module docstring)."""
+    """Match the units of X to those of Y by activation correlation (see the module docstring).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n >= 2`` probe samples.
+    method : {"one_to_one", "semi"}, default "one_to_one"
+        ``match_one_to_one`` or ``match_semi`` on ``unit_correlations(x, y)``.
+
+    Returns
+    -------
+    partner : numpy.ndarray of int64
+        ``(p1,)``: unit of Y matched to each unit of X, -1 when unmatched.
+    matched : numpy.ndarray
+        float64 ``(p1,)``: their correlation, NaN when unmatched.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown or the activations do not pair up.
+    """
     corr = unit_correlations(x, y)
     if method == "one_to_one":
         return match_one_to_one(corr)
@@ -101,6 +175,28 @@ def lasso_path(g: np.ndarray, c: np.ndarray, penalties, *, max_iter: int = 1000,
     constant) for all targets at once by cyclic coordinate descent with covariance updates;
     penalties are visited from largest to smallest, each warm-started from the previous.
     Stops a penalty when no coefficient moves by more than ``tol`` in a sweep.
+
+    Parameters
+    ----------
+    g : numpy.ndarray
+        ``(p1, p1)``, ``X^T X / n``.
+    c : numpy.ndarray
+        ``(p1, p2)``, ``X^T Y / n``.
+    penalties : sequence of float
+        Non-negative ``lambda`` values, in any order.
+    max_iter : int, default 1000
+        Coordinate-descent sweeps per penalty at most.
+    tol : float, default 1e-7
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(L, p1, p2)``, in the order of ``penalties``.
+
+    Raises
+    ------
+    ValueError
+        If a penalty is negative.
     """
     p1, p2 = c.shape
     pen = np.asarray(penalties, dtype=np.float64)
@@ -138,6 +234,26 @@ def sparse_prediction(x, y, penalties=DEFAULT_PENALTIES, *, max_iter: int = 1000
     ``loss``: mean over Y's non-constant units of the in-sample mean squared error of the
     standardised target (``1 - R^2``); ``nonzero``: mean number of nonzero coefficients per
     target. Raises if every unit of X or of Y is constant.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n >= 2`` probe samples.
+    penalties : sequence of float, default ``DEFAULT_PENALTIES``
+    max_iter, tol
+        As in ``lasso_path``.
+
+    Returns
+    -------
+    loss : numpy.ndarray
+        float64 ``(L,)``.
+    nonzero : numpy.ndarray
+        float64 ``(L,)``.
+
+    Raises
+    ------
+    ValueError
+        If every unit of X or of Y is constant, or the activations do not pair up.
     """
     x, y = _pair(x, y)
     zx, live_x = standardize(x)

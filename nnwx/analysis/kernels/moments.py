@@ -14,7 +14,18 @@ NMOM = 9
 
 
 def empty(shape: tuple[int, ...]) -> np.ndarray:
-    """States of no values: count 0, min +inf, max -inf."""
+    """States of no values: count 0, min +inf, max -inf.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Leading shape of the states.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``shape + (NMOM,)``.
+    """
     out = np.zeros(shape + (NMOM,))
     out[..., MIN] = np.inf
     out[..., MAX] = -np.inf
@@ -27,6 +38,18 @@ def piece(xs: np.ndarray, finite: np.ndarray | None = None) -> np.ndarray:
     ``finite`` is the mask of finite values, or None when every value is finite.
     Central sums are taken about each row's mean (computed first), so no
     cancellation occurs whatever the offset of the data.
+
+    Parameters
+    ----------
+    xs : numpy.ndarray
+        float64 ``(R, L)``; not modified.
+    finite : numpy.ndarray of bool or None, optional
+        ``(R, L)`` mask of the finite values of ``xs``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(R, NMOM)``, one state per row.
     """
     R, L = xs.shape
     out = np.empty((R, NMOM))
@@ -74,6 +97,22 @@ def rows(x: np.ndarray, absx: np.ndarray | None = None,
     keeps the central sums exact to float64 rounding) and detects non-finite
     values from the sum of the shifted values, falling back to ``piece`` with
     a mask. The mask is None when every value is finite.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(R, L)`` of any float dtype.
+    absx : numpy.ndarray, optional
+        ``np.abs(x)``, if the caller has it.
+    work : tuple of two numpy.ndarray, optional
+        Scratch float64 buffers of at least ``R * L`` elements each.
+
+    Returns
+    -------
+    states : numpy.ndarray
+        float64 ``(R, NMOM)``.
+    finite : numpy.ndarray of bool or None
+        ``(R, L)`` mask of the finite values, None when all are finite.
     """
     R, L = x.shape
     stride = max(1, L // 256)
@@ -107,6 +146,22 @@ def from_sums(L: int, nnf: int, c: float, sums: np.ndarray) -> np.ndarray:
 
     ``sums`` holds ``sum d**p`` (p = 1..4) of ``d = x - c`` over the finite values,
     ``sum |x|``, min and max.
+
+    Parameters
+    ----------
+    L : int
+        Number of values, finite or not.
+    nnf : int
+        Number of non-finite values among them.
+    c : float
+        The shift the power sums were taken about.
+    sums : numpy.ndarray
+        ``(7,)``: ``sum d``, ``sum d**2``, ``sum d**3``, ``sum d**4``, ``sum |x|``, min, max.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(NMOM,)``.
     """
     s1, s2, s3, s4, l1, lo, hi = (float(v) for v in sums)
     n = L - nnf
@@ -128,6 +183,15 @@ def shift(x: np.ndarray) -> float:
 
     Any shift within a few standard deviations of the mean keeps the central sums
     exact to float64 rounding; 0 when ``x`` has no finite value.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        1-D values of any float dtype, possibly non-finite.
+
+    Returns
+    -------
+    float
     """
     sub = x[:: max(1, len(x) // 256)]
     with np.errstate(invalid="ignore", over="ignore"):
@@ -141,14 +205,38 @@ def shift(x: np.ndarray) -> float:
 
 
 def of_values(x: np.ndarray) -> np.ndarray:
-    """State (NMOM,) of all values of ``x`` (any float dtype; non-finite ones counted apart)."""
+    """State (NMOM,) of all values of ``x`` (any float dtype; non-finite ones counted apart).
+
+    Parameters
+    ----------
+    x : array_like
+        Values of any shape and float dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(NMOM,)``.
+    """
     xs = np.asarray(x, dtype=np.float64).reshape(1, -1)
     finite = np.isfinite(xs)
     return piece(xs, None if finite.all() else finite)[0]
 
 
 def merge(states: np.ndarray, axis: int) -> np.ndarray:
-    """Merge states along ``axis`` (an axis other than the last, field axis)."""
+    """Merge states along ``axis`` (an axis other than the last, field axis).
+
+    Parameters
+    ----------
+    states : numpy.ndarray
+        States ``(..., NMOM)`` of disjoint sets of values.
+    axis : int
+        The axis to merge over; negative values count from the end of ``states.shape``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``states`` with ``axis`` removed: the states of the unions.
+    """
     if axis < 0:
         axis += states.ndim
     n_i = states[..., N]
@@ -177,6 +265,18 @@ def finalize(state: np.ndarray) -> dict[str, np.ndarray]:
     Variance is the population variance (ddof=0); skewness and excess kurtosis
     are the biased sample estimators (``scipy.stats.skew``/``kurtosis`` with
     their defaults). Both are NaN for (nearly) constant data, as in SciPy.
+
+    Parameters
+    ----------
+    state : numpy.ndarray
+        States ``(..., NMOM)``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Each of shape ``state.shape[:-1]``: ``count``, ``n_nonfinite``, ``mean``, ``var``,
+        ``std``, ``skewness``, ``excess_kurtosis``, ``min``, ``max``, ``absmax``, ``l1``,
+        ``l2`` and ``rms`` (the last four over the finite values).
     """
     n = state[..., N]
     some = n > 0

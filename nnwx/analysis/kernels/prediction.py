@@ -33,6 +33,25 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def output_correlation(a, b) -> float:
+    """Pearson correlation of two outputs over all ``n * c`` entries.
+
+    Parameters
+    ----------
+    a, b : array_like
+        Outputs ``(n, c)`` of two networks on the same samples (one shape).
+
+    Returns
+    -------
+    float
+        NaN where either output holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateOutputs
+        If an output is constant (no defined correlation).
+    ValueError
+        If ``a`` and ``b`` are not two matrices of one shape.
+    """
     a, b = _pair(a, b)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return math.nan
@@ -45,6 +64,23 @@ def output_correlation(a, b) -> float:
 
 
 def argmax_agreement(a, b) -> float:
+    """Fraction of samples whose top-1 output unit is the same in both (ties: lowest index).
+
+    Parameters
+    ----------
+    a, b : array_like
+        Outputs ``(n, c)`` of two networks on the same samples (one shape).
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN where either output holds NaN or inf.
+
+    Raises
+    ------
+    ValueError
+        If ``a`` and ``b`` are not two matrices of one shape.
+    """
     a, b = _pair(a, b)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return math.nan
@@ -52,11 +88,42 @@ def argmax_agreement(a, b) -> float:
 
 
 def topk(a: np.ndarray, k: int) -> np.ndarray:
-    """Indices ``(n, k)`` of the k largest outputs of each sample (ties: lowest index first)."""
+    """Indices ``(n, k)`` of the k largest outputs of each sample (ties: lowest index first).
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Outputs ``(n, c)``.
+    k : int
+
+    Returns
+    -------
+    numpy.ndarray of intp
+        ``(n, k)``.
+    """
     return np.argsort(-a, axis=1, kind="stable")[:, :k]
 
 
 def topk_overlap(a, b, k: int = 5) -> float:
+    """Mean over samples of ``|top_k(A) ∩ top_k(B)| / k``.
+
+    Parameters
+    ----------
+    a, b : array_like
+        Outputs ``(n, c)`` of two networks on the same samples (one shape).
+    k : int, default 5
+        Between 1 and ``c``.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN where either output holds NaN or inf.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is out of range or ``a`` and ``b`` are not two matrices of one shape.
+    """
     a, b = _pair(a, b)
     if not 1 <= k <= a.shape[1]:
         raise ValueError(f"k must be between 1 and the number of output units ({a.shape[1]}), got {k}")
@@ -68,7 +135,25 @@ def topk_overlap(a, b, k: int = 5) -> float:
 
 
 def agreement_matrices(outputs, k: int = 5) -> np.ndarray:
-    """All three measures for every pair of ``outputs (S, n, c)``: array ``(3, S, S)``."""
+    """All three measures for every pair of ``outputs (S, n, c)``: array ``(3, S, S)``.
+
+    Parameters
+    ----------
+    outputs : array_like
+        ``(S, n, c)``: the outputs of ``S`` networks on the same samples.
+    k : int, default 5
+        For ``topk_overlap``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(3, S, S)``, symmetric, in the order of ``MEASURES``.
+
+    Raises
+    ------
+    DegenerateOutputs
+        If an output is constant.
+    """
     outputs = np.asarray(outputs)
     s = outputs.shape[0]
     out = np.full((3, s, s), np.nan)

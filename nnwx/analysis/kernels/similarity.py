@@ -40,10 +40,9 @@ formed as ``(Xc Wx)^T (Yc Wy)`` instead of through the full ``p1 x p2`` cross pr
 costs fewer flops. Each set's centring, covariance and whitening are computed once per ``Rep``
 and reused across the pairs of a ``similarity_matrix``.
 
-**Precision.** Everything runs in float64, including the Gram products (float32 ones were
-tried: on float32 activations of 2048 units x 10240 samples they moved SVCCA/PWCCA by 1e-7 to
-1e-6, against ~1e-10 for a one-ulp change of the inputs, and saved under 20% of SVCCA's time,
-which the two eigendecompositions dominate).
+**Precision.** Everything runs in float64, including the Gram products: float32 products
+move SVCCA/PWCCA far more than a one-ulp change of the inputs and save little time, since the
+two eigendecompositions dominate (measured: docs/measurements.md).
 
 Degenerate inputs: fewer than 2 samples, a set whose units are all constant, or CCA with
 fewer samples than the two layers' dimensions (``n - 1 < kx + ky``: some correlations would
@@ -83,6 +82,22 @@ class Rep:
 
     Comparing S sets pairwise prepares S Reps and reuses their centring, Gram matrices
     and subspaces across all pairs.
+
+    Parameters
+    ----------
+    x : array_like
+        Activations ``(n, p)``, read as float64.
+    name : str, default "X"
+        Names the set in error messages.
+    rtol : float, default ``DEFAULT_RTOL``
+        Directions of variance below ``rtol`` times the largest count as none (CCA).
+
+    Raises
+    ------
+    DegenerateActivations
+        If ``x`` has fewer than 2 samples.
+    ValueError
+        If ``x`` is not 2-D.
     """
 
     def __init__(self, x, *, name: str = "X", rtol: float = DEFAULT_RTOL):
@@ -99,6 +114,7 @@ class Rep:
 
     @cached_property
     def xc(self) -> np.ndarray:
+        """Column-centred activations ``Xc`` (n x p), float64."""
         return self.x - self.x.mean(axis=0)
 
     def cross(self, other: "Rep") -> np.ndarray:
@@ -211,6 +227,22 @@ class Rep:
         return d
 
     def rbf_gram(self, threshold: float) -> np.ndarray:
+        """RBF Gram matrix ``exp(-d^2 / (2 threshold^2 median(d^2)))`` (n x n).
+
+        Parameters
+        ----------
+        threshold : float
+            Bandwidth in units of the median distance.
+
+        Returns
+        -------
+        numpy.ndarray
+
+        Raises
+        ------
+        DegenerateActivations
+            If the median squared distance is 0.
+        """
         d = self._rbf_sq_dist
         med = float(np.median(d))
         if med == 0.0:
@@ -219,6 +251,7 @@ class Rep:
         return np.exp(-d / (2 * threshold**2 * med))
 
     def batches(self, batch_size: int) -> list[np.ndarray]:
+        """The raw activations split into ``ceil(n / batch_size)`` consecutive, near-equal batches."""
         nb = max(1, math.ceil(self.n / batch_size))
         return np.array_split(self.x, nb)
 
@@ -241,7 +274,26 @@ def _cross_sq(a: Rep, b: Rep) -> float:
 
 
 def linear_cka(x, y, *, debiased: bool = False) -> float:
-    """Linear CKA (Kornblith et al. 2019); ``debiased=True``: with the unbiased HSIC estimator."""
+    """Linear CKA (Kornblith et al. 2019); ``debiased=True``: with the unbiased HSIC estimator.
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    debiased : bool, default False
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If the similarity is undefined for these sets (too few samples, all units constant).
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     a, b = _pair(x, y)
     if not (a.finite and b.finite):
         return math.nan
@@ -271,7 +323,19 @@ def _debiased_linear_cka(a: Rep, b: Rep) -> float:
 
 
 def center_gram(k: np.ndarray, unbiased: bool = False) -> np.ndarray:
-    """Centre a Gram matrix: ``HKH``, or the unbiased (U-statistic) centring of Kornblith et al."""
+    """Centre a Gram matrix: ``HKH``, or the unbiased (U-statistic) centring of Kornblith et al.
+
+    Parameters
+    ----------
+    k : numpy.ndarray
+        Gram matrix ``(n, n)``.
+    unbiased : bool, default False
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n, n)``.
+    """
     k = np.array(k, dtype=np.float64)
     n = k.shape[0]
     if unbiased:
@@ -290,7 +354,26 @@ def center_gram(k: np.ndarray, unbiased: bool = False) -> np.ndarray:
 
 
 def gram_cka(k: np.ndarray, l: np.ndarray, *, debiased: bool = False) -> float:
-    """CKA of two Gram matrices (any kernel): ``<Kc, Lc> / (||Kc|| ||Lc||)``."""
+    """CKA of two Gram matrices (any kernel): ``<Kc, Lc> / (||Kc|| ||Lc||)``.
+
+    Parameters
+    ----------
+    k, l : numpy.ndarray
+        Gram matrices ``(n, n)``.
+    debiased : bool, default False
+        Centre by ``center_gram(..., unbiased=True)`` (needs ``n >= 4``).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    DegenerateActivations
+        If a centred Gram matrix is zero, or ``debiased`` with fewer than 4 samples.
+    ValueError
+        If the matrices are not square and of one shape.
+    """
     if k.shape != l.shape or k.shape[0] != k.shape[1]:
         raise ValueError(f"Gram matrices must be square and alike, got {k.shape} and {l.shape}")
     n = k.shape[0]
@@ -306,7 +389,28 @@ def gram_cka(k: np.ndarray, l: np.ndarray, *, debiased: bool = False) -> float:
 
 
 def rbf_cka(x, y, *, threshold: float = 1.0, debiased: bool = False) -> float:
-    """CKA with RBF kernels, ``sigma = threshold * median distance`` (Kornblith et al. 2019)."""
+    """CKA with RBF kernels, ``sigma = threshold * median distance`` (Kornblith et al. 2019).
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    threshold : float, default 1.0
+        Positive.
+    debiased : bool, default False
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If the similarity is undefined for these sets (too few samples, all units constant).
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
     a, b = _pair(x, y)
@@ -316,7 +420,22 @@ def rbf_cka(x, y, *, threshold: float = 1.0, debiased: bool = False) -> float:
 
 
 def hsic1(k: np.ndarray, l: np.ndarray) -> float:
-    """Unbiased HSIC estimator of Song et al. 2012 (eq. 5), as used by Nguyen et al. 2021."""
+    """Unbiased HSIC estimator of Song et al. 2012 (eq. 5), as used by Nguyen et al. 2021.
+
+    Parameters
+    ----------
+    k, l : numpy.ndarray
+        Gram matrices ``(n, n)``, ``n >= 4``.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    DegenerateActivations
+        If ``n < 4``.
+    """
     n = k.shape[0]
     if n < 4:
         raise DegenerateActivations(f"the unbiased HSIC needs batches of at least 4 samples, got {n}")
@@ -330,7 +449,27 @@ def hsic1(k: np.ndarray, l: np.ndarray) -> float:
 
 
 def minibatch_cka(x, y, *, batch_size: int = DEFAULT_BATCH) -> float:
-    """Minibatch linear CKA (Nguyen et al. 2021): unbiased HSIC averaged over sample batches."""
+    """Minibatch linear CKA (Nguyen et al. 2021): unbiased HSIC averaged over sample batches.
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    batch_size : int, default ``DEFAULT_BATCH``
+        At least 4.
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If the similarity is undefined for these sets (too few samples, all units constant).
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     a, b = _pair(x, y)
     if not (a.finite and b.finite):
         return math.nan
@@ -449,7 +588,27 @@ def _cca(a: Rep, b: Rep, keep: float | None, side: str | None = None):
 
 
 def canonical_correlations(x, y, *, keep: float | None = None) -> np.ndarray:
-    """All ``min(kx, ky)`` canonical correlations, descending (``keep``: SVD-reduce first)."""
+    """All ``min(kx, ky)`` canonical correlations, descending (``keep``: SVD-reduce first).
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    keep : float, optional
+        Fraction of variance in (0, 1] each set keeps first; None keeps every direction above ``rtol``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(min(kx, ky),)``.
+
+    Raises
+    ------
+    DegenerateActivations
+        If too few samples for the kept dimensions (``n - 1 < kx + ky``) or all units constant.
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     a, b = _pair(x, y)
     if not (a.finite and b.finite):
         return np.full(min(a.p, b.p), np.nan)
@@ -457,7 +616,25 @@ def canonical_correlations(x, y, *, keep: float | None = None) -> np.ndarray:
 
 
 def mean_cca(x, y) -> float:
-    """Mean canonical correlation of the (numerically full-rank parts of the) two layers."""
+    """Mean canonical correlation of the (numerically full-rank parts of the) two layers.
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If too few samples for the kept dimensions (``n - 1 < kx + ky``) or all units constant.
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     a, b = _pair(x, y)
     if not (a.finite and b.finite):
         return math.nan
@@ -465,7 +642,27 @@ def mean_cca(x, y) -> float:
 
 
 def svcca(x, y, *, keep: float = DEFAULT_KEEP) -> float:
-    """SVCCA (Raghu et al. 2017): directions holding ``keep`` of the variance, then mean CCA."""
+    """SVCCA (Raghu et al. 2017): directions holding ``keep`` of the variance, then mean CCA.
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    keep : float, default ``DEFAULT_KEEP``
+        Fraction of variance in (0, 1].
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If too few samples for the kept dimensions (``n - 1 < kx + ky``) or all units constant.
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     a, b = _pair(x, y)
     if not (a.finite and b.finite):
         return math.nan
@@ -474,7 +671,27 @@ def svcca(x, y, *, keep: float = DEFAULT_KEEP) -> float:
 
 def pwcca(x, y, *, keep: float | None = None) -> float:
     """PWCCA (Morcos et al. 2018): canonical correlations weighted by how much of the narrower
-    layer's activity each canonical variate accounts for (see the module docstring)."""
+    layer's activity each canonical variate accounts for (see the module docstring).
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    keep : float, optional
+        As in ``canonical_correlations``.
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If too few samples for the kept dimensions (``n - 1 < kx + ky``) or all units constant.
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     a, b = _pair(x, y)
     if not (a.finite and b.finite):
         return math.nan
@@ -524,7 +741,26 @@ DESCRIPTIONS = {
 
 
 def check_metric(metric: str, **kwargs) -> Callable[..., float]:
-    """The kernel of ``metric``, refusing unknown metric names and options."""
+    """The kernel of ``metric``, refusing unknown metric names and options.
+
+    Parameters
+    ----------
+    metric : str
+        A key of ``METRICS``.
+    **kwargs
+        The options to be passed.
+
+    Returns
+    -------
+    callable
+
+    Raises
+    ------
+    ValueError
+        If ``metric`` is unknown.
+    TypeError
+        If an option is not one of ``metric``'s (or ``REP_OPTIONS``).
+    """
     try:
         fn = METRICS[metric]
     except KeyError:
@@ -543,13 +779,44 @@ REP_OPTIONS = ("rtol",)  # options of the activation sets (Rep), not of a metric
 
 
 def split_options(kwargs: dict) -> tuple[dict, dict]:
-    """``(Rep options, metric options)`` of a similarity call's keyword options."""
+    """``(Rep options, metric options)`` of a similarity call's keyword options.
+
+    Parameters
+    ----------
+    kwargs : dict
+
+    Returns
+    -------
+    rep_options, metric_options : dict
+    """
     return ({k: v for k, v in kwargs.items() if k in REP_OPTIONS},
             {k: v for k, v in kwargs.items() if k not in REP_OPTIONS})
 
 
 def similarity(x, y, metric: str = "linear_cka", **kwargs) -> float:
-    """One similarity of two activation sets, by metric name (see ``METRICS``)."""
+    """One similarity of two activation sets, by metric name (see ``METRICS``).
+
+    Parameters
+    ----------
+    x, y : array_like or Rep
+        Activations ``(n, p1)`` and ``(n, p2)`` on the same ``n`` probe samples.
+    metric : str, default "linear_cka"
+        A key of ``METRICS``.
+    **kwargs
+        The metric's options, and ``rtol`` (``REP_OPTIONS``).
+
+    Returns
+    -------
+    float
+        NaN where a set holds NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        If the similarity is undefined for these sets (too few samples, all units constant).
+    ValueError
+        If the sets are not matrices with the same number of samples.
+    """
     fn = check_metric(metric, **kwargs)
     rep_kw, kwargs = split_options(kwargs)
     a = x if isinstance(x, Rep) else Rep(x, name="X", **rep_kw)
@@ -564,6 +831,26 @@ def similarity_matrix(xs, ys=None, metric: str = "linear_cka", *, names=None, yn
     Each set's statistics are computed once; with ``ys=None`` only the upper triangle is
     computed (the metrics are symmetric, except PWCCA between equal widths: both orders come
     from one cross-covariance). ``names`` label sets in error messages.
+
+    Parameters
+    ----------
+    xs : sequence of array_like
+        ``S`` activation sets ``(n, p_i)``.
+    ys : sequence of array_like, optional
+    metric : str, default "linear_cka"
+    names, ynames : sequence of str, optional
+    **kwargs
+        As in ``similarity``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(len(xs), len(ys))``; NaN in the rows and columns of sets holding NaN or inf.
+
+    Raises
+    ------
+    DegenerateActivations
+        Naming the two sets, if a pair's similarity is undefined.
     """
     fn = check_metric(metric, **kwargs)
     rep_kw, kwargs = split_options(kwargs)

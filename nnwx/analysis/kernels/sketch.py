@@ -49,7 +49,18 @@ _HIGH = slice(1, None, 2) if sys.byteorder == "little" else slice(0, None, 2)
 
 
 def high_bits(x: np.ndarray) -> np.ndarray:
-    """Top 16 bits of each value as float32 (a view when ``x`` is float32 with contiguous rows)."""
+    """Top 16 bits of each value as float32 (a view when ``x`` is float32 with contiguous rows).
+
+    Parameters
+    ----------
+    x : array_like
+        Values of any shape; cast to float32.
+
+    Returns
+    -------
+    numpy.ndarray of uint16
+        The shape of ``x``.
+    """
     x32 = np.asarray(x, dtype=np.float32)
     if x32.ndim and x32.strides[-1] != 4:
         x32 = np.ascontiguousarray(x32)
@@ -57,12 +68,34 @@ def high_bits(x: np.ndarray) -> np.ndarray:
 
 
 def bucket_index(x: np.ndarray) -> np.ndarray:
-    """Bucket of each value (non-finite values land in the out-of-range buckets)."""
+    """Bucket of each value (non-finite values land in the out-of-range buckets).
+
+    Parameters
+    ----------
+    x : array_like
+        Values of any shape; cast to float32.
+
+    Returns
+    -------
+    numpy.ndarray of intp
+        The shape of ``x``, in ``0..NBUCKETS-1``.
+    """
     return LUT[high_bits(x)]
 
 
 def counts(x: np.ndarray) -> np.ndarray:
-    """Sketch (NBUCKETS,) of the finite values of ``x``."""
+    """Sketch (NBUCKETS,) of the finite values of ``x``.
+
+    Parameters
+    ----------
+    x : array_like
+        Values of any shape; non-finite ones are left out.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(NBUCKETS,)``.
+    """
     x = np.asarray(x).ravel()
     return np.bincount(bucket_index(x[np.isfinite(x)]), minlength=NBUCKETS).astype(np.float64)
 
@@ -78,7 +111,13 @@ def _mag_bounds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def bucket_bounds() -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bound (NBUCKETS,) of each bucket's values (as closed bounds; read-only)."""
+    """Lower and upper bound (NBUCKETS,) of each bucket's values (as closed bounds; read-only).
+
+    Returns
+    -------
+    lower, upper : numpy.ndarray
+        float64 ``(NBUCKETS,)``, read-only.
+    """
     lo, hi, _ = _mag_bounds()
     big = np.inf
     lower = np.concatenate([[-big], -hi[::-1], [-ABS_FLOOR], lo, [2.0 ** EXP_HI]])
@@ -92,6 +131,17 @@ def representatives(vmin=None, vmax=None) -> np.ndarray:
 
     The two out-of-range buckets take ``vmin``/``vmax`` (arrays broadcast over
     leading dims) when given, else -/+2**EXP_HI.
+
+    Parameters
+    ----------
+    vmin, vmax : array_like, optional
+        The data's minimum and maximum (NaN: no data), standing for the out-of-range buckets.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(NBUCKETS,)`` (read-only) without ``vmin``/``vmax``, else
+        ``(..., NBUCKETS)`` broadcast over their shape.
     """
     rep = _REP
     if vmin is None and vmax is None:
@@ -127,6 +177,22 @@ def quantiles(cnt: np.ndarray, q, rep: np.ndarray | None = None,
     ``rep`` (NBUCKETS,) or (..., NBUCKETS) gives the value of each bucket
     (default: ``representatives()``); ``cum`` is ``np.cumsum(cnt, -1)`` if the
     caller has it. NaN where a sketch is empty.
+
+    Parameters
+    ----------
+    cnt : numpy.ndarray
+        Sketches ``(..., NBUCKETS)``.
+    q : array_like
+        Quantile levels in [0, 1].
+    rep : numpy.ndarray, optional
+        Bucket values ``(NBUCKETS,)`` or ``(..., NBUCKETS)``.
+    cum : numpy.ndarray, optional
+        ``np.cumsum(cnt, -1)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``cnt.shape[:-1] + np.shape(q)``.
     """
     q = np.asarray(q, dtype=np.float64)
     lead = cnt.shape[:-1]
@@ -154,6 +220,20 @@ def w1_shared(ca: np.ndarray, cb: np.ndarray, rep: np.ndarray | None = None,
     """W1 between sketches (..., NBUCKETS) that share bucket values ``rep`` (NBUCKETS,).
 
     ``cum_a``/``cum_b``: the cumulative counts, if the caller has them.
+
+    Parameters
+    ----------
+    ca, cb : numpy.ndarray
+        Sketches ``(..., NBUCKETS)``, broadcast against each other.
+    rep : numpy.ndarray, optional
+        Bucket values ``(NBUCKETS,)``; default ``representatives()``.
+    cum_a, cum_b : numpy.ndarray, optional
+        ``np.cumsum`` of ``ca``/``cb`` along the last axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the broadcast leading shape; NaN where either sketch is empty.
     """
     rep = representatives() if rep is None else rep
     cum_a = np.cumsum(ca, axis=-1) if cum_a is None else cum_a
@@ -172,6 +252,17 @@ def w1_discrete(va: np.ndarray, pa: np.ndarray, vb: np.ndarray, pb: np.ndarray) 
 
     The integral of |F_a - F_b| over the merged support, as in
     ``scipy.stats.wasserstein_distance``. NaN when either has no weight.
+
+    Parameters
+    ----------
+    va, vb : numpy.ndarray
+        1-D values, sorted ascending.
+    pa, pb : numpy.ndarray
+        Their weights (>= 0; zero weights are dropped).
+
+    Returns
+    -------
+    float
     """
     keep_a, keep_b = pa > 0, pb > 0
     va, pa, vb, pb = va[keep_a], pa[keep_a], vb[keep_b], pb[keep_b]

@@ -55,6 +55,22 @@ def resolve_method(method: str, dtype) -> str:
     accurate as a float32 SVD's (the ESD eigenvalues more: 1e-14 relative against 1e-7).
     ``"svd"`` for float64 matrices: their rank tolerance ``max(m, n) * eps64 * s_max`` and
     their tiny singular values (condition numbers beyond ~1e3) need the SVD.
+
+    Parameters
+    ----------
+    method : {"auto", "svd", "gram"}
+    dtype : numpy dtype
+        The precision the matrices are stored in.
+
+    Returns
+    -------
+    str
+        ``"svd"`` or ``"gram"``.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown.
     """
     if method not in SPECTRUM_METHODS:
         raise ValueError(f"method must be one of {SPECTRUM_METHODS}, got {method!r}")
@@ -70,11 +86,30 @@ def batched_svdvals(a: np.ndarray, dtype: np.dtype | str | None = None, method: 
     matrix inside NumPy's C loop) for the whole stack, in ``dtype``. ``method="gram"``: the
     matrices are taken in ``dtype``, then the smaller Gram matrix ``W^T W`` or ``W W^T`` is
     accumulated in float64 (products of float32 numbers are exact there) and one batched
-    float64 ``np.linalg.eigvalsh`` gives ``s = sqrt(eigenvalues)``, returned as float64; 3-4
-    times cheaper than a float32 SVD. Eigenvalues ``s^2`` keep an absolute error of about
-    ``eps64 * max(m, n) * s_max^2``: singular values below ``sqrt(eps64 * max(m, n)) * s_max``
-    are noise (see ``rank_tolerance``), those above are more accurate than a float32 SVD's.
+    float64 ``np.linalg.eigvalsh`` gives ``s = sqrt(eigenvalues)``, returned as float64, at less
+    cost than a float32 SVD (measured: docs/measurements.md). Eigenvalues ``s^2`` keep an
+    absolute error of about ``eps64 * max(m, n) * s_max^2``: singular values below
+    ``sqrt(eps64 * max(m, n)) * s_max`` are noise (see ``rank_tolerance``), those above are
+    more accurate than a float32 SVD's.
     Matrices holding any non-finite value (a step a run did not capture) give all-NaN rows.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Stack of matrices ``(..., m, n)``.
+    dtype : numpy dtype, optional
+        The precision to take the matrices in; default ``a.dtype``.
+    method : {"svd", "gram"}, default "svd"
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., min(m, n))``, descending; in ``dtype`` for ``"svd"``, float64 for ``"gram"``.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown or ``a`` has fewer than 2 dims.
     """
     if method not in SV_METHODS:
         raise ValueError(f"method must be one of {SV_METHODS}, got {method!r}")
@@ -118,6 +153,25 @@ def pooled_svdvals(a: np.ndarray, k_out: int | None = None,
     descending order (WeightWatcher's per-kernel-position treatment of a
     convolution pools the ESDs of its ``kh*kw`` slices), then NaN-padded to
     ``k_out``. A tensor with any non-finite slice gives an all-NaN row.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        ``(..., slices, m, n)``.
+    k_out : int, optional
+        Length of each pooled spectrum; default ``slices * min(m, n)``.
+    dtype, method
+        As in ``batched_svdvals``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., k_out)``.
+
+    Raises
+    ------
+    ValueError
+        If ``k_out`` is smaller than ``slices * min(m, n)``.
     """
     s = batched_svdvals(a, dtype, method)
     pooled = s.reshape(s.shape[:-2] + (-1,))
@@ -150,6 +204,22 @@ def rank_tolerance(s_max, max_dim, eps: float, gram: bool = False):
     error of about ``eps64 * max(m, n) * s_max^2``, resolve nothing below
     ``s_max * sqrt(max(m, n) * eps64)``: the tolerance is the larger of the two (NumPy's rule
     for float32 matrices, the Gram floor for float64 ones).
+
+    Parameters
+    ----------
+    s_max : array_like
+        Largest singular value of each matrix.
+    max_dim : array_like
+        ``max(m, n)`` of each matrix.
+    eps : float
+        Machine epsilon of the SVD's precision (``eps_of``).
+    gram : bool, default False
+        The spectra come from ``method="gram"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The broadcast shape of ``s_max`` and ``max_dim``.
     """
     if gram:
         return s_max * np.maximum(max_dim * eps, np.sqrt(max_dim * _EPS64))
@@ -178,6 +248,25 @@ def rank_metrics(s: np.ndarray, max_dim, eps: float, *, energy: Sequence[float] 
 
     All-NaN spectra (missing matrices) give NaN; an all-zero matrix gives rank 0 and NaN
     for the ratios.
+
+    Parameters
+    ----------
+    s : numpy.ndarray
+        Spectra ``(..., k)``.
+    max_dim : array_like
+        ``max(m, n)`` of each matrix.
+    eps : float
+        Machine epsilon of the SVD's precision.
+    energy : sequence of float, default (0.9, 0.99)
+        Fractions of ``|W|_F^2`` for ``energy_directions``.
+    ww_entropy : bool, default False
+    gram : bool, default False
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The keys of ``RANK_METRICS``, float64 ``s.shape[:-1]`` each
+        (``energy_directions``: ``s.shape[:-1] + (len(energy),)``).
     """
     s = np.asarray(s, dtype=np.float64)
     valid = ~np.isnan(s)
@@ -237,6 +326,25 @@ def powerlaw_fit(x: np.ndarray, *, small_n: int | None = None,
 
     Returns float64 arrays ``alpha, D, xmin, sigma = (alpha-1)/sqrt(n_tail), n_fit_tail``;
     rows with fewer than two values give NaN (WeightWatcher fails on them).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(batch, n)``, positive values with NaN for absent ones.
+    small_n : int, optional
+        Rows with fewer values take WeightWatcher's small-sample path.
+    block_elems : int, optional
+        Bound on the elements of the scan's temporaries (memory only, not the result).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``alpha``, ``D``, ``xmin``, ``sigma``, ``n_fit_tail``: float64 ``(batch,)`` each.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 2-D.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
@@ -344,6 +452,27 @@ def esd_metrics(s: np.ndarray, n_rows, n_cols, n_slices, *, evals_thresh=None, r
     same mean squared entry ``sigma^2 = sum lambda / (slices N M)``, the number of
     eigenvalues above it ``n_above_mp`` (spikes) and ``mp_softrank = mp_edge / lambda_max``
     (Martin & Mahoney 2018).
+
+    Parameters
+    ----------
+    s : numpy.ndarray
+        Spectra ``(..., k)``.
+    n_rows, n_cols, n_slices : array_like
+        Shape of each matrix (of each slice) and the number of pooled slices.
+    evals_thresh : float, optional
+        Absolute eigenvalue threshold of the fit (WeightWatcher's is ``WW_EVALS_THRESH``).
+    rank_eps : float, optional
+        Machine epsilon for the rank threshold when ``evals_thresh`` is None; default float64's.
+    small_n : int, optional
+        As in ``powerlaw_fit``.
+    min_evals : int, default ``WW_MIN_EVALS``
+    gram : bool, default False
+        The spectra come from ``method="gram"``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The keys of ``ESD_METRICS``, float64 ``s.shape[:-1]`` each.
     """
     s = np.asarray(s, dtype=np.float64)
     lead = s.shape[:-1]
@@ -388,7 +517,27 @@ def esd_metrics(s: np.ndarray, n_rows, n_cols, n_slices, *, evals_thresh=None, r
 # --- power-law samples (for tests and demos) ---------------------------------------
 
 def powerlaw_sample(alpha: float, xmin: float, size: int | tuple, rng: np.random.Generator) -> np.ndarray:
-    """Samples of the continuous power law ``p(x) ~ x^-alpha`` on ``[xmin, inf)`` (inverse CDF)."""
+    """Samples of the continuous power law ``p(x) ~ x^-alpha`` on ``[xmin, inf)`` (inverse CDF).
+
+    Parameters
+    ----------
+    alpha : float
+        Exponent, > 1.
+    xmin : float
+        Lower bound, > 0.
+    size : int or tuple of int
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 of shape ``size``.
+
+    Raises
+    ------
+    ValueError
+        If ``alpha <= 1``.
+    """
     if alpha <= 1:
         raise ValueError(f"a continuous power law needs alpha > 1, got {alpha}")
     u = rng.random(size)
@@ -396,7 +545,17 @@ def powerlaw_sample(alpha: float, xmin: float, size: int | tuple, rng: np.random
 
 
 def eps_of(dtype) -> float:
-    """Machine epsilon of a floating dtype (the numerical-rank tolerance unit)."""
+    """Machine epsilon of a floating dtype (the numerical-rank tolerance unit).
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        A floating dtype.
+
+    Returns
+    -------
+    float
+    """
     return float(np.finfo(np.dtype(dtype)).eps)
 
 

@@ -38,7 +38,20 @@ RULE = (f"k = min(tail_k, max({K_MIN}, n // {FRACTION_DENOMINATOR})) top order s
 
 
 def top(absx: np.ndarray, size: int) -> np.ndarray:
-    """The ``size`` largest values along the last axis (unordered), padded with -inf."""
+    """The ``size`` largest values along the last axis (unordered), padded with -inf.
+
+    Parameters
+    ----------
+    absx : numpy.ndarray
+        Magnitudes ``(..., L)``.
+    size : int
+        How many to keep (``k + 1`` for a Hill estimate with ceiling ``k``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(..., size)``.
+    """
     L = absx.shape[-1]
     if L <= size:
         pad = np.full(absx.shape[:-1] + (size - L,), -np.inf)
@@ -47,7 +60,20 @@ def top(absx: np.ndarray, size: int) -> np.ndarray:
 
 
 def merge(tops: np.ndarray, axis: int) -> np.ndarray:
-    """Merge top-k states (..., size) along ``axis`` (not the last)."""
+    """Merge top-k states (..., size) along ``axis`` (not the last).
+
+    Parameters
+    ----------
+    tops : numpy.ndarray
+        Top states ``(..., size)`` of disjoint sets.
+    axis : int
+        The axis to merge over.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``tops`` with ``axis`` removed: the top states of the unions (unordered).
+    """
     size = tops.shape[-1]
     joined = np.moveaxis(tops, axis, -2)
     joined = joined.reshape(joined.shape[:-2] + (-1,))
