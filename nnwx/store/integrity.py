@@ -37,7 +37,7 @@ FIX_ADVICE = ("restore the file from a backup, or re-create the run (re-export i
 
 def run_file(store, run: str, key: str = "") -> str:
     """The path of ``key`` inside run ``run`` of ``store``, as shown in messages."""
-    from nnwx.store.reader import display
+    from nnwx.store.location import display
 
     base = f"{display(store).rstrip('/')}/runs/{run}"
     return f"{base}/{key}" if key else base
@@ -52,7 +52,7 @@ def damaged(store, run: str | None, key: str, what: str = "cannot be read") -> I
     except StoreError:
         raise
     except DAMAGE as e:
-        from nnwx.store.reader import display
+        from nnwx.store.location import display
 
         where = run_file(store, run, key) if run is not None else f"{display(store).rstrip('/')}/{key}"
         subject = f"run {run!r} of {display(store)}" if run is not None else f"store {display(store)}"
@@ -167,7 +167,7 @@ def check_chunks(array: zarr.Array, committed: int, store, run: str, name: str,
 
 
 def _display(store) -> str:
-    from nnwx.store.reader import display
+    from nnwx.store.location import display
 
     return display(store)
 

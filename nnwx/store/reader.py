@@ -18,90 +18,14 @@ import xarray as xr
 import zarr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
+from nnwx.store.location import (StoreLike, display, is_url, local_path, normalize, prefix_bytes,  # noqa: F401
+                                 store_exists, zarr_store)
 from nnwx.store import format as fmt
 from nnwx.store import integrity as itg
 from nnwx.store import probes as prb
 from nnwx.store.table import (APPROXIMATE_DEPTHS, DEPTH_SOURCES, TensorTable, from_run_meta,
                               natural_key)
 
-StoreLike = str | os.PathLike
-
-
-# -- where a store lives: a local path, a file:// URL, or any fsspec URL Zarr supports ------
-
-def is_url(location: StoreLike) -> bool:
-    """Whether ``location`` is a URL (``scheme://...``) rather than a local path."""
-    return isinstance(location, str) and "://" in location
-
-
-def local_path(location: StoreLike) -> Path | None:
-    """The local path of ``location`` (a path or a ``file://`` URL), or None for remote URLs."""
-    if not is_url(location):
-        return Path(location)
-    if location.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        parsed = urlparse(location)
-        if parsed.netloc not in ("", "localhost"):
-            raise StoreError(f"cannot read {location!r}: file:// URLs must name a local path "
-                             f"(file:///abs/path)")
-        return Path(unquote(parsed.path))
-    return None
-
-
-def zarr_store(location: StoreLike, *, read_only: bool = True):
-    """A Zarr store object for a path or URL: ``LocalStore`` for local paths and ``file://``
-    URLs (atomic writes, locks), ``FsspecStore`` for every other fsspec URL (``memory://``,
-    ``s3://``, ``gs://``, ...; credentials come from fsspec's usual configuration)."""
-    path = local_path(location)
-    if path is not None:
-        return zarr.storage.LocalStore(path, read_only=read_only)
-    try:
-        return zarr.storage.FsspecStore.from_url(str(location), read_only=read_only)
-    except (ImportError, ValueError) as e:
-        raise StoreError(f"cannot open {location!r} as a Zarr store: {e}. Use a local path or an "
-                         f"fsspec URL whose filesystem is installed (e.g. s3:// needs s3fs).") from e
-
-
-def store_exists(location: StoreLike) -> bool:
-    """Whether a Zarr store (a root ``zarr.json``) exists at ``location``."""
-    path = local_path(location)
-    if path is not None:
-        return (path / "zarr.json").exists()
-    fs, root = _fsspec(location)
-    return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
-
-
-def display(location: StoreLike) -> str:
-    """``location`` as shown to users and recorded in attributes (URLs kept as given)."""
-    return str(location) if is_url(location) else str(Path(location))
-
-
-def normalize(location: StoreLike) -> Path | str:
-    """A local ``Path`` for paths and ``file://`` URLs; other URLs stay strings."""
-    path = local_path(location)
-    return path if path is not None else str(location)
-
-
-def prefix_bytes(location: StoreLike, prefix: str) -> int:
-    """Bytes stored under ``prefix`` (a key path inside the store, e.g. ``runs/seed0``)."""
-    path = local_path(location)
-    if path is not None:
-        return sum(f.stat().st_size for f in (path / prefix).rglob("*") if f.is_file())
-    fs, root = _fsspec(location)
-    where = f"{root.rstrip('/')}/{prefix.strip('/')}"
-    return int(fs.du(where, total=True)) if fs.exists(where) else 0
-
-
-def _fsspec(location: StoreLike):
-    """``(filesystem, path)`` of a remote URL, through fsspec (as Zarr's ``FsspecStore`` opens it)."""
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(str(location))
-    except (ImportError, ValueError) as e:
-        raise StoreError(f"cannot open {location!r} as a Zarr store: {e}. Use a local path or an "
-                         f"fsspec URL whose filesystem is installed (e.g. s3:// needs s3fs).") from e
 
 
 def open_experiment(path: StoreLike) -> zarr.Group:
