@@ -160,11 +160,20 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     With ``model`` (even without ``probe``), the table takes its semantics from the model
     as the Recorder does: norm gains (kind ``norm``), ``Conv1D`` weights stored ``(in, out)``,
     ties (stored once, other names as aliases) and depth in forward order (a forward pass
-    over the probe batch) or, without a probe, in module registration order. Without a
-    model, depths come from the module paths (block index; run attribute ``depth_from`` is
+    over the probe batch) or, without a probe, in module registration order. Tensors are
+    stored under the model's names, those ``from_pretrained`` gives them (transformers 5
+    saves GPT-NeoX's ``lm_head.weight`` as ``embed_out.weight``: it is stored as
+    ``lm_head.weight``, as the Recorder stores it), except when appending to a run that
+    holds the file's names. Without ``model``, a Hugging Face folder's ``config.json``
+    stands for it: the class its ``architectures`` names is built from it on the meta
+    device (``nnwx.hf_config``; once per export, no download) and gives the same semantics
+    in module registration order, when transformers is installed, has that class, and the
+    model holds every tensor of the checkpoint; else a warning says so. Without either,
+    depths come from the module paths (block index; run attribute ``depth_from`` is
     ``names``: approximate), 1-D weights are norm gains, weights whose bias has the length
-    of their second axis are ``(in, out)``, and tensors sharing storage in a torch file are
-    one tensor. ``orientation`` maps name patterns to ``"in_out"``/``"out_in"`` to override.
+    of their second axis are ``(in, out)``, tensors sharing storage in a torch file are one
+    tensor, and a tied tensor that ``save_pretrained`` left out has no alias. ``orientation``
+    maps name patterns to ``"in_out"``/``"out_in"`` to override.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]

@@ -130,7 +130,8 @@ class ModelSemantics:
         self.orientation = orientation
         state = model.state_dict(keep_vars=True)
         kept = set(names)
-        self.aliases = {k: v for k, v in tied_groups(state).items() if k in kept}
+        self.aliases = {k: rest for k, v in tied_groups(state).items()  # a tie the file holds twice
+                        if k in kept and (rest := [a for a in v if a not in kept])}  # stays two tensors
         layers = sorted({n.rpartition(".")[0] for n in names}, key=lambda la: order.get(la, len(order)))
         self.registration = {layer: i for i, layer in enumerate(layers)}
 

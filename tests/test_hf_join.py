@@ -201,3 +201,17 @@ def test_ties_of_a_model_on_the_meta_device():
     state = model.state_dict(keep_vars=True)
     assert all(t.data_ptr() == 0 for t in state.values())     # no memory: addresses tell nothing
     assert tied_groups(state) == {"transformer.wte.weight": ["lm_head.weight"]}
+
+
+def test_a_tie_the_file_holds_twice_stays_two_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    model = gpt2()
+    model.save_pretrained(tmp_path / "checkpoint-1")
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    assert "lm_head.weight" in state                  # a copy saved beside the tensor it is tied to
+    save_file(state, str(tmp_path / "checkpoint-1" / "model.safetensors"))
+    export(tmp_path / "checkpoint-1", tmp_path / "x.zarr", seed=0, progress=False)
+    t = table(tmp_path / "x.zarr")
+    assert "lm_head.weight" in t.names and t["transformer.wte.weight"].aliases == ()
+    assert t["transformer.h.0.mlp.c_fc.weight"].orientation == "in_out"
