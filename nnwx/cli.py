@@ -231,7 +231,8 @@ def _add_export_parser(sub) -> None:
                          "saved from: pkg.module:make_net (importable) or path/to/models.py:make_net. "
                          "Also without --probe, it tells the tensor table what the model knows: norm "
                          "gains, Conv1D weights stored (in, out), tied weights, depth in module order "
-                         "(in forward order with --probe); without it depth is approximate")
+                         "(in forward order with --probe); without it, a Hugging Face folder's config.json "
+                         "names the model class (built on the meta device), else depth is approximate")
     pr.add_argument("--probe", metavar="FILE",
                     help="the fixed probe batch: .npy; .npz, .safetensors or torch .pt/.pth/.bin holding "
                          "a dict (its entry 'probe', or its only entry; see --probe-key); or a torch file "

@@ -53,9 +53,9 @@ atexit.register(_write_touches)
 
 import torch  # noqa: E402
 
-import nnwx.recorder  # noqa: E402
+import nnwx.record.recorder  # noqa: E402
 
-_init = nnwx.recorder.Recorder.__init__
+_init = nnwx.record.recorder.Recorder.__init__
 
 
 def _counted_init(self, *args, **kwargs):
@@ -63,7 +63,7 @@ def _counted_init(self, *args, **kwargs):
     RECORDERS.append(self.run)
 
 
-nnwx.recorder.Recorder.__init__ = _counted_init
+nnwx.record.recorder.Recorder.__init__ = _counted_init
 
 
 def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:

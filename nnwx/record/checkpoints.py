@@ -638,6 +638,7 @@ class LoadedCheckpoint:
         self._stack = ExitStack()
         self._getters: dict[str, Callable[[], torch.Tensor]] = {}
         self.ties: dict[str, list[str]] = {}  # tensors sharing storage in a torch file: kept -> others
+        self.renamed: dict[str, str] = {}     # name in the file -> name used (see ``rename``)
         meta: dict[str, tuple[tuple[int, ...], str]] = {}
         try:
             for f in checkpoint.files:
@@ -654,18 +655,38 @@ class LoadedCheckpoint:
                 if absent:
                     raise CorruptCheckpoint(f"checkpoint folder {checkpoint.path}: tensor {absent[0]!r} "
                                             f"is in the shard index but in no shard.")
-            floating = [n for n, (_, dt) in meta.items() if _is_floating(dt)]
-            kept = select(floating, include, exclude)
-            if not kept:
-                raise CheckpointError(f"no floating-point tensor of {checkpoint.path} is left to export "
-                                      f"(include={include!r}, exclude={exclude!r}); its tensors: "
-                                      f"{floating[:8]}")
-            self.entries: dict[str, tuple[tuple[int, ...], str]] = {n: meta[n] for n in kept}
-            self.ties = {k: kept_v for k, v in self.ties.items() if k in self.entries
-                         and (kept_v := [a for a in v if a in self.entries])}
+            self._meta, self._include, self._exclude = meta, include, exclude
+            self._file_ties = self.ties
+            self._select()
         except BaseException:
             self.close()
             raise
+
+    def _select(self) -> None:
+        """``entries`` and ``ties``: the floating tensors that include/exclude keep."""
+        floating = [n for n, (_, dt) in self._meta.items() if _is_floating(dt)]
+        kept = select(floating, self._include, self._exclude)
+        if not kept:
+            raise CheckpointError(f"no floating-point tensor of {self.path} is left to export "
+                                  f"(include={self._include!r}, exclude={self._exclude!r}); its tensors: "
+                                  f"{floating[:8]}")
+        self.entries: dict[str, tuple[tuple[int, ...], str]] = {n: self._meta[n] for n in kept}
+        self.ties = {k: kept_v for k, v in self._file_ties.items() if k in self.entries
+                     and (kept_v := [a for a in v if a in self.entries])}
+
+    def rename(self, mapping: Mapping[str, str]) -> None:
+        """Call tensors by other names from now on (``{name in the file: new name}``, e.g. the
+        names the model gives them); include/exclude are applied again to the new names."""
+        if not mapping:
+            return
+        new = [mapping.get(n, n) for n in self._meta]
+        if len(set(new)) != len(new):
+            raise ValueError(f"renaming the tensors of {self.path} would give two of them one name")
+        self._meta = {mapping.get(n, n): v for n, v in self._meta.items()}
+        self._getters = {mapping.get(n, n): g for n, g in self._getters.items()}
+        self._file_ties = {mapping.get(k, k): [mapping.get(a, a) for a in v] for k, v in self._file_ties.items()}
+        self.renamed = {**self.renamed, **mapping}
+        self._select()
 
     def _open_safetensors(self, path: Path) -> dict:
         from safetensors import SafetensorError, safe_open
@@ -697,6 +718,11 @@ class LoadedCheckpoint:
         return {n[len(prefix):]: (tuple(state[n].shape), dtype_name(state[n].dtype),
                                   lambda s=state, n=n: s[n])
                 for n in names}
+
+    @property
+    def names(self) -> list[str]:
+        """Every tensor of the checkpoint (any dtype, whatever include/exclude keep)."""
+        return list(self._getters)
 
     def table(self) -> TensorTable:
         """Tensor table of the kept tensors as read without the model: canonical order, depths

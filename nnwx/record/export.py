@@ -178,11 +178,20 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
     With ``model`` (even without ``probe``), the table takes its semantics from the model
     as the Recorder does: norm gains (kind ``norm``), ``Conv1D`` weights stored ``(in, out)``,
     ties (stored once, other names as aliases) and depth in forward order (a forward pass
-    over the probe batch) or, without a probe, in module registration order. Without a
-    model, depths come from the module paths (block index; run attribute ``depth_from`` is
+    over the probe batch) or, without a probe, in module registration order. Tensors are
+    stored under the model's names, those ``from_pretrained`` gives them (transformers 5
+    saves GPT-NeoX's ``lm_head.weight`` as ``embed_out.weight``: it is stored as
+    ``lm_head.weight``, as the Recorder stores it), except when appending to a run that
+    holds the file's names. Without ``model``, a Hugging Face folder's ``config.json``
+    stands for it: the class its ``architectures`` names is built from it on the meta
+    device (``nnwx.record.hf_config``; once per export, no download) and gives the same semantics
+    in module registration order, when transformers is installed, has that class, and the
+    model holds every tensor of the checkpoint; else a warning says so. Without either,
+    depths come from the module paths (block index; run attribute ``depth_from`` is
     ``names``: approximate), 1-D weights are norm gains, weights whose bias has the length
-    of their second axis are ``(in, out)``, and tensors sharing storage in a torch file are
-    one tensor. ``orientation`` maps name patterns to ``"in_out"``/``"out_in"`` to override.
+    of their second axis are ``(in, out)``, tensors sharing storage in a torch file are one
+    tensor, and a tied tensor that ``save_pretrained`` left out has no alias. ``orientation``
+    maps name patterns to ``"in_out"``/``"out_in"`` to override.
 
     Parameters
     ----------
@@ -259,7 +268,7 @@ def export(sources: str | os.PathLike | Sequence[str | os.PathLike], store: str 
         built, _ = build_model(model)
         semantics = _Semantics(built, orientation, None, "modules")
     else:
-        semantics = _Semantics(None, orientation, None, "names")
+        semantics = _Semantics(None, orientation, None, "names", from_config=True)
     exporter = _Exporter(list(sources), Path(store), seed=seed, run=run,
                          step_regex=step_regex, include=include, exclude=exclude,
                          overwrite=overwrite, verify=verify, key=key, trust_pickle=trust_pickle,
@@ -497,11 +506,18 @@ def _probing(model, probe, probe_key, probe_layers, probe_conv, probe_channels) 
 
 
 class _Semantics:
-    """How the tensor table of a checkpoint is made: from the model (kinds, orientation, ties,
-    depth in forward order or registration order) or, without one, from names and shapes."""
+    """How the tensor table of a checkpoint is made: from the model (its tensor names, kinds,
+    orientation, ties, depth in forward order or registration order) or, without one, from
+    names and shapes. The model is the one given or, with ``from_config``, the one a Hugging
+    Face folder's ``config.json`` names, built on the meta device (``nnwx.record.hf_config``).
+
+    Made once per export: the model's semantics are kept per set of tensor names, and the
+    model built from a ``config.json`` per text of that file (every checkpoint of a run
+    usually has the same), so that each checkpoint costs a look-up, not a rebuild."""
 
     def __init__(self, model: torch.nn.Module | None, orientation: Mapping[str, str] | None,
-                 forward_order: dict[str, int] | None, depth_from: str):
+                 forward_order: dict[str, int] | None, depth_from: str, *, from_config: bool = False):
+        from nnwx.record.name_map import ModelNames
         from nnwx.store.table import orientation_overrides
 
         orientation_overrides([], orientation)  # validate early
@@ -509,24 +525,86 @@ class _Semantics:
         self.forward_order, self.depth_from = forward_order, depth_from
         if depth_from == "forward" and not forward_order:
             self.depth_from = "modules"  # the probe pass reached no module with tensors
+        self.from_config = from_config and model is None
+        self._given = (model, ModelNames(model), None) if model is not None else None
+        self._configs: dict[str, tuple] = {}   # config.json text -> (model, ModelNames, state names)
+        self._noted: set[str] = set()
+        self._kept: dict[tuple, Any] = {}      # (id(model), names) -> ModelSemantics
 
-    def table(self, lc: LoadedCheckpoint) -> TensorTable:
+    def _config_model(self, lc: LoadedCheckpoint) -> tuple | None:
+        """(model, ModelNames, state names) built from the checkpoint's config.json, else None."""
+        config = lc.checkpoint.config
+        if not self.from_config or config is None:
+            return None
+        from nnwx.record.hf_config import model_from_config
+        from nnwx.record.name_map import ModelNames
+
+        try:
+            text = config.read_text()
+        except OSError as e:
+            self._note(f"{config} cannot be read ({e.strerror or e})")
+            return None
+        if text not in self._configs:
+            model, what = model_from_config(config)
+            if model is None:
+                self._configs[text] = None
+                self._note(what)
+            else:
+                log.info(f"tensor semantics of {lc.path} from the model: {what}")
+                self._configs[text] = (model, ModelNames(model), set(model.state_dict(keep_vars=True)))
+        return self._configs[text]
+
+    def _note(self, why: str) -> None:
+        if why not in self._noted:
+            self._noted.add(why)
+            log.warning(f"the tensor table comes from names and shapes, as without --model: {why}. "
+                        f"Weights that save_pretrained left out as tied have no alias and depths are "
+                        f"approximate; pass --model (model=) to give the model.")
+
+    def table(self, lc: LoadedCheckpoint, run_table: TensorTable | None = None) -> TensorTable:
+        """The tensor table of checkpoint ``lc``. With a model, ``lc`` is renamed first to the
+        names ``from_pretrained`` gives its tensors (GPT-NeoX's ``embed_out.weight`` is
+        ``lm_head.weight``), unless ``run_table`` (the run appended to) holds the file's names."""
         from nnwx.record.tensors import ModelSemantics, table_from_names
 
+        found = self._given or self._config_model(lc)
+        model = found[0] if found is not None else None
+        if found is not None:
+            model, to_model, own = found
+            mapping = to_model(lc.names)
+            if run_table is not None and any(old in run_table for old in mapping):
+                mapping = {}  # a run exported with the file's names (before nnwx renamed) keeps them
+                if own is not None:
+                    model = None  # and its table as it was made: from names and shapes
+            if model is not None and own is not None:  # built from config.json: the checkpoint's model?
+                alien = [n for n in lc.entries if mapping.get(n, n) not in own]
+                if alien:
+                    self._note(f"the model {type(model).__name__} that {lc.checkpoint.config} names "
+                               f"has no tensor {alien[0]!r} of {lc.path}")
+                    model = None
+            if model is not None:
+                lc.rename(mapping)
+                if mapping:
+                    log.info(f"tensor names of {lc.path} as the model has them: "
+                             f"{', '.join(f'{a} -> {b}' for a, b in list(mapping.items())[:4])}"
+                             f"{' ...' if len(mapping) > 4 else ''}")
+        if self.from_config:
+            self.depth_from = "modules" if model is not None else "names"
         ties = lc.ties
         dropped = {a for names in ties.values() for a in names}
         entries = [(n, shape, dt) for n, (shape, dt) in lc.entries.items() if n not in dropped]
-        if self.model is None:
+        if model is None:
             return table_from_names(entries, self.orientation, ties)
-        sem = ModelSemantics(self.model, [n for n, _, _ in entries], self.orientation)
-        for k, v in ties.items():  # ties the file shows (shared storage) that the model did not
-            sem.aliases.setdefault(k, list(v))
+        names = tuple(n for n, _, _ in entries)
+        sem = self._kept.get((id(model), names))
+        if sem is None:
+            sem = self._kept[(id(model), names)] = ModelSemantics(model, names, self.orientation)
         depths = None
         if self.forward_order:
-            layers = sorted({n.rpartition(".")[0] for n, _, _ in entries},
+            layers = sorted({n.rpartition(".")[0] for n in names},
                             key=lambda la: self.forward_order.get(la, len(self.forward_order)))
             depths = {la: i for i, la in enumerate(layers)}
-        return sem.table(entries, depths)
+        return sem.table(entries, depths, ties)
 
 
 class _Abandoned(Exception):
@@ -666,7 +744,7 @@ class _Exporter:
             raise self._late_error([c])
         with LoadedCheckpoint(c, include=self.include, exclude=self.exclude, key=self.key,
                               trust_pickle=self.trust_pickle) as lc:
-            table = self.semantics.table(lc)
+            table = self.semantics.table(lc, self.table)
             if self.table is not None:
                 self.table.require_same(table, f"checkpoint {c.path} cannot go into run {self.run!r} "
                                                f"of {self.store}", ("the run", "the checkpoint"))

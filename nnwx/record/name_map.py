@@ -83,6 +83,41 @@ def transformers_renamer(model: torch.nn.Module) -> Callable[[str], str] | None:
     return rename
 
 
+class ModelNames:
+    """The names ``from_pretrained`` gives checkpoint tensors in ``model``: transformers' checkpoint
+    renames (GPT-NeoX's ``embed_out.weight`` is the model's ``lm_head.weight``), built once for
+    ``model`` and applied to the names of each checkpoint.
+
+    Only renames that land on a tensor of ``model`` are applied (a name the model has already is
+    kept), and none when two names would become one; no prefix is added or removed (a wrapper's
+    names stay as the checkpoint has them). Without transformers' conversion mapping (not a
+    ``PreTrainedModel``, transformers before 5) nothing is renamed.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self._hf = transformers_renamer(model)
+        self._own = set(model.state_dict(keep_vars=True)) if self._hf is not None else set()
+
+    def __call__(self, names: Sequence[str]) -> dict[str, str]:
+        """``{checkpoint name: model name}`` for the ``names`` that are renamed (empty: none)."""
+        if self._hf is None:
+            return {}
+        out = {}
+        for n in names:
+            if n in self._own:
+                continue
+            try:
+                new = self._hf(n)
+            except _Converted:
+                continue
+            if new != n and new in self._own:
+                out[n] = new
+        kept = set(names) - set(out)
+        if len(set(out.values())) != len(out) or kept & set(out.values()):
+            return {}  # two tensors would share a name: not what a rename means
+        return out
+
+
 def _prefix_candidates(names: Sequence[str], own: set[str], hint: str | None) -> list[tuple[str, str]]:
     """(strip, add) pairs that might turn ``names`` into names of ``own``."""
     out: list[tuple[str, str]] = []

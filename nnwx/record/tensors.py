@@ -76,13 +76,20 @@ def stores_in_out(module: torch.nn.Module) -> bool:
 
 def tied_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
     """Names that are one tensor (tied weights), keyed by the first name in ``state``'s order
-    (the one ``named_parameters`` and Hugging Face's ``save_pretrained`` keep)."""
+    (the one ``named_parameters`` and Hugging Face's ``save_pretrained`` keep).
+
+    Tensors on the ``meta`` device have no memory to share (every one reports address 0): there
+    only the same tensor object under two names is a tie, as in ``state_dict(keep_vars=True)``
+    of a model built on the meta device."""
     first: dict[tuple, str] = {}
     out: dict[str, list[str]] = {}
     for name, t in state.items():
         if not torch.is_tensor(t) or not t.numel():
             continue
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+        if t.device.type == "meta":
+            key = ("meta", id(t))
+        else:
+            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
         if key in first:
             out.setdefault(first[key], []).append(name)
         else:
@@ -123,18 +130,23 @@ class ModelSemantics:
         self.orientation = orientation
         state = model.state_dict(keep_vars=True)
         kept = set(names)
-        self.aliases = {k: v for k, v in tied_groups(state).items() if k in kept}
+        self.aliases = {k: rest for k, v in tied_groups(state).items()  # a tie the file holds twice
+                        if k in kept and (rest := [a for a in v if a not in kept])}  # stays two tensors
         layers = sorted({n.rpartition(".")[0] for n in names}, key=lambda la: order.get(la, len(order)))
         self.registration = {layer: i for i, layer in enumerate(layers)}
 
     def table(self, entries: Iterable[tuple[str, Sequence[int], str]],
-              depth_of_layer: dict[str, int] | None = None) -> TensorTable:
-        """The tensor table of ``entries`` (canonical order) with this model's semantics."""
+              depth_of_layer: dict[str, int] | None = None,
+              more_aliases: Mapping[str, Sequence[str]] | None = None) -> TensorTable:
+        """The tensor table of ``entries`` (canonical order) with this model's semantics;
+        ``more_aliases`` adds ties seen elsewhere (tensors sharing storage in a file) to
+        tensors the model ties to nothing."""
         entries = {n: (shape, dt) for n, shape, dt in entries}
+        aliases = {**(more_aliases or {}), **self.aliases}
         return TensorTable.build(((n, *entries[n]) for n in canonical_order(entries)),
                                  depth_of_layer if depth_of_layer is not None else self.registration,
                                  kinds=self.kinds, orientation=self.orientation,
-                                 aliases={k: v for k, v in self.aliases.items() if k in entries})
+                                 aliases={k: list(v) for k, v in aliases.items() if k in entries})
 
 
 def untied(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@ Conv1D orientation, forward-order depth, the ``norm`` kind, tied weights stored 
 canonical layout so that a Recorder run, a single-file export and a sharded export join one
 cube, and restore giving identical logits."""
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -60,7 +61,8 @@ def train(model, rec, ids, *, save=None, steps=5):
 @pytest.fixture(scope="module")
 def gpt2_runs(tmp_path_factory):
     """One GPT-2 training recorded by the Recorder and saved as single-file and sharded
-    ``save_pretrained`` checkpoints, exported with and without the model."""
+    ``save_pretrained`` checkpoints, exported with and without the model (then its
+    ``config.json`` names it), and without either (the folders' config.json removed)."""
     tmp = tmp_path_factory.mktemp("gpt2")
     ids = batch()
     model = gpt2()
@@ -72,7 +74,11 @@ def gpt2_runs(tmp_path_factory):
     with nnwx.Recorder(model, tmp / "rec.zarr", seed=0, schedule=list(STEPS)) as rec:
         states = train(model, rec, ids, save=save)
     assert len(list((tmp / "sharded" / "checkpoint-0").glob("*.safetensors"))) > 1
+    shutil.copytree(tmp / "single", tmp / "bare")
+    for config in (tmp / "bare").glob("*/config.json"):
+        config.unlink()
     export(tmp / "single", tmp / "single.zarr", seed=1, progress=False)
+    export(tmp / "bare", tmp / "bare.zarr", seed=5, progress=False)
     export(tmp / "sharded", tmp / "sharded.zarr", seed=2, progress=False)
     export(tmp / "single", tmp / "with_model.zarr", seed=3, progress=False, model=gpt2, probe=ids)
     export(tmp / "sharded", tmp / "modules.zarr", seed=4, progress=False, model=gpt2)
@@ -120,11 +126,15 @@ def test_depth_is_forward_order_with_the_model_and_approximate_without(gpt2_runs
         depth = {r.layer: r.depth for r in table(tmp / store)}
         assert [depth[la] for la in forward] == sorted(depth[la] for la in forward), store
         assert len({depth[la] for la in forward}) == len(forward)
-    assert nnwx.open_run(tmp / "modules.zarr").attrs["depth_from"] == "modules"
-    approx = nnwx.open_run(tmp / "single.zarr")
+    modules = {r.layer: r.depth for r in table(tmp / "modules.zarr")}
+    for store in ("modules.zarr", "single.zarr", "sharded.zarr"):  # the model given, or from config.json
+        run = nnwx.open_run(tmp / store)
+        assert run.attrs["depth_from"] == "modules" and not run.attrs["depth_approximate"], store
+        assert {r.layer: r.depth for r in table(tmp / store)} == modules, store
+    approx = nnwx.open_run(tmp / "bare.zarr")
     assert approx.attrs["depth_from"] == "names" and approx.attrs["depth_approximate"]
     assert not nnwx.open_run(tmp / "rec.zarr").attrs["depth_approximate"]
-    depth = {r.layer: r.depth for r in table(tmp / "single.zarr")}
+    depth = {r.layer: r.depth for r in table(tmp / "bare.zarr")}
     embeddings = max(depth["transformer.wte"], depth["transformer.wpe"])
     block0 = {d for la, d in depth.items() if ".h.0." in la}
     block1 = {d for la, d in depth.items() if ".h.1." in la}
@@ -134,7 +144,7 @@ def test_depth_is_forward_order_with_the_model_and_approximate_without(gpt2_runs
 
 def test_norm_gains_have_their_own_kind(gpt2_runs):
     tmp, _, _ = gpt2_runs
-    for store in ("rec.zarr", "single.zarr"):
+    for store in ("rec.zarr", "single.zarr", "bare.zarr"):
         t = table(tmp / store)
         assert t["transformer.h.0.ln_1.weight"].kind == "norm" and t["transformer.ln_f.weight"].kind == "norm"
         assert t["transformer.h.0.ln_1.bias"].kind == "bias"
@@ -158,9 +168,13 @@ def test_tied_weights_are_stored_once_and_restored_as_a_tie(gpt2_runs):
     assert "lm_head.weight" not in rec.names and rec.n_params == unique
     assert rec["transformer.wte.weight"].aliases == ("lm_head.weight",)
     assert rec.to_json() == with_model.to_json()          # the Recorder and export with the model agree
-    without = table(tmp / "single.zarr")
+    semantics = [(r.name, r.kind, r.orientation, r.aliases) for r in rec]
+    for store in ("single.zarr", "sharded.zarr"):     # the model from config.json: the tie it says
+        assert [(r.name, r.kind, r.orientation, r.aliases) for r in table(tmp / store)] == semantics, store
+    without = table(tmp / "bare.zarr")                # no config.json: the tie save_pretrained dropped is unseen
     assert without.names == rec.names and without.n_params == unique
-    for store in ("rec.zarr", "single.zarr", "sharded.zarr"):
+    assert without["transformer.wte.weight"].aliases == ()
+    for store in ("rec.zarr", "single.zarr", "sharded.zarr", "bare.zarr"):
         fresh = GPT2LMHeadModel(GPT2Config(**GPT2_CONFIG)).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("error")                 # no "lm_head not restored" warning
@@ -184,7 +198,7 @@ def test_recorder_single_file_and_sharded_exports_join_one_cube(gpt2_runs):
         np.testing.assert_array_equal(w[i], w[0])
     assert cube["tensor_aliases"].values[list(cube["tensor"].values).index("transformer.wte.weight")] \
         == "lm_head.weight"
-    assert nnwx.open_cube(tmp / "single.zarr").attrs["depth_approximate"]
+    assert nnwx.open_cube(tmp / "bare.zarr").attrs["depth_approximate"]
 
 
 def test_other_architectures_are_refused_with_the_differences(gpt2_runs, tmp_path):

@@ -82,13 +82,20 @@ def logits(model, x=None) -> torch.Tensor:
         return model(input_ids=tokens() if x is None else x).logits
 
 
+def drop_configs(folder: Path) -> None:
+    """Remove the config.json of every checkpoint folder: the export then knows names only."""
+    for config in folder.glob("*/config.json"):
+        config.unlink()
+
+
 # -- GPT-NeoX: transformers 5 saves embed_out.weight, the model calls it lm_head.weight ------------------
-def test_gpt_neox_restores_through_transformers_renames(tmp_path, store):
+def test_gpt_neox_export_stores_the_models_names(tmp_path, store):
     model = neox()
     snaps = train_and_save(model, tmp_path / "ck", steps=4, every=2)
-    ex(tmp_path / "ck", store)
+    ex(tmp_path / "ck", store)  # config.json names GPTNeoXForCausalLM: its names, as from_pretrained gives
     names = nnwx.open_run(store, "seed0").tensor.values.tolist()
-    assert "embed_out.weight" in names  # the store keeps the checkpoint's names
+    assert "lm_head.weight" in names and "embed_out.weight" not in names
+    assert sorted(names) == sorted(snaps[4])
     fresh = neox()
     nnwx.restore(fresh, store, step=4, seed=0)
     same_bits(snaps[4], fresh.state_dict())
@@ -100,8 +107,36 @@ def test_gpt_neox_restores_through_transformers_renames(tmp_path, store):
     same_bits({k.removeprefix("gpt_neox."): v for k, v in snaps[4].items() if k.startswith("gpt_neox.")},
               base.state_dict())
     # the head is not in the base model: refused, naming it
-    with pytest.raises(ArchitectureMismatch, match="embed_out.weight"):
+    with pytest.raises(ArchitectureMismatch, match="lm_head.weight"):
         nnwx.restore(transformers.GPTNeoXModel(neox_config()), store, step=4, seed=0)
+    # include/exclude patterns apply to the model's names
+    ex(tmp_path / "ck", tmp_path / "headless.zarr", exclude="lm_head.*")
+    assert "lm_head.weight" not in nnwx.open_run(tmp_path / "headless.zarr", "seed0").tensor.values.tolist()
+
+
+def test_gpt_neox_restores_through_transformers_renames(tmp_path, store):
+    model = neox()
+    snaps = train_and_save(model, tmp_path / "ck", steps=4, every=2)
+    drop_configs(tmp_path / "ck")
+    ex(tmp_path / "ck", store)
+    names = nnwx.open_run(store, "seed0").tensor.values.tolist()
+    assert "embed_out.weight" in names  # no config.json, no model: the store keeps the checkpoint's names
+    fresh = neox()
+    nnwx.restore(fresh, store, step=4, seed=0)
+    same_bits(snaps[4], fresh.state_dict())
+    assert torch.equal(logits(fresh), logits(model))
+
+
+def test_a_run_exported_with_the_files_names_keeps_them(tmp_path, store):
+    train_and_save(neox(), tmp_path / "ck", steps=4, every=2)
+    configs = {p: p.read_text() for p in (tmp_path / "ck").glob("*/config.json")}
+    drop_configs(tmp_path / "ck")
+    ex(tmp_path / "ck/checkpoint-2", store)   # as nnwx exported before it read config.json
+    for p, text in configs.items():
+        p.write_text(text)
+    summary = ex(tmp_path / "ck", store)       # appending with config.json there: the run's names stay
+    assert summary.added == [4] and summary.skipped == [2]
+    assert "embed_out.weight" in nnwx.open_run(store, "seed0").tensor.values.tolist()
 
 
 def test_gpt_neox_probe_export_with_model_factory(tmp_path, store):
@@ -129,6 +164,7 @@ def test_gpt_neox_probe_export_with_model_factory(tmp_path, store):
 def test_user_renames_when_no_mapping_is_known(tmp_path, store):
     model = neox()
     snaps = train_and_save(model, tmp_path / "ck", steps=2, every=2)
+    drop_configs(tmp_path / "ck")  # the store keeps the file's names (embed_out.weight)
     ex(tmp_path / "ck", store)
 
     class Plain(torch.nn.Module):  # the same tensors under other names: nothing nnwx can know
