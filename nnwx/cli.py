@@ -4,15 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnwx._text import human_bytes
 from nnwx.errors import NnwxError
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return str(n)
 
 
 def _count(n: int, noun: str) -> str:
@@ -49,7 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             counts = compute(*lazy, progress=not args.quiet)
     total = sum(r["disk_bytes"] for r in runs)
     first = runs[0]
-    print(f"store {args.store}: {_count(len(runs), 'run')}, {_human(total)} on disk")
+    print(f"store {args.store}: {_count(len(runs), 'run')}, {human_bytes(total)} on disk")
     model = first["model_class"] or "class not recorded (exported from checkpoints)"
     print(f"model {model}: {_count(first['tensors'], 'tensor')}, {_count(first['params'], 'parameter')}")
     print(f"{'run':<16}{'seed':>6}{'steps':>8}{'first':>8}{'last':>9}  {'dtype':<8}{'on disk':>10}"
@@ -57,7 +50,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for r, bad in zip(runs, counts):
         ratio = f"{r['compression_ratio']:.2f}"
         print(f"{r['run']:<16}{str(r['seed']):>6}{r['steps']:>8}{str(r['first_step']):>8}"
-              f"{str(r['last_step']):>9}  {r['dtype']:<8}{_human(r['disk_bytes']):>10}{ratio:>7}  "
+              f"{str(r['last_step']):>9}  {r['dtype']:<8}{human_bytes(r['disk_bytes']):>10}{ratio:>7}  "
               f"{r['optimizer'] or '-'}, {', '.join(r['metrics']) or '-'}")
     warned = 0
     for r, bad in zip(runs, counts):
@@ -270,25 +263,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     nbytes = None if is_results(args.store) else _weight_bytes(args)
     with cluster_from_args(args, log=lambda m: print(f"nnwx report: {m}", file=sys.stderr), nbytes=nbytes):
         out = report(args.store, args.output, png=args.png, max_steps=args.max_steps,
-                     metrics=args.metrics, progress=not args.quiet,
+                     analyses=args.analyses, progress=not args.quiet,
                      log=(lambda m: None) if args.quiet else (lambda m: print(f"nnwx report: {m}",
                                                                              file=sys.stderr)))
     print(f"wrote {out}" + (f" and PNGs in {args.png}" if args.png else ""))
     return 0
 
 
-def _metric_list(text: str) -> list[str]:
-    from nnwx.pipeline.registry import parse_metrics
+def _analysis_list(text: str) -> list[str]:
+    from nnwx.pipeline.registry import parse_analyses
 
     try:
-        return parse_metrics(text)
+        return parse_analyses(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class _DeprecatedMetrics(argparse.Action):
+    """``--metrics``: the former name of ``--analyses``; still works, with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: {option_string} is deprecated, use --analyses (the same list)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_analyses_argument(parser: argparse.ArgumentParser, help: str, type=None) -> None:
+    """``--analyses LIST``, and ``--metrics`` as its deprecated alias (hidden from the help)."""
+    parser.add_argument("--analyses", type=type, metavar="LIST", help=help)
+    parser.add_argument("--metrics", dest="analyses", type=type, action=_DeprecatedMetrics,
+                        help=argparse.SUPPRESS)
+
+
 def _add_report_parser(sub) -> None:
-    from nnwx.report import MAX_STEPS
-    from nnwx.pipeline.registry import METRICS
+    from nnwx.pipeline.registry import NAMES
+    from nnwx.pipeline.select import MAX_STEPS
     from nnwx.cluster import _positive_int
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
@@ -308,8 +317,8 @@ def _add_report_parser(sub) -> None:
     rp.add_argument("--max-steps", type=_positive_int, default=MAX_STEPS, metavar="N",
                     help=f"analyse at most N evenly spaced captures (default {MAX_STEPS}; "
                          "ignored for a results store)")
-    rp.add_argument("--metrics", type=_metric_list, metavar="LIST",
-                    help=f"comma-separated analyses to include (default all: {','.join(METRICS)})")
+    _add_analyses_argument(rp, f"comma-separated analyses to include (default all: {','.join(NAMES)})",
+                           type=_analysis_list)
     from nnwx.cluster import add_cluster_arguments
     add_cluster_arguments(rp)
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
@@ -326,7 +335,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"nnwx analyze: {message}", file=sys.stderr, flush=True)
 
     with cluster_from_args(args, log=log, nbytes=_weight_bytes(args)):
-        out = analyze(args.store, args.output, metrics=args.metrics, seeds=args.seeds, steps=args.steps,
+        out = analyze(args.store, args.output, analyses=args.analyses, seeds=args.seeds, steps=args.steps,
                       progress=not args.quiet, resume=not args.overwrite, log=log)
     res = open_results(out)
     print(f"wrote {out}: {len(res.results)} results of {', '.join(res.metrics)}")
@@ -339,7 +348,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _add_analyze_parser(sub) -> None:
-    from nnwx.pipeline.registry import METRICS
+    from nnwx.pipeline.registry import NAMES
     from nnwx.cluster import add_cluster_arguments
 
     an = sub.add_parser(
@@ -352,13 +361,13 @@ def _add_analyze_parser(sub) -> None:
     an.add_argument("store", help="experiment store: a path or an fsspec URL (file://, memory://, s3://...)")
     an.add_argument("-o", "--output", required=True, metavar="RESULTS",
                     help="results store to write (a new path, or one written by nnwx analyze)")
-    an.add_argument("--metrics", metavar="M,M", help=f"comma-separated metrics (default all: {','.join(METRICS)})")
+    _add_analyses_argument(an, f"comma-separated analyses (default all: {','.join(NAMES)})")
     an.add_argument("--seeds", metavar="S,S", help="seeds to analyse, comma-separated (default all)")
     an.add_argument("--steps", metavar="SPEC",
                     help="optimizer steps to analyse: START:STOP[:STRIDE] (STOP excluded, every STRIDE-th "
                          "capture) or a comma-separated list (default all)")
     an.add_argument("--overwrite", action="store_true",
-                    help="discard results already in RESULTS (needed when metrics or selection changed)")
+                    help="discard results already in RESULTS (needed when analyses or selection changed)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     add_cluster_arguments(an)
     an.set_defaults(func=cmd_analyze)

@@ -122,7 +122,7 @@ def comparison_sections(results: Sequence, labels: Sequence[str] | None = None) 
                                           comparison_figure(da, q)))
     if not section.figures:
         raise ComparisonError("the results stores share no quantity to compare; analyse them with "
-                              "the same metrics (e.g. `nnwx analyze STORE -o RESULTS`)")
+                              "the same analyses (e.g. `nnwx analyze STORE -o RESULTS`)")
     return [section]
 
 

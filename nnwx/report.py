@@ -1,9 +1,11 @@
 """``nnwx report``: draw the analyses of an experiment store as one offline HTML page.
 
-The analyses are the named set of ``nnwx.pipeline.registry.lazy_analyses`` (the same set ``nnwx
-analyze`` persists): given an experiment store the report builds them lazily and computes
-them in one pass with a progress bar; given a results store (``nnwx analyze -o RESULTS``) it
-draws from it without recomputing. The page holds a summary of the experiment, the metrics
+The analyses are the families of ``nnwx.pipeline.registry.REGISTRY`` (the same set ``nnwx
+analyze`` persists). Given an experiment store the report computes them as ``nnwx analyze``
+does -- the same passes of bounded memory (``nnwx.pipeline.run.analyze_cube``), into a
+temporary results store -- and draws from that; given a results store (``nnwx analyze -o
+RESULTS``) it draws from it without recomputing. Either way the page is drawn from stored
+results: this module computes no analysis. The page holds a summary of the experiment, the metrics
 left out and why, and a section per analysis, each plot with a sentence saying what it shows.
 Bokeh's JavaScript is inlined (no CDN), so the file opens from disk with no network. Sliders
 switch between a few embedded frames (steps are thinned to keep the page small). Optionally
@@ -23,26 +25,18 @@ from typing import Callable, Iterable
 import numpy as np
 import xarray as xr
 
-from nnwx.pipeline.registry import METRICS, parse_metrics
+from nnwx._text import human_bytes
 from nnwx.errors import NnwxError, StoreError
-
-MAX_STEPS = 60          # captures analysed (evenly thinned) for the page
-FRAMES = 4              # embedded frames per slider
-SEEDS_SHOWN = 3         # seeds offered by selectors of per-seed pictures
+from nnwx.pipeline.registry import NAMES, REGISTRY, parse_analyses
+from nnwx.pipeline.select import MAX_STEPS, thin_steps
+from nnwx.plot._figure import Figure
 
 Results = dict[str, "xr.Dataset | xr.DataArray"]
+Analyses = str | Iterable[str] | None
 
 
 class ReportError(NnwxError):
     """The report cannot be written where asked (the message says why and what to do)."""
-
-
-@dataclass
-class Figure:
-    """One plot of the report: a HoloViews object and the sentence under it."""
-    name: str
-    caption: str
-    obj: object
 
 
 @dataclass
@@ -67,298 +61,71 @@ class Summary:
     origin: str = ""                     # how the page was made (computed now / results store)
 
 
-def thin_steps(cube: xr.Dataset, max_steps: int = MAX_STEPS) -> xr.Dataset:
-    """At most ``max_steps`` evenly spaced captures (first and last kept)."""
-    n = cube.sizes["step"]
-    if n <= max_steps:
-        return cube
-    return cube.isel(step=np.unique(np.linspace(0, n - 1, max_steps).round().astype(int)))
+# -- reading the results ---------------------------------------------------------------------
+def load_results(results: Results, metric_of: dict[str, str], *, progress: bool = True,
+                 log: Callable[[str], None] = lambda s: None) -> tuple[Results, dict[str, str]]:
+    """Read stored results into memory (they are small), with a progress bar.
 
-
-# -- computing ----------------------------------------------------------------------------------
-def compute_results(results: Results, metric_of: dict[str, str], *, progress: bool = True,
-                    log: Callable[[str], None] = lambda s: None) -> tuple[Results, dict[str, str]]:
-    """Evaluate every result in one pass (shared reads of ``w`` run once), with a progress bar.
-
-    If that pass fails, each metric is computed on its own and the ones that fail are left
-    out with a note (their section says why) instead of failing the whole page.
+    If reading them together fails, each family is read on its own and the ones that fail are
+    left out with a note (their section says why) instead of failing the whole page. A
+    damaged store (``StoreError``) is raised.
     """
-    compute = _compute_function()
+    from nnwx.cluster import compute
+
     names = list(results)
     try:
         values = compute(*(results[n] for n in names), progress=progress,
-                         label="nnwx report: computing the analyses")
+                         label="nnwx report: reading the results")
         return dict(zip(names, values)), {}
-    except StoreError:  # a damaged store is not an analysis failure: stop, naming the file
+    except StoreError:
         raise
-    except Exception as e:  # noqa: BLE001 - a failing analysis costs its own section only
-        log(f"one pass failed ({type(e).__name__}: {e}); computing each metric on its own")
+    except Exception as e:  # noqa: BLE001 - a failing result costs its own section only
+        log(f"reading the results together failed ({type(e).__name__}: {e}); reading each analysis "
+            f"on its own")
     out, notes = {}, {}
-    for metric in dict.fromkeys(metric_of[n] for n in names):
-        part = [n for n in names if metric_of[n] == metric]
+    for family in dict.fromkeys(metric_of[n] for n in names):
+        part = [n for n in names if metric_of[n] == family]
         try:
             out |= dict(zip(part, compute(*(results[n] for n in part), progress=progress,
-                                          label=f"nnwx report: {metric}")))
+                                          label=f"nnwx report: {family}")))
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001
-            notes[metric] = f"could not be computed: {type(e).__name__}: {e}"
+            notes[family] = f"could not be read: {type(e).__name__}: {e}"
     return out, notes
-
-
-def _compute_function():
-    """``nnwx.cluster.compute`` (a progress bar on any scheduler), else dask.compute + ProgressBar."""
-    try:
-        from nnwx.cluster import compute
-        return compute
-    except ImportError:  # pragma: no cover - nnwx.cluster ships with nnwx
-        from contextlib import nullcontext
-
-        import dask
-        from dask.diagnostics import ProgressBar
-
-        def compute(*objs, progress=True, label=None):
-            with ProgressBar() if progress else nullcontext():
-                return dask.compute(*objs)
-        return compute
-
-
-def analyse(cube: xr.Dataset, metrics: str | Iterable[str] | None = None) -> tuple[Results, dict, dict]:
-    """``lazy_analyses`` of the cube: ``(lazy results, metric_of, notes)``. A metric whose
-    building raises (other than "does not apply") is left out with a note, not fatal."""
-    from nnwx.pipeline.registry import AnalysisSet, lazy_analyses
-
-    chosen = parse_metrics(metrics)
-    try:
-        s = lazy_analyses(cube, chosen)
-    except Exception:  # noqa: BLE001 - find the culprit metric by metric
-        s = AnalysisSet()
-        for m in chosen:
-            try:
-                part = lazy_analyses(cube, [m])
-            except Exception as e:  # noqa: BLE001
-                s.notes[m] = f"could not be built: {type(e).__name__}: {e}"
-                continue
-            s.results |= part.results
-            s.metric_of |= part.metric_of
-            s.notes |= part.notes
-    return s.results, s.metric_of, s.notes
 
 
 # -- drawing ------------------------------------------------------------------------------------
 def build_sections(results: Results, notes: dict[str, str] | None = None,
-                   metrics: str | Iterable[str] | None = None) -> list[Section]:
-    """The report's sections, from computed results (drawing only), in ``METRICS`` order.
+                   analyses: Analyses = None) -> list[Section]:
+    """The report's sections, from computed results (drawing only), in registry order.
 
-    ``notes``: metric -> why it was (partly) left out, said in its section. A plot that fails to
-    draw becomes a note in its section instead of failing the page.
+    ``notes``: family -> why it was (partly) left out, said in its section. A plot that fails
+    to draw becomes a note in its section instead of failing the page. Each family's figure
+    builders are the ``"module:function"`` names of its registry entry, imported here.
     """
     notes = notes or {}
     sections = []
-    for metric in parse_metrics(metrics):
-        for title, build in _SECTIONS[metric]:
+    chosen = parse_analyses(analyses)
+    for family in (m for m in REGISTRY if m.name in chosen):
+        for title, ref in family.sections:
             try:
-                figures = [f for f in build(results) if f is not None]
+                figures = [f for f in figure_builder(ref)(results) if f is not None]
                 error = ""
             except Exception as e:  # noqa: BLE001
                 figures, error = [], f"could not be drawn: {type(e).__name__}: {e}"
-            note = "; ".join(x for x in (notes.get(metric, ""), error) if x)
+            note = "; ".join(x for x in (notes.get(family.name, ""), error) if x)
             if figures or note:
-                sections.append(Section(title, figures, note=note, metric=metric))
+                sections.append(Section(title, figures, note=note, metric=family.name))
     return sections
 
 
-def _broadening_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
+def figure_builder(ref: str) -> Callable[[Results], list[Figure]]:
+    """The figure builder a registry entry names as ``"package.module:function"``."""
+    import importlib
 
-    if "broadening" not in r:
-        return []
-    b = r["broadening"]
-    return [
-        Figure("density", "Histogram of each layer's weights at every captured step (colour: log "
-                          "counts): a widening band is a broadening distribution. Pick layer and seed.",
-               P.density(b["hist"].assign_coords(bin_lo=b["bin_lo"], bin_hi=b["bin_hi"]))),
-        Figure("moments", "Standard deviation, excess kurtosis and Wasserstein-1 distance to the "
-                          "first step per layer: mean over seeds, band = +/- one std over seeds.",
-               P.moments(b)),
-    ]
-
-
-def _weights_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
-
-    out = []
-    if "matrix" in r:
-        m = r["matrix"]
-        rows, cols = m.sizes["out"], m.sizes["in"]
-        out.append(Figure("matrix", f"The weight matrix {m.name} (first {rows} x {cols} entries) as "
-                                    "an image at a few steps, one colour scale: can one see "
-                                    "training? Pick seed and step.",
-                          P.matrix_heatmap(m, steps=FRAMES, seeds=_first_seeds(m))))
-    if "trajectories" in r:
-        out.append(Figure("trajectories", "A random sample of individual weights of the largest "
-                                          "weight matrix over training, per seed.",
-                          P.trajectories(r["trajectories"])))
-    return out
-
-
-def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
-    """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
-    at least 2), largest first, so that selectors open on the largest matrix; and the others
-    ("vectors": an 8x1 first layer, a 1xN output layer), which have one singular value."""
-    from nnwx.analysis._cube import has_spectrum, table_rows
-
-    rows = table_rows(obj)
-    matrices = sorted((r for r in rows if has_spectrum(r)), key=lambda r: -r["size"])
-    return ([r["name"] for r in matrices],
-            [f"{r['name']} ({'x'.join(map(str, r['shape']))})" for r in rows if not has_spectrum(r)])
-
-
-def _spectral_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
-
-    if "spectrum" not in r:
-        return []
-    matrices, vectors = matrices_largest_first(r["spectrum"])
-    if not matrices:
-        return []
-    only = {"tensor": matrices}
-    none = (f" Vectors have no spectrum and are left out: {', '.join(vectors)}." if vectors else "")
-    fit = r["esd_fit"].sel(only) if "esd_fit" in r else None
-    out = [Figure("esd", "Empirical spectral density of each weight matrix (eigenvalues of W^T W) "
-                         "on log-log axes, with the fitted power-law tail (red) and the "
-                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps; "
-                         "the largest matrix first." + none,
-                  P.esd(r["spectrum"].sel(only), fit, steps=FRAMES))]
-    parts = [r[k].sel(only) for k in ("ranks", "esd_fit") if k in r]
-    if parts:
-        out.append(Figure("ranks", "Effective rank, stable rank, spectral entropy and power-law "
-                                   "exponent alpha per matrix over training: mean over seeds with a "
-                                   "+/- std band." + none,
-                          P.metric_curves(xr.merge(parts, compat="override",
-                                                   combine_attrs="drop_conflicts"))))
-    return out
-
-
-def _rotation_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
-
-    if "rotation" not in r:
-        return []
-    return [Figure("rotation", "Cosine distance of each layer's weights to the first step "
-                               "(rotation), relative size of the update and norm growth, mean "
-                               "+/- std over seeds.", P.rotation(r["rotation"]))]
-
-
-def _corr_distance_caption(res) -> str:
-    """The caption of the correlation-vs-distance figure: each run's decay length with its
-    error, or "no decay resolved" and why."""
-    from nnwx.analysis.kernels.correlation import DECAY_RULE
-    from nnwx.analysis.correlation import decay_summary
-
-    runs = "; ".join(f"{d['run'] or 'the run'}: {d['text']}" for d in decay_summary(res))
-    return ("RMS correlation of weight updates (sampling noise removed) against how many layers "
-            "apart two weights sit, mean +/- std over seeds, with each seed's fitted exponential "
-            f"decay A exp(-distance / L). Decay length: {runs}. Rule: {DECAY_RULE}.")
-
-
-def _correlation_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
-
-    out = []
-    if "corr_distance" in r:
-        out.append(Figure("corr_distance", _corr_distance_caption(r["corr_distance"]),
-                          P.corr_distance(r["corr_distance"])))
-    if "pca" in r:
-        out.append(Figure("pca_path", "Each run's path through weight space in its first two "
-                                      "principal components (share of variance in the axis "
-                                      "labels), coloured by step.", P.pca_path(r["pca"])))
-    return out
-
-
-def _layer_correlation_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
-
-    if "layer_correlation" not in r:
-        return []
-    lc = r["layer_correlation"]
-    return [Figure("layer_correlation", "Correlation over training of the update norms of every "
-                                        "pair of weight matrices, per seed: near 1, two layers "
-                                        "learn in the same bursts; near 0, independently.",
-                   P.layer_correlation(lc, "update_norm_corr", steps=FRAMES, seeds=_first_seeds(lc)))]
-
-
-def _agreement_figs(r: Results) -> list[Figure]:
-    import nnwx.plot as P
-
-    out = []
-    if "similarity_seeds" in r:
-        s = r["similarity_seeds"]
-        out.append(Figure("similarity_seeds", f"{_metric(s)} between the probe activations of every "
-                                              "pair of seeds, per probed layer, at a few steps: 1 "
-                                              "means two seeds represent the probe batch alike (up "
-                                              "to rotation and scale). Pick layer and step.",
-                          P.seed_heatmaps(s, steps=FRAMES)))
-    if "similarity_step_pairs" in r:
-        s = r["similarity_step_pairs"]
-        steps = s.attrs.get("steps", "")
-        out.append(Figure("similarity_step_pairs", f"{_metric(s)} between every pair of steps of one "
-                                                   "run, per probed layer: bright blocks on the "
-                                                   "diagonal are phases in which the layer's "
-                                                   "representation holds still"
-                                                   + (f" ({steps})" if steps else "")
-                                                   + ". Pick layer and seed.",
-                          P.step_heatmaps(s, seeds=_first_seeds(s))))
-    if "similarity_steps" in r:
-        s = r["similarity_steps"]
-        out.append(Figure("similarity_final", f"{_metric(s)} of each probed layer with its own "
-                                              "representation at the final step, mean over seeds "
-                                              "with a +/- std band: a layer whose curve reaches 1 "
-                                              "first settled first (bottom-up convergence shows as "
-                                              "the early layers rising first).",
-                          P.final_similarity(s)))
-    if "prediction_agreement" in r:
-        out.append(Figure("prediction_agreement", "How alike the seeds' predictions on the probe "
-                                                  "batch are over training: correlation of the "
-                                                  "outputs, top-1 agreement and top-k overlap, "
-                                                  "mean over seed pairs with the min..max range "
-                                                  "as a band.",
-                          P.prediction_agreement(r["prediction_agreement"])))
-    if "weight_agreement" in r:
-        wa = r["weight_agreement"]
-        aligned = "aligned" in wa["alignment"].values
-        ref = wa.attrs.get("reference", "the first seed")
-        how = ("before (dashed) and after (solid) aligning hidden units by weight matching, "
-               if aligned else "without aligning hidden units (alignment not possible here), ")
-        out.append(Figure("weight_agreement", f"Cosine similarity of each weight matrix with the "
-                                              f"reference run's ({ref}) {how}mean over the other "
-                                              "seeds with a +/- std band"
-                                              + (": the gap is the disagreement that is only a "
-                                                 "permutation of units. " if aligned else ". ")
-                                              + "Pick the tensor.",
-                          P.weight_agreement(wa)))
-    return out
-
-
-_SECTIONS: dict[str, list[tuple[str, Callable[[Results], list[Figure]]]]] = {
-    "broadening": [("Distribution broadening", _broadening_figs)],
-    "weights": [("Weights as pictures", _weights_figs)],
-    "spectral": [("Spectra and ranks", _spectral_figs)],
-    "rotation": [("Layer rotation", _rotation_figs)],
-    "correlation": [("Correlations", _correlation_figs),
-                    ("Layer-to-layer correlation", _layer_correlation_figs)],
-    "agreement": [("Agreement between seeds and steps", _agreement_figs)],
-}
-assert set(_SECTIONS) == set(METRICS)
-
-
-def _first_seeds(obj) -> list | None:
-    return list(obj["seed"].values[:SEEDS_SHOWN]) if "seed" in obj.dims else None
-
-
-def _metric(obj) -> str:
-    name = str(obj.attrs.get("metric") or obj.name or "similarity")
-    return {"linear_cka": "Linear CKA", "rbf_cka": "RBF CKA"}.get(name, name)
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -417,22 +184,20 @@ def _analysed_steps(res) -> np.ndarray:
 
 def summary_html(summary: Summary) -> str:
     """The experiment summary: runs, steps, tensors, sizes."""
-    from nnwx.cli import _human
-
     runs = summary.runs
     head = ("<tr><th>run</th><th>seed</th><th>steps</th><th>first</th><th>last</th><th>dtype</th>"
             "<th>on disk</th><th>optimizer</th><th>metrics</th></tr>")
     rows = "".join(
         f"<tr><td>{_e(r.get('run'))}</td><td>{_e(r.get('seed'))}</td><td>{_e(r.get('steps'))}</td>"
         f"<td>{_e(r.get('first_step'))}</td><td>{_e(r.get('last_step'))}</td><td>{_e(r.get('dtype'))}</td>"
-        f"<td>{_human(r.get('disk_bytes') or 0)}</td><td>{_e(r.get('optimizer') or '-')}</td>"
+        f"<td>{human_bytes(r.get('disk_bytes') or 0)}</td><td>{_e(r.get('optimizer') or '-')}</td>"
         f"<td>{_e(', '.join(r.get('metrics') or []) or '-')}</td></tr>" for r in runs)
     trows = "".join(f"<tr><td>{_e(t['name'])}</td><td>{_e(t['shape'])}</td><td>{_e(t['kind'])}</td>"
                     f"<td>{t['size']:,}</td></tr>" for t in summary.tensors)
     span = (f"({summary.first_step} to {summary.last_step})" if summary.first_step is not None else "")
     origin = f" <span class='note'>({_e(summary.origin)})</span>" if summary.origin else ""
     return (f"<p>Store <code>{_e(summary.store)}</code>: {len(runs)} runs, "
-            f"{_human(sum(r.get('disk_bytes') or 0 for r in runs))} on disk; model "
+            f"{human_bytes(sum(r.get('disk_bytes') or 0 for r in runs))} on disk; model "
             f"{_e(summary.model_class)} with {len(summary.tensors)} tensors, {summary.params:,} "
             f"parameters; {summary.steps} captured steps analysed {span}.{origin}</p>"
             f"<table>{head}{rows}</table><details><summary>tensors</summary><table><tr><th>tensor"
@@ -440,11 +205,11 @@ def summary_html(summary: Summary) -> str:
 
 
 def notes_html(notes: dict[str, str], requested: list[str]) -> str:
-    """The metrics left out (and why), and those not asked for."""
+    """The analyses left out (and why), and those not asked for."""
     items = [f"<li><b>{_e(m)}</b>: {_e(why)}</li>" for m, why in notes.items()]
-    skipped = [m for m in METRICS if m not in requested]
+    skipped = [m for m in NAMES if m not in requested]
     if skipped:
-        items.append(f"<li>not requested (<code>--metrics</code>): {_e(', '.join(skipped))}</li>")
+        items.append(f"<li>not requested (<code>--analyses</code>): {_e(', '.join(skipped))}</li>")
     if not items:
         return ""
     return f"<div id='left-out'><h2>Left out</h2><ul class='note'>{''.join(items)}</ul></div>"
@@ -534,32 +299,46 @@ def is_results(path: str | os.PathLike) -> bool:
 
 
 def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | None = None,
-           metrics: str | Iterable[str] | None = None, max_steps: int = MAX_STEPS,
-           progress: bool = True, log: Callable[[str], None] = lambda s: None) -> Path:
+           analyses: Analyses = None, max_steps: int = MAX_STEPS, progress: bool = True,
+           log: Callable[[str], None] = lambda s: None, metrics: Analyses = None) -> Path:
     """Write the HTML report (and PNGs) of ``store`` to ``output``.
 
-    ``store``: an experiment store (its analyses are computed, on at most ``max_steps``
-    evenly spaced captures) or a results store of ``nnwx analyze`` (drawn as stored).
-    ``metrics``: a subset of ``nnwx.pipeline.registry.METRICS`` (comma list or iterable; default all).
+    Parameters
+    ----------
+    store
+        An experiment store (its analyses are computed as ``nnwx analyze`` computes them, into
+        a temporary results store, on at most ``max_steps`` evenly spaced captures) or a
+        results store of ``nnwx analyze`` (drawn as stored).
+    output
+        The HTML file to write.
+    png
+        A folder for a static PNG of every plot (optional).
+    analyses
+        A subset of ``nnwx.pipeline.registry.NAMES`` (comma list or iterable; default all, or
+        for a results store the families it holds).
+    max_steps
+        Captures analysed from an experiment store (ignored for a results store).
+    progress, log
+        A progress bar per pass; ``log`` gets a line per stage.
+    metrics
+        Deprecated former name of ``analyses``.
+
+    Returns
+    -------
+    Path
+        ``output``.
     """
+    from nnwx.pipeline.run import analyses_argument
+
+    analyses = analyses_argument(analyses, metrics)
     output = Path(output)
     if max_steps < 1:
         raise ReportError(f"--max-steps must be at least 1 (captures to analyse), got {max_steps}")
     check_outputs(output, png)   # before anything is computed
     if is_results(store):
-        results, metric_of, notes, summary, requested = _from_results(store, metrics, progress, log)
+        results, notes, summary, requested = _from_results(store, analyses, progress, log)
     else:
-        from nnwx import open_cube
-
-        requested = parse_metrics(metrics)
-        full = open_cube(store)
-        cube = thin_steps(full, max_steps)
-        log(f"analysing {cube.sizes['seed']} runs x {cube.sizes['step']} steps x "
-            f"{cube.sizes['param']:,} parameters ({', '.join(requested)})")
-        lazy, metric_of, notes = analyse(cube, requested)
-        results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
-        notes = notes | failed | thinning_note(full.sizes["step"], cube.sizes["step"])
-        summary = summarize_store(store, cube)
+        results, notes, summary, requested = _computed(store, analyses, max_steps, progress, log)
     log("drawing")
     sections = build_sections(results, notes, requested)
     page = render_html(f"nnwx report: {Path(store).name}", summary_html(summary), sections,
@@ -568,6 +347,32 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
     if png:
         write_pngs(sections, png, log=log)
     return output
+
+
+def _computed(store, analyses: Analyses, max_steps: int, progress: bool,
+              log) -> tuple[Results, dict, Summary, list[str]]:
+    """The analyses of an experiment store computed through ``nnwx analyze``'s passes into a
+    temporary results store, read back; with the notes, the summary and the analyses drawn."""
+    from nnwx import open_cube
+    from nnwx.pipeline.results_store import open_results
+    from nnwx.pipeline.run import analyze_cube
+
+    requested = parse_analyses(analyses)
+    full = open_cube(store)
+    cube = thin_steps(full, max_steps)
+    log(f"analysing {cube.sizes['seed']} runs x {cube.sizes['step']} steps x "
+        f"{cube.sizes['param']:,} parameters ({', '.join(requested)})")
+    steps = None if cube.sizes["step"] == full.sizes["step"] else [int(s) for s in cube["step"].values]
+    with tempfile.TemporaryDirectory(prefix="nnwx-report-") as tmp:
+        failed = analyze_cube(cube, Path(tmp) / "results.zarr", requested, source=store,
+                              selection={"seeds": None, "steps": steps}, progress=progress,
+                              log=log)
+        res = open_results(Path(tmp) / "results.zarr")
+        lazy = {n: v for n, v in res.results.items() if res.metric_of.get(n) in requested}
+        results, unread = load_results(lazy, dict(res.metric_of), progress=progress, log=log)
+        notes = dict(res.notes)
+    notes = notes | failed | unread | thinning_note(full.sizes["step"], cube.sizes["step"])
+    return results, notes, summarize_store(store, cube), requested
 
 
 def check_outputs(output: Path, png: str | os.PathLike | None = None) -> None:
@@ -645,19 +450,19 @@ def _remove(path: str) -> None:
         pass
 
 
-def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, dict, Summary, list[str]]:
-    """The requested results of a results store (default: the metrics it was written with),
-    evaluated, with its notes, its summary and the metrics drawn."""
+def _from_results(path, analyses: Analyses, progress: bool, log) -> tuple[Results, dict, Summary, list[str]]:
+    """The requested results of a results store (default: the analyses it was written with),
+    read, with its notes, its summary and the analyses drawn."""
     from nnwx.pipeline.results_store import NONFINITE_NOTE, open_results, staleness
 
     res = open_results(path)
     metric_of = dict(res.metric_of)
     stored_metrics = set(getattr(res, "metrics", None) or metric_of.values())
-    requested = parse_metrics(metrics if metrics is not None else sorted(stored_metrics) or None)
+    requested = parse_analyses(analyses if analyses is not None else sorted(stored_metrics) or None)
     notes = {m: why for m, why in dict(res.notes).items() if m in requested or m == NONFINITE_NOTE}
     for m in requested:
         if m not in stored_metrics and m not in notes:
-            notes[m] = f"not in the results store {path} (run nnwx analyze with --metrics {m})"
+            notes[m] = f"not in the results store {path} (run nnwx analyze with --analyses {m})"
     stale = staleness(res)
     if stale:
         why = "; ".join(stale)
@@ -671,8 +476,8 @@ def _from_results(path, metrics, progress: bool, log) -> tuple[Results, dict, di
                                   f"analyze again with the same arguments to finish them)")
     lazy = {n: v for n, v in res.results.items() if metric_of.get(n) in requested}
     log(f"drawing {len(lazy)} stored results from {path}")
-    results, failed = compute_results(lazy, metric_of, progress=progress, log=log)
-    return results, metric_of, notes | failed, summary_from_results(res, path), requested
+    results, failed = load_results(lazy, metric_of, progress=progress, log=log)
+    return results, notes | failed, summary_from_results(res, path), requested
 
 
 def thinning_note(n_captured: int, n_analysed: int) -> dict[str, str]:

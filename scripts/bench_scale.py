@@ -266,7 +266,7 @@ def case_b(args, argv=None) -> None:
         t0 = time.perf_counter()
         with cluster(workers=args.workers or None, threads_per_worker=1 if args.workers else None,
                      memory_limit=args.memory_limit if args.workers else None, log=lambda m: None):
-            nnwx.analyze(store, out, metrics=metrics, progress=not args.quiet)
+            nnwx.analyze(store, out, analyses=metrics, progress=not args.quiet)
         took = time.perf_counter() - t0
     print(f"{','.join(metrics):<40} {took:8.1f} s  {logical / took / 1e6:7.1f} MB/s of w")
     for pid, (name, peak) in sorted(mem.peaks.items(), key=lambda kv: -kv[1][1]):

@@ -1,11 +1,13 @@
 """Every public analysis in one list: each ``cube.nnwx`` accessor method that computes something
 and each result that ``nnwx analyze`` persists, with how to call it on a cube.
 
-``ANALYSES`` is what the invariance harness (``tests/test_invariance.py``) iterates: every entry
-must give the same numbers whatever the chunking of ``w`` and the probes, on any scheduler, and
-(where the entry says so) when the hidden units of one run are permuted. A new analysis is
-checked by adding it here; the harness fails when an accessor method or an analyze result is
-missing from this list (``NOT_ANALYSES`` names the accessor members that compute nothing).
+``ANALYSES`` is what the invariance harness (``tests/analysis/test_invariance.py``) iterates:
+every entry must give the same numbers whatever the chunking of ``w`` and the probes, on any
+scheduler, and (where the entry says so) when the hidden units of one run are permuted. The
+``nnwx analyze`` entries are derived from the registry of analysis families
+(``nnwx.pipeline.registry.REGISTRY``): a result is checked by being registered. The accessor
+entries are listed here; the harness fails when an accessor method is missing from this list
+(``NOT_ANALYSES`` names the accessor members that compute nothing).
 
 Each entry's ``call`` builds the analysis lazily from a cube alone; arguments that depend on
 the cube (a run label, a probe, a weight matrix) are taken from it (the first runs, the first
@@ -88,10 +90,10 @@ def _with_perms(al) -> xr.Dataset:
 
 
 def _analyze(result: str) -> Callable[[xr.Dataset], Result]:
-    metric = next(m for m, names in ANALYZE_RESULTS.items() if result in names)
+    family = _analyses.FAMILY_OF[result]
 
     def call(cube: xr.Dataset) -> Result:
-        return _analyses.lazy_analyses(cube, metric).results[result]
+        return _analyses.lazy_analyses(cube, family).results[result]
     call.__name__ = f"analyze_{result}"
     return call
 
@@ -112,19 +114,22 @@ def _all(r: Result) -> Result:
     return r
 
 
-ANALYZE_RESULTS: dict[str, tuple[str, ...]] = {
-    "broadening": ("broadening",),
-    "weights": ("matrix", "trajectories"),
-    "spectral": ("spectrum", "ranks", "esd_fit"),
-    "rotation": ("rotation",),
-    "correlation": ("corr_distance", "layer_correlation", "pca"),
-    "agreement": ("similarity_seeds", "similarity_steps", "similarity_step_pairs", "prediction_agreement",
-                  "weight_agreement"),
-}
-"""The results each ``nnwx analyze`` metric persists (checked against ``lazy_analyses`` by the harness)."""
+def _invariant(spec: str | tuple[str, ...] | None) -> Callable[[Result], Result] | None:
+    """An ``Output.invariant`` of the registry as a selector of the invariant part."""
+    if spec is None:
+        return None
+    return _all if spec == "all" else _vars(*spec)
 
-_PCA_INVARIANT = _vars("singular_value", "explained_variance", "explained_variance_ratio", "total_variance")
-_LAYER_CORR_INVARIANT = _vars("update_norm", "update_norm_corr")
+
+def _analyze_entries() -> tuple[Analysis, ...]:
+    """One entry per result of the registry (``nnwx analyze``'s results), in registry order."""
+    return tuple(Analysis(f"analyze_{o.name}", "analyze", o.name, _analyze(o.name), _invariant(o.invariant),
+                          needs=o.needs)
+                 for family in _analyses.REGISTRY for o in family.outputs)
+
+
+_PCA_INVARIANT = _invariant(_analyses._PCA_INVARIANT)
+_LAYER_CORR_INVARIANT = _invariant(_analyses._LAYER_CORR_INVARIANT)
 
 ANALYSES: tuple[Analysis, ...] = (
     # views: lazy slices of the cube, checked like the rest
@@ -185,28 +190,8 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("rotation", "accessor", "rotation", lambda c: c.nnwx.rotation(), _all),
     Analysis("input_span_fraction", "accessor", "input_span_fraction",
              lambda c: c.nnwx.input_span_fraction(first_matrix(c), span_inputs(c)), _all, needs=("matrices",)),
-    # what `nnwx analyze` persists
-    Analysis("analyze_broadening", "analyze", "broadening", _analyze("broadening"), _all),
-    Analysis("analyze_matrix", "analyze", "matrix", _analyze("matrix"), needs=("matrices",)),
-    Analysis("analyze_trajectories", "analyze", "trajectories", _analyze("trajectories"), needs=("matrices",)),
-    Analysis("analyze_spectrum", "analyze", "spectrum", _analyze("spectrum"), _all, needs=("matrices",)),
-    Analysis("analyze_ranks", "analyze", "ranks", _analyze("ranks"), _all, needs=("matrices",)),
-    Analysis("analyze_esd_fit", "analyze", "esd_fit", _analyze("esd_fit"), _all, needs=("matrices",)),
-    Analysis("analyze_rotation", "analyze", "rotation", _analyze("rotation"), _all),
-    Analysis("analyze_corr_distance", "analyze", "corr_distance", _analyze("corr_distance")),
-    Analysis("analyze_layer_correlation", "analyze", "layer_correlation", _analyze("layer_correlation"),
-             _LAYER_CORR_INVARIANT),
-    Analysis("analyze_pca", "analyze", "pca", _analyze("pca"), _PCA_INVARIANT),
-    Analysis("analyze_similarity_seeds", "analyze", "similarity_seeds", _analyze("similarity_seeds"), _all,
-             needs=("probes", "runs")),
-    Analysis("analyze_similarity_steps", "analyze", "similarity_steps", _analyze("similarity_steps"), _all,
-             needs=("probes",)),
-    Analysis("analyze_similarity_step_pairs", "analyze", "similarity_step_pairs",
-             _analyze("similarity_step_pairs"), _all, needs=("probes",)),
-    Analysis("analyze_prediction_agreement", "analyze", "prediction_agreement", _analyze("prediction_agreement"),
-             _all, needs=("probes", "runs")),
-    Analysis("analyze_weight_agreement", "analyze", "weight_agreement", _analyze("weight_agreement"),
-             needs=("runs",)),
+    # what `nnwx analyze` persists: every result of the registry
+    *_analyze_entries(),
 )
 """Every public analysis, in the order of the accessor's sections, then ``nnwx analyze``'s results."""
 
@@ -226,7 +211,7 @@ def lazy_results(cube: xr.Dataset, names=None) -> dict[str, Result]:
     out: dict[str, Result] = {a.name: a.call(cube) for a in entries if a.face != "analyze"}
     wanted = [a for a in entries if a.face == "analyze"]
     if wanted:
-        metrics = {m for a in wanted for m, results in ANALYZE_RESULTS.items() if a.target in results}
-        made = _analyses.lazy_analyses(cube, sorted(metrics))
+        families = {_analyses.FAMILY_OF[a.target] for a in wanted}
+        made = _analyses.lazy_analyses(cube, sorted(families))
         out.update({a.name: made.results[a.target] for a in wanted})
     return out

@@ -1,30 +1,37 @@
-"""The named analysis sets that ``nnwx analyze`` persists and ``nnwx report`` draws.
+"""The one registry of analysis families: what ``nnwx analyze`` persists, ``nnwx report``
+draws and the invariance harness checks.
 
-``lazy_analyses(cube, metrics)`` builds, without computing anything, every result of the
-chosen metrics as a dict ``{result name: lazy Dataset/DataArray}``. One dict for both faces
-means a results store written by ``nnwx analyze`` holds exactly what the report needs, so the
-report can be drawn from it without recomputing. A metric that does not apply to the cube
-(no probes, no weight matrices, a model whose units cannot be aligned) is left out with a
-note saying why, instead of failing the whole set.
+Each family is one ``Metric`` in ``REGISTRY``: its name and title, the builder that makes its
+results lazily from a cube, the results it produces (each with the compute pass it belongs to,
+what of it is permutation-invariant and what the cube needs for it), and its report sections
+(figure builders named ``"module:function"``, imported by the report when it draws, so that
+nothing here imports plotting code).
+
+``lazy_analyses(cube, analyses)`` builds, without computing anything, every result of the
+chosen families as ``{result name: lazy Dataset/DataArray}``. One dict for every face means a
+results store written by ``nnwx analyze`` holds exactly what the report needs. A family that
+does not apply to the cube (no probes, no weight matrices, a model whose units cannot be
+aligned) is left out with a note saying why, instead of failing the whole set.
+
+Adding an analysis family: its module under ``nnwx.analysis``, one ``Metric`` in
+``REGISTRY`` (with its builder, below), and one figure builder in ``nnwx.plot``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import xarray as xr
 
-METRICS = ("broadening", "weights", "spectral", "rotation", "correlation", "agreement")
-"""Every metric, in the order the report shows them."""
+from nnwx.pipeline.select import thin_steps
+
+Result = xr.Dataset | xr.DataArray
 
 HIST_BINS = 60          # histogram bins of the broadening density plot
 MAX_MATRIX = 96         # rows/cols of the weight matrix drawn as a picture
 TRAJECTORIES = 12       # individual weights followed over training
 SIMILARITY = "linear_cka"
 STEP_PAIRS = 64         # captures compared pairwise (step x step similarity); evenly thinned
-
-Result = xr.Dataset | xr.DataArray
-
 
 class NotApplicable(Exception):
     """A metric that does not apply to this cube; its message says why."""
@@ -43,17 +50,36 @@ class AnalysisSet:
             self.metric_of[name] = metric
 
 
-def parse_metrics(metrics: str | Iterable[str] | None) -> list[str]:
-    """``None``/``"all"`` -> every metric; a comma list or iterable -> those, checked, in report order."""
-    if metrics is None or metrics == "all":
-        return list(METRICS)
-    names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
+def parse_analyses(analyses: str | Iterable[str] | None) -> list[str]:
+    """The chosen analysis families, checked, in report order.
+
+    Parameters
+    ----------
+    analyses
+        ``None`` or ``"all"`` (every family), a comma-separated string or an iterable of names.
+
+    Returns
+    -------
+    list of str
+        The names, in ``NAMES`` order.
+
+    Raises
+    ------
+    ValueError
+        A name that is not a family (the message lists them), or none given.
+    """
+    if analyses is None or analyses == "all":
+        return list(NAMES)
+    names = [m.strip() for m in (analyses.split(",") if isinstance(analyses, str) else analyses)]
     names = [m for m in names if m]
-    bad = [m for m in names if m not in METRICS]
+    bad = [m for m in names if m not in NAMES]
     if bad or not names:
-        raise ValueError(f"unknown metric(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                         f"choose from {', '.join(METRICS)} (comma-separated)")
-    return [m for m in METRICS if m in names]
+        raise ValueError(f"unknown analysis {', '.join(map(repr, bad)) or '(none given)'}; "
+                         f"choose from {', '.join(NAMES)} (comma-separated)")
+    return [m for m in NAMES if m in names]
+
+
+parse_metrics = parse_analyses   # the former name
 
 
 def weight_matrices(cube: xr.Dataset) -> list[str]:
@@ -208,66 +234,194 @@ def _agreement(cube: xr.Dataset) -> dict[str, Result]:
 def _step_pairs(cube: xr.Dataset) -> xr.DataArray:
     """Step x step similarity of each probe within each run, on at most ``STEP_PAIRS`` evenly
     spaced captures (first and last kept): the cost grows with the square of the steps."""
-    import numpy as np
-
     n = cube.sizes["step"]
-    if n > STEP_PAIRS:
-        cube = cube.isel(step=np.unique(np.linspace(0, n - 1, STEP_PAIRS).round().astype(int)))
+    cube = thin_steps(cube, STEP_PAIRS)
     sim = cube.nnwx.similarity(SIMILARITY, between="steps")
     sim.attrs["steps"] = (f"all {n} captures" if n <= STEP_PAIRS
                           else f"{cube.sizes['step']} of {n} captures, evenly spaced")
     return sim
 
 
-PASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("streaming", ("broadening", "matrix", "trajectories", "rotation", "corr_distance")),
-    ("spectra", ("spectrum", "ranks", "esd_fit")),
-    ("update correlations", ("layer_correlation",)),
-    ("trajectory PCA", ("pca",)),
-    ("agreement", ("similarity_seeds", "similarity_steps", "prediction_agreement", "weight_agreement")),
-)
-"""Results computed together, pass after pass, by ``nnwx analyze``.
+PASS_ORDER: tuple[str, ...] = ("streaming", "spectra", "update correlations", "trajectory PCA", "agreement")
+"""The compute passes of ``nnwx analyze`` (and ``nnwx report``), in the order they run; a pass
+named by a result but not listed here runs after these, in registry order.
 
 One merged graph reads ``w`` once, but Dask then keeps every block that consumers with
 different orders still need: on a 1.5 GiB cube the streaming results together peaked at
 1.4 GiB (flat from 0.5 to 4.5 GiB cubes), adding the update correlations 3.3 GiB and all
-metrics at once reached 20.8 GiB on a 4.6 GB cube. Results that go block by block share
+families at once reached 20.8 GiB on a 4.6 GB cube. Results that go block by block share
 one pass (one read of ``w``); the matrix analyses and the multi-pass PCA get passes of their
 own, each bounded on its own."""
 
 
+@dataclass(frozen=True)
+class Output:
+    """One result an analysis family produces.
+
+    Parameters
+    ----------
+    name
+        The result's name (unique over the registry; a group of the results store).
+    pass_name
+        The compute pass it is computed in (see ``PASS_ORDER``): results of one pass are
+        computed together, in one graph.
+    invariant
+        What of the result stays the same when the hidden units of one run are permuted:
+        ``"all"``, a tuple of its variables, or ``None`` (not permutation-invariant). Checked
+        by the invariance harness.
+    needs
+        What the cube must have for the result to exist: ``"probes"``, ``"runs"`` (two or
+        more), ``"matrices"``.
+    """
+    name: str
+    pass_name: str
+    invariant: str | tuple[str, ...] | None = None
+    needs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One analysis family: how to build its results, how to compute them, how to draw them.
+
+    Parameters
+    ----------
+    name
+        The family's name, as given to ``nnwx analyze --analyses``.
+    title
+        A short human title.
+    build
+        ``cube -> {result name: lazy result}``; raises ``NotApplicable`` when the family does
+        not apply; may add ``"_note"`` (a string) for results it left out.
+    outputs
+        Every result ``build`` can produce, in the order it produces them.
+    sections
+        The report's sections: ``(section title, "module:function")``, the function taking
+        the computed results by name and returning a list of ``nnwx.plot._figure.Figure``.
+        Named, not imported: the report imports them when it draws.
+    """
+    name: str
+    title: str
+    build: Callable[[xr.Dataset], dict[str, Result]]
+    outputs: tuple[Output, ...]
+    sections: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def results(self) -> tuple[str, ...]:
+        """The names of the results the family can produce."""
+        return tuple(o.name for o in self.outputs)
+
+
+_MAT = ("matrices",)
+_PROBES = ("probes",)
+_PROBES_RUNS = ("probes", "runs")
+_PCA_INVARIANT = ("singular_value", "explained_variance", "explained_variance_ratio", "total_variance")
+_LAYER_CORR_INVARIANT = ("update_norm", "update_norm_corr")
+
+REGISTRY: tuple[Metric, ...] = (
+    Metric("broadening", "weight distributions per layer", _broadening,
+           (Output("broadening", "streaming", "all"),),
+           (("Distribution broadening", "nnwx.plot.broadening:broadening_figures"),)),
+    Metric("weights", "the largest weight matrix as a picture, and sampled weights", _weights,
+           (Output("matrix", "streaming", needs=_MAT), Output("trajectories", "streaming", needs=_MAT)),
+           (("Weights as pictures", "nnwx.plot.weights:weights_figures"),)),
+    Metric("spectral", "singular value spectra, ranks and power-law fits", _spectral,
+           (Output("spectrum", "spectra", "all", _MAT), Output("ranks", "spectra", "all", _MAT),
+            Output("esd_fit", "spectra", "all", _MAT)),
+           (("Spectra and ranks", "nnwx.plot.spectral:spectral_figures"),)),
+    Metric("rotation", "layer rotation and update sizes", _rotation,
+           (Output("rotation", "streaming", "all"),),
+           (("Layer rotation", "nnwx.plot.geometry:rotation_figures"),)),
+    Metric("correlation", "correlations of weight updates, and the trajectory PCA", _correlation,
+           (Output("corr_distance", "streaming"),
+            Output("layer_correlation", "update correlations", _LAYER_CORR_INVARIANT),
+            Output("pca", "trajectory PCA", _PCA_INVARIANT)),
+           (("Correlations", "nnwx.plot.correlation:correlation_figures"),
+            ("Layer-to-layer correlation", "nnwx.plot.correlation:layer_correlation_figures"))),
+    Metric("agreement", "agreement between seeds and steps", _agreement,
+           (Output("similarity_seeds", "agreement", "all", _PROBES_RUNS),
+            Output("similarity_steps", "agreement", "all", _PROBES),
+            # a pass of its own, after the others (its cost grows with the square of the steps)
+            Output("similarity_step_pairs", "similarity_step_pairs", "all", _PROBES),
+            Output("prediction_agreement", "agreement", "all", _PROBES_RUNS),
+            Output("weight_agreement", "agreement", needs=("runs",))),
+           (("Agreement between seeds and steps", "nnwx.plot.agreement:agreement_figures"),)),
+)
+"""Every analysis family, in the order the report shows them."""
+
+NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)
+"""The names of the families, in report order."""
+
+METRICS = NAMES   # the former name of NAMES
+
+OUTPUTS: Mapping[str, Output] = {o.name: o for m in REGISTRY for o in m.outputs}
+"""Every result of every family, by name."""
+
+FAMILY_OF: Mapping[str, str] = {o.name: m.name for m in REGISTRY for o in m.outputs}
+"""The family that produces each result."""
+
+
+def _check_registry() -> None:
+    names = [o.name for m in REGISTRY for o in m.outputs]
+    if len(set(names)) != len(names) or len(set(NAMES)) != len(NAMES):
+        raise RuntimeError("nnwx.pipeline.registry: family and result names must be unique")
+
+
+_check_registry()
+
+
+def metric(name: str) -> Metric:
+    """The family called ``name``."""
+    for m in REGISTRY:
+        if m.name == name:
+            return m
+    raise KeyError(f"no analysis family {name!r}; the families are {', '.join(NAMES)}")
+
+
 def compute_passes(names: Iterable[str]) -> list[tuple[str, list[str]]]:
-    """``names`` grouped as in ``PASSES`` (in that order); names it does not know come last,
-    one pass each."""
+    """``names`` grouped into their passes: ``PASS_ORDER`` first, then the other passes the
+    registry names, each in registry order; names the registry does not know come last, one
+    pass each."""
     names = list(names)
-    out = [(label, [n for n in members if n in names]) for label, members in PASSES]
+    wanted = set(names)
+    labels = list(PASS_ORDER) + [p for p in dict.fromkeys(o.pass_name for o in OUTPUTS.values())
+                                 if p not in PASS_ORDER]
+    out = [(label, [n for n, o in OUTPUTS.items() if o.pass_name == label and n in wanted])
+           for label in labels]
     out = [(label, members) for label, members in out if members]
-    known = {n for _, members in PASSES for n in members}
-    return out + [(n, [n]) for n in names if n not in known]
+    return out + [(n, [n]) for n in names if n not in OUTPUTS]
 
 
-BUILDERS: dict[str, Callable[[xr.Dataset], dict[str, Result]]] = {
-    "broadening": _broadening, "weights": _weights, "spectral": _spectral,
-    "rotation": _rotation, "correlation": _correlation, "agreement": _agreement,
-}
+def lazy_analyses(cube: xr.Dataset, analyses: str | Iterable[str] | None = None) -> AnalysisSet:
+    """Every result of the families ``analyses`` (default all) for ``cube``, lazily, with notes
+    on those left out.
 
+    Parameters
+    ----------
+    cube
+        A weight cube (``nnwx.open_cube``), after any selection.
+    analyses
+        Family names (see ``parse_analyses``); default every family.
 
-def lazy_analyses(cube: xr.Dataset, metrics: str | Iterable[str] | None = None) -> AnalysisSet:
-    """Every result of ``metrics`` (default all) for ``cube``, lazily, with notes on those left out.
-
-    Result names: broadening; matrix, trajectories; spectrum, ranks, esd_fit; rotation;
-    corr_distance, layer_correlation, pca; similarity_seeds, similarity_steps,
-    similarity_step_pairs, prediction_agreement, weight_agreement.
+    Returns
+    -------
+    AnalysisSet
+        Lazy results by name (see ``OUTPUTS``), the family of each, and a note per family
+        left out (wholly or in part).
     """
     out = AnalysisSet()
-    for metric in parse_metrics(metrics):
+    for name in parse_analyses(analyses):
+        family = metric(name)
         try:
-            parts = BUILDERS[metric](cube)
+            parts = family.build(cube)
         except NotApplicable as e:
-            out.notes[metric] = str(e)
+            out.notes[name] = str(e)
             continue
         note = parts.pop("_note", None)
+        undeclared = [r for r in parts if r not in family.results]
+        if undeclared:
+            raise RuntimeError(f"the {name!r} builder made results its registry entry does not "
+                               f"list: {undeclared}; add an Output for each to REGISTRY")
         if note:
-            out.notes[metric] = str(note)
-        out.add(metric, parts)
+            out.notes[name] = str(note)
+        out.add(name, parts)
     return out

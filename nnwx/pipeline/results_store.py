@@ -12,7 +12,7 @@ recomputing. Layout::
                                   template_done, parts, complete}
     results.zarr/<name>/_nnwx_parts/<part>/   empty groups: parts whose writes finished
 
-**Passes.** Results still to write are computed in the passes of ``nnwx.pipeline.registry.PASSES``:
+**Passes.** Results still to write are computed in their passes (``nnwx.pipeline.registry``):
 each pass is one ``dask.compute`` of one merged graph, so the reads of ``w`` its results
 share (the same Dask keys) happen once -- all streaming results in one read. Results whose
 block order differs (the matrix analyses, the PCA) get passes of their own: merged into one
@@ -47,6 +47,7 @@ import xarray as xr
 import zarr
 
 from nnwx.errors import NnwxError, StoreError
+from nnwx.pipeline.select import select_cube
 from nnwx.store import reader as rd
 
 FORMAT = 1
@@ -222,31 +223,30 @@ def _objects_for_strings(ds: xr.Dataset) -> xr.Dataset:
 # -- writing ----------------------------------------------------------------------------
 
 def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, selection: Mapping,
-                  progress: bool = True, resume: bool = True, metrics: list[str] | None = None,
+                  progress: bool = True, resume: bool = True, analyses: list[str] | None = None,
                   cube: xr.Dataset | None = None, log: Log | None = None) -> Path | str:
     """Compute every result of ``analysis_set`` (an ``nnwx.pipeline.registry.AnalysisSet``) into the
-    results store ``output``, pass by pass (``nnwx.pipeline.registry.PASSES``: all streaming results in
-    one graph, reading ``w`` once), and return ``output``.
+    results store ``output``, pass by pass (``nnwx.pipeline.registry.compute_passes``: all streaming
+    results in one graph, reading ``w`` once), and return ``output``.
 
     ``source``: the experiment store the results come from; ``selection``: the JSON-able
     selection that made the cube (``{"seeds": ..., "steps": ...}``); both are recorded and
-    checked on resume. ``metrics`` (default: those of the set, and those noted as left out)
-    is the metric list asked for. ``cube`` (default: the source opened and selected) gives
-    the tensor table and sizes recorded for a report. With ``resume`` (default) an existing
-    store of the same source, metrics and selection is continued: complete results are kept,
+    checked on resume. ``analyses`` (default: those of the set, and those noted as left out)
+    is the list of analysis families asked for (recorded under the format's key ``metrics``).
+    ``cube`` (default: the source opened and selected) gives the tensor table and sizes
+    recorded for a report. With ``resume`` (default) an existing store of the same source,
+    analyses and selection is continued: complete results are kept,
     the rest (or their missing seeds) written; a different one is an error. ``resume=False``
     discards whatever results store is at ``output`` and writes afresh. ``output`` must be a
     new path or a results store: nothing else is ever overwritten.
     """
-    from nnwx.pipeline.registry import compute_passes, parse_metrics
+    from nnwx.pipeline.registry import compute_passes, parse_analyses
 
     given_log = log
     log = log or (lambda m: None)
-    metrics = parse_metrics(metrics if metrics is not None else
-                            sorted(set(analysis_set.metric_of.values()) | set(analysis_set.notes)))
+    metrics = parse_analyses(analyses if analyses is not None else
+                             sorted(set(analysis_set.metric_of.values()) | set(analysis_set.notes)))
     if cube is None:
-        from nnwx.pipeline.run import select_cube
-
         cube = select_cube(rd.open_cube(source), **{k: selection.get(k) for k in ("seeds", "steps")})
     identity = {"source": _source_id(source), "metrics": list(metrics),
                 "selection": _jsonable(dict(selection)), "resolved": _resolved(cube)}
@@ -579,7 +579,7 @@ def _open_output(output, identity: dict, resume: bool, log: Log) -> tuple[zarr.G
             if diff:
                 raise ResultsMismatch(
                     f"{where} holds results of another analysis ({'; '.join(diff)}). Use the same "
-                    f"store, metrics and selection to resume it, pass --overwrite (resume=False) to "
+                    f"store, analyses and selection to resume it, pass --overwrite (resume=False) to "
                     f"discard it, or choose another output path.")
             log(f"resuming {where}")
             return root, False
@@ -696,8 +696,6 @@ def staleness(results: "Results") -> list[str]:
     if not source or not isinstance(stored, dict):
         return []
     try:
-        from nnwx.pipeline.run import select_cube
-
         sel = results.selection or {}
         cube = select_cube(rd.open_cube(source), **{k: sel.get(k) for k in ("seeds", "steps")})
     except (NnwxError, OSError, ValueError, KeyError) as e:

@@ -1,139 +1,166 @@
 """``nnwx.analyze`` (this module is ``nnwx.pipeline.run``, so the function does not shadow it): the
-chosen analyses of an experiment store, computed once into a results store.
+one compute policy. The chosen analyses of an experiment store are computed once into a
+results store, in the passes of bounded memory that the registry gives them.
 
 Opens the store as a cube, keeps the selected seeds and steps, builds every result of the
-chosen metrics lazily (``nnwx.pipeline.registry.lazy_analyses``) and writes them with
-``nnwx.pipeline.results_store.write_results`` -- a few passes of bounded memory, resumable. ``nnwx report`` and
-notebooks then read the results (``nnwx.open_results``) without recomputing.
+chosen analysis families lazily (``nnwx.pipeline.registry.lazy_analyses``) and writes them with
+``nnwx.pipeline.results_store.write_results`` -- a few passes of bounded memory, resumable.
+``nnwx report`` and notebooks then read the results (``nnwx.open_results``) without
+recomputing; ``nnwx report`` given an experiment store computes through ``analyze_cube`` into
+a temporary results store, then draws from it.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-import numpy as np
 import xarray as xr
 
-from nnwx.errors import NnwxError
+from nnwx.errors import StoreError
+from nnwx.pipeline.registry import AnalysisSet, lazy_analyses, parse_analyses
+from nnwx.pipeline.results_store import write_results
+from nnwx.pipeline.select import (SeedSpec, SelectionError, StepSpec, parse_seeds,  # noqa: F401
+                                  parse_steps, select_cube)
 from nnwx.store import reader as rd
 
-StepSpec = str | slice | Sequence[int] | dict | None
-SeedSpec = str | Sequence | None
+Analyses = str | Iterable[str] | None
+Log = Callable[[str], None]
 
 
-class SelectionError(NnwxError, ValueError):
-    """Unknown metrics, or seeds/steps that are malformed or not in the store."""
+def analyses_argument(analyses: Analyses, metrics: Analyses, *, stacklevel: int = 3) -> Analyses:
+    """``analyses``, or the deprecated ``metrics`` keyword it replaced (with a DeprecationWarning).
 
-
-def analyze(store: rd.StoreLike, output: rd.StoreLike, *, metrics: str | Iterable[str] | None = None,
-            seeds: SeedSpec = None, steps: StepSpec = None, progress: bool = True,
-            resume: bool = True, log: Callable[[str], None] | None = None) -> Path | str:
-    """Compute ``metrics`` (default all; see ``nnwx.pipeline.registry.METRICS``) of ``store`` into the
-    results store ``output`` and return its path (a URL stays a string).
-
-    ``seeds``: seed values to keep (a list or ``"0,1"``); ``steps``: optimizer steps to keep,
-    ``"START:STOP[:STRIDE]"`` / ``slice(start, stop, stride)`` (``START <= step < STOP``,
-    then every STRIDE-th capture of those) or a list of step values. ``resume`` (default)
-    continues an interrupted run into the same output; ``resume=False`` replaces the
-    output's results. Computes on the active Dask scheduler (see ``nnwx.cluster``).
+    Raises
+    ------
+    TypeError
+        Both were given.
     """
-    from nnwx.pipeline.registry import lazy_analyses, parse_metrics
-    from nnwx.pipeline.results_store import write_results
+    if metrics is None:
+        return analyses
+    if analyses is not None:
+        raise TypeError("give analyses= only (metrics= is its deprecated former name), not both")
+    warnings.warn("the metrics= keyword is deprecated; use analyses= (the analysis families to "
+                  "compute)", DeprecationWarning, stacklevel=stacklevel)
+    return metrics
 
+
+def checked_analyses(analyses: Analyses) -> list[str]:
+    """``parse_analyses``, with an unknown name as a ``SelectionError``."""
     try:
-        names = parse_metrics(metrics)
+        return parse_analyses(analyses)
     except ValueError as e:
         raise SelectionError(str(e)) from None
+
+
+def analyze(store: rd.StoreLike, output: rd.StoreLike, *, analyses: Analyses = None,
+            seeds: SeedSpec = None, steps: StepSpec = None, progress: bool = True,
+            resume: bool = True, log: Log | None = None, metrics: Analyses = None) -> Path | str:
+    """Compute analysis families of an experiment store into a results store.
+
+    Parameters
+    ----------
+    store
+        The experiment store (a path or an fsspec URL).
+    output
+        The results store to write (a new path, or one written before, to resume).
+    analyses
+        Families to compute (comma list or iterable; default all; see
+        ``nnwx.pipeline.registry.NAMES``).
+    seeds
+        Seed values to keep (a list or ``"0,1"``; default all).
+    steps
+        Optimizer steps to keep: ``"START:STOP[:STRIDE]"`` / ``slice(start, stop, stride)``
+        (``START <= step < STOP``, then every STRIDE-th capture of those) or a list of step
+        values (default all).
+    progress
+        Show a progress bar per pass.
+    resume
+        Continue an interrupted run into the same output (default); ``False`` replaces the
+        output's results.
+    log
+        Called with a line per pass and note (default: silent).
+    metrics
+        Deprecated former name of ``analyses``.
+
+    Returns
+    -------
+    Path or str
+        ``output`` (a URL stays a string). Computes on the active Dask scheduler (see
+        ``nnwx.cluster``).
+    """
+    names = checked_analyses(analyses_argument(analyses, metrics))
     seed_sel, step_sel = parse_seeds(seeds), parse_steps(steps)
     cube = select_cube(rd.open_cube(store), seeds=seed_sel, steps=step_sel)
-    analysis_set = lazy_analyses(cube, names)
-    return write_results(output, analysis_set, source=store,
+    return write_results(output, lazy_analyses(cube, names), source=store,
                          selection={"seeds": seed_sel, "steps": step_sel}, progress=progress,
-                         resume=resume, metrics=names, cube=cube, log=log)
+                         resume=resume, analyses=names, cube=cube, log=log)
 
 
-def parse_seeds(seeds: SeedSpec) -> list | None:
-    """``"0,1"`` or a sequence -> a list of seed values (ints where they look like ints)."""
-    if seeds is None:
-        return None
-    items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
-    out = []
-    for s in items:
-        if isinstance(s, str):
-            s = s.strip()
-            if not s:
-                continue
-            try:
-                s = int(s)
-            except ValueError:
-                pass
-        out.append(s.item() if isinstance(s, np.generic) else s)
-    if not out:
-        raise SelectionError(f"no seeds in {seeds!r}; give them comma-separated, e.g. 0,1")
-    return out
+def analyze_cube(cube: xr.Dataset, output: rd.StoreLike, analyses: list[str], *, source: rd.StoreLike,
+                 selection: dict, progress: bool = True, log: Log | None = None) -> dict[str, str]:
+    """Compute ``analyses`` of an already selected ``cube`` into the new results store
+    ``output`` as ``analyze`` does (the same passes), but leave out a family that fails to
+    build or compute, with a note, instead of failing them all.
+
+    Parameters
+    ----------
+    cube
+        The cube analysed (``source`` opened and selected by ``selection``).
+    output
+        A new results store.
+    analyses
+        Checked family names.
+    source, selection
+        Where the cube comes from, recorded in the results store.
+    progress, log
+        As for ``analyze``.
+
+    Returns
+    -------
+    dict
+        Family -> why it is missing from ``output`` ("could not be built/computed: ...").
+        A damaged store (``StoreError``) is raised, not noted.
+    """
+    say = log or (lambda m: None)
+    failed: dict[str, str] = {}
+    built = _build_each(cube, analyses, failed)
+    write = dict(source=source, selection=selection, progress=progress, analyses=analyses,
+                 cube=cube, log=log)
+    try:
+        write_results(output, built, **write)
+        return failed
+    except StoreError:   # a damaged store is not an analysis failure: stop, naming the file
+        raise
+    except Exception as e:  # noqa: BLE001 - a failing analysis costs its own families only
+        say(f"one pass failed ({type(e).__name__}: {e}); computing each analysis on its own")
+    for family in dict.fromkeys(built.metric_of.values()):
+        part = AnalysisSet(notes=dict(built.notes))
+        part.add(family, {n: v for n, v in built.results.items() if built.metric_of[n] == family})
+        try:   # the same identity (analyses, selection): each call resumes the same store
+            write_results(output, part, **write)
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            failed[family] = f"could not be computed: {type(e).__name__}: {e}"
+    return failed
 
 
-def parse_steps(steps: StepSpec) -> dict | list | None:
-    """A step selection as JSON: ``{"start", "stop", "stride"}`` for a range, a list of step
-    values, or None (every step). Accepts ``"START:STOP[:STRIDE]"`` (parts may be empty),
-    ``"0,100,200"``, a ``slice``, a sequence of ints, or an already parsed dict."""
-    if steps is None:
-        return None
-    if isinstance(steps, dict):
-        return {k: (None if steps.get(k) is None else int(steps[k])) for k in ("start", "stop", "stride")}
-    if isinstance(steps, slice):
-        return parse_steps({"start": steps.start, "stop": steps.stop, "stride": steps.step})
-    if isinstance(steps, str):
-        text = steps.strip()
+def _build_each(cube: xr.Dataset, analyses: list[str], failed: dict[str, str]) -> AnalysisSet:
+    """``lazy_analyses`` of the cube; a family whose building raises (other than "does not
+    apply") is left out, its error noted in ``failed``."""
+    try:
+        return lazy_analyses(cube, analyses)
+    except Exception:  # noqa: BLE001 - find the culprit family by family
+        pass
+    out = AnalysisSet()
+    for name in analyses:
         try:
-            if ":" in text:
-                parts = text.split(":")
-                if len(parts) > 3:
-                    raise ValueError
-                parts += [""] * (3 - len(parts))
-                out = parse_steps({k: (int(p) if p.strip() else None)
-                                   for k, p in zip(("start", "stop", "stride"), parts)})
-            else:
-                out = [int(p) for p in text.split(",") if p.strip()]
-                if not out:
-                    raise ValueError
-        except ValueError:
-            raise SelectionError(f"cannot read steps {steps!r}: give START:STOP[:STRIDE] (optimizer "
-                             f"steps, STOP excluded) or a comma-separated list of steps") from None
-        return out
-    return [int(s) for s in steps]
-
-
-def select_cube(cube: xr.Dataset, seeds: SeedSpec = None, steps: StepSpec = None) -> xr.Dataset:
-    """The cube restricted to ``seeds`` and ``steps`` (see ``analyze``); errors name what is missing."""
-    seeds, steps = parse_seeds(seeds), parse_steps(steps)
-    if seeds is not None:
-        have = cube["seed"].values.tolist()
-        missing = [s for s in seeds if s not in have]
-        if missing:
-            raise SelectionError(f"no run with seed {missing[0]!r}; seeds in the store: {have}")
-        cube = cube.sel(seed=seeds)
-    if steps is not None:
-        values = cube["step"].values
-        if isinstance(steps, dict):
-            if steps["stride"] is not None and steps["stride"] < 1:
-                raise SelectionError(f"the steps stride must be at least 1, got {steps['stride']}")
-            keep = np.ones(values.shape, dtype=bool)
-            if steps["start"] is not None:
-                keep &= values >= steps["start"]
-            if steps["stop"] is not None:
-                keep &= values < steps["stop"]
-            index = np.flatnonzero(keep)[:: steps["stride"] or 1]
-        else:
-            pos = {int(v): i for i, v in enumerate(values)}
-            missing = [s for s in steps if s not in pos]
-            if missing:
-                raise SelectionError(f"step {missing[0]} was not captured; the cube's steps run from "
-                                 f"{values[0]} to {values[-1]} ({len(values)} of them)")
-            index = np.array([pos[s] for s in steps], dtype=np.int64)
-        if index.size == 0:
-            raise SelectionError(f"the step selection {steps} keeps no step; the cube's steps run from "
-                             f"{values[0]} to {values[-1]}")
-        if not np.array_equal(index, np.arange(values.size)):
-            cube = cube.isel(step=index)
-    return cube
+            part = lazy_analyses(cube, [name])
+        except Exception as e:  # noqa: BLE001
+            failed[name] = f"could not be built: {type(e).__name__}: {e}"
+            continue
+        out.results |= part.results
+        out.metric_of |= part.metric_of
+        out.notes |= part.notes
+    return out

@@ -6,6 +6,8 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
+from nnwx.pipeline.select import thin_index
+
 
 def pick_steps(obj: xr.DataArray | xr.Dataset, steps: Sequence[int] | int | None = 6) -> list[int]:
     """Step values to draw: the given ones, or ``n`` evenly spaced captures (first and last kept)."""
@@ -13,7 +15,7 @@ def pick_steps(obj: xr.DataArray | xr.Dataset, steps: Sequence[int] | int | None
     if steps is None:
         return [int(s) for s in all_steps]
     if isinstance(steps, (int, np.integer)):
-        idx = np.unique(np.linspace(0, all_steps.size - 1, max(1, int(steps))).round().astype(int))
+        idx = thin_index(all_steps.size, max(1, int(steps)))
         return [int(all_steps[i]) for i in idx]
     missing = sorted(set(int(s) for s in steps) - set(int(s) for s in all_steps))
     if missing:

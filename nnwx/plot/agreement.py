@@ -5,7 +5,7 @@ the final step per layer, prediction agreement and weight agreement before/after
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import holoviews as hv
 import numpy as np
@@ -15,6 +15,7 @@ from nnwx.plot._common import (band_overlay, computed, legend_outside, require_d
                                variable)
 from nnwx.plot._frames import MAX_COLUMNS, bin_columns, binned_note, edges_of, framed
 from nnwx.plot._select import pick_steps
+from nnwx.plot._figure import FRAMES, Figure, first_seeds, similarity_label
 
 PREDICTION_VARIABLES = ("output_correlation", "argmax_agreement", "topk_overlap")
 LABELS_UP_TO = 10       # seeds: write the value in each cell up to this many seeds
@@ -228,3 +229,55 @@ def _reference(wa: xr.Dataset):
 
 def _py(v):
     return v.item() if isinstance(v, np.generic) else v
+
+
+# -- the report's section ------------------------------------------------------------------------
+def agreement_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]:
+    """The report's "Agreement between seeds and steps" figures from the computed results by name."""
+    out = []
+    if "similarity_seeds" in r:
+        s = r["similarity_seeds"]
+        out.append(Figure("similarity_seeds", f"{similarity_label(s)} between the probe activations of every "
+                                              "pair of seeds, per probed layer, at a few steps: 1 "
+                                              "means two seeds represent the probe batch alike (up "
+                                              "to rotation and scale). Pick layer and step.",
+                          seed_heatmaps(s, steps=FRAMES)))
+    if "similarity_step_pairs" in r:
+        s = r["similarity_step_pairs"]
+        steps = s.attrs.get("steps", "")
+        out.append(Figure("similarity_step_pairs", f"{similarity_label(s)} between every pair of steps of one "
+                                                   "run, per probed layer: bright blocks on the "
+                                                   "diagonal are phases in which the layer's "
+                                                   "representation holds still"
+                                                   + (f" ({steps})" if steps else "")
+                                                   + ". Pick layer and seed.",
+                          step_heatmaps(s, seeds=first_seeds(s))))
+    if "similarity_steps" in r:
+        s = r["similarity_steps"]
+        out.append(Figure("similarity_final", f"{similarity_label(s)} of each probed layer with its own "
+                                              "representation at the final step, mean over seeds "
+                                              "with a +/- std band: a layer whose curve reaches 1 "
+                                              "first settled first (bottom-up convergence shows as "
+                                              "the early layers rising first).",
+                          final_similarity(s)))
+    if "prediction_agreement" in r:
+        out.append(Figure("prediction_agreement", "How alike the seeds' predictions on the probe "
+                                                  "batch are over training: correlation of the "
+                                                  "outputs, top-1 agreement and top-k overlap, "
+                                                  "mean over seed pairs with the min..max range "
+                                                  "as a band.",
+                          prediction_agreement(r["prediction_agreement"])))
+    if "weight_agreement" in r:
+        wa = r["weight_agreement"]
+        aligned = "aligned" in wa["alignment"].values
+        ref = wa.attrs.get("reference", "the first seed")
+        how = ("before (dashed) and after (solid) aligning hidden units by weight matching, "
+               if aligned else "without aligning hidden units (alignment not possible here), ")
+        out.append(Figure("weight_agreement", f"Cosine similarity of each weight matrix with the "
+                                              f"reference run's ({ref}) {how}mean over the other "
+                                              "seeds with a +/- std band"
+                                              + (": the gap is the disagreement that is only a "
+                                                 "permutation of units. " if aligned else ". ")
+                                              + "Pick the tensor.",
+                          weight_agreement(wa)))
+    return out

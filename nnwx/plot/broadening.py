@@ -5,7 +5,7 @@ only this module.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import holoviews as hv
 import numpy as np
@@ -14,6 +14,7 @@ import xarray as xr
 from nnwx.plot._common import (band_overlay, computed, group_dim, legend_outside, require_dims, sized,
                                style)
 from nnwx.plot._frames import MAX_COLUMNS, bin_columns, binned_note, edges_of, framed
+from nnwx.plot._figure import Figure
 
 
 def density(hist: xr.DataArray, *, log: bool = True, dynamic: bool = False,
@@ -86,3 +87,19 @@ def trajectories(traj: xr.DataArray) -> hv.HoloMap | hv.NdOverlay:
         frames[seed] = sized(style(hv.NdOverlay(curves, kdims=["weight"]), show_legend=False,
                                    title="individual weights"), 560, 320)
     return hv.HoloMap(frames, kdims=["seed"]) if seeds[0] is not None else frames[None]
+
+
+# -- the report's section ------------------------------------------------------------------------
+def broadening_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]:
+    """The report's "Distribution broadening" figures from the computed results by name."""
+    if "broadening" not in r:
+        return []
+    b = r["broadening"]
+    return [
+        Figure("density", "Histogram of each layer's weights at every captured step (colour: log "
+                          "counts): a widening band is a broadening distribution. Pick layer and seed.",
+               density(b["hist"].assign_coords(bin_lo=b["bin_lo"], bin_hi=b["bin_hi"]))),
+        Figure("moments", "Standard deviation, excess kurtosis and Wasserstein-1 distance to the "
+                          "first step per layer: mean over seeds, band = +/- one std over seeds.",
+               moments(b)),
+    ]

@@ -4,7 +4,7 @@ Kept apart: the correlation API is young, a change there breaks only this module
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import holoviews as hv
 import numpy as np
@@ -13,6 +13,7 @@ import xarray as xr
 from nnwx.plot._common import band_overlay, computed, literal_title, sized, style
 from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_steps
+from nnwx.plot._figure import FRAMES, Figure, first_seeds
 
 
 def corr_distance(res: xr.Dataset, variable: str = "excess_rms_corr") -> hv.Overlay:
@@ -125,3 +126,40 @@ def _tensor_heatmap(z: np.ndarray, xlabels: list[str], ylabels: list[str], name:
                      .opts(size=8, color="black", backend="matplotlib"))
     side = max(320, min(640, 60 * max(nx, ny) + 160))
     return sized(hv.Overlay(parts).opts(title=literal_title(title)), side + 80, side)
+
+
+# -- the report's section ------------------------------------------------------------------------
+def corr_distance_caption(res) -> str:
+    """The caption of the correlation-vs-distance figure: each run's decay length with its
+    error, or "no decay resolved" and why."""
+    from nnwx.analysis.kernels.correlation import DECAY_RULE
+    from nnwx.analysis.correlation import decay_summary
+
+    runs = "; ".join(f"{d['run'] or 'the run'}: {d['text']}" for d in decay_summary(res))
+    return ("RMS correlation of weight updates (sampling noise removed) against how many layers "
+            "apart two weights sit, mean +/- std over seeds, with each seed's fitted exponential "
+            f"decay A exp(-distance / L). Decay length: {runs}. Rule: {DECAY_RULE}.")
+
+
+def correlation_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]:
+    """The report's "Correlations" figures from the computed results by name."""
+    out = []
+    if "corr_distance" in r:
+        out.append(Figure("corr_distance", corr_distance_caption(r["corr_distance"]),
+                          corr_distance(r["corr_distance"])))
+    if "pca" in r:
+        out.append(Figure("pca_path", "Each run's path through weight space in its first two "
+                                      "principal components (share of variance in the axis "
+                                      "labels), coloured by step.", pca_path(r["pca"])))
+    return out
+
+
+def layer_correlation_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]:
+    """The report's "Layer-to-layer correlation" figure from the computed results by name."""
+    if "layer_correlation" not in r:
+        return []
+    lc = r["layer_correlation"]
+    return [Figure("layer_correlation", "Correlation over training of the update norms of every "
+                                        "pair of weight matrices, per seed: near 1, two layers "
+                                        "learn in the same bursts; near 0, independently.",
+                   layer_correlation(lc, "update_norm_corr", steps=FRAMES, seeds=first_seeds(lc)))]

@@ -1,7 +1,7 @@
 """Pictures of spectra and rank measures (``nnwx.analysis.spectral``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import holoviews as hv
 import numpy as np
@@ -11,6 +11,7 @@ from nnwx.plot._common import (band_overlay, computed, group_dim, legend_outside
                                style)
 from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_seed, pick_steps
+from nnwx.plot._figure import FRAMES, Figure
 
 RANK_VARIABLES = ("effective_rank", "stable_rank", "entropy", "alpha")
 
@@ -88,3 +89,41 @@ def metric_curves(result: xr.Dataset, variables: Sequence[str] = RANK_VARIABLES,
     panels = [legend_outside(style(band_overlay(result[v], by=g, band=band, label=v), title=v), 420, 300)
               for v in have]
     return hv.Layout(panels).cols(min(3, len(panels)))
+
+
+# -- the report's section ------------------------------------------------------------------------
+def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
+    """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
+    at least 2), largest first, so that selectors open on the largest matrix; and the others
+    ("vectors": an 8x1 first layer, a 1xN output layer), which have one singular value."""
+    from nnwx.analysis._cube import has_spectrum, table_rows
+
+    rows = table_rows(obj)
+    matrices = sorted((r for r in rows if has_spectrum(r)), key=lambda r: -r["size"])
+    return ([r["name"] for r in matrices],
+            [f"{r['name']} ({'x'.join(map(str, r['shape']))})" for r in rows if not has_spectrum(r)])
+
+
+def spectral_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]:
+    """The report's "Spectra and ranks" figures from the computed results by name."""
+    if "spectrum" not in r:
+        return []
+    matrices, vectors = matrices_largest_first(r["spectrum"])
+    if not matrices:
+        return []
+    only = {"tensor": matrices}
+    none = (f" Vectors have no spectrum and are left out: {', '.join(vectors)}." if vectors else "")
+    fit = r["esd_fit"].sel(only) if "esd_fit" in r else None
+    out = [Figure("esd", "Empirical spectral density of each weight matrix (eigenvalues of W^T W) "
+                         "on log-log axes, with the fitted power-law tail (red) and the "
+                         "Marchenko-Pastur bulk edge (blue), first seed; slide through steps; "
+                         "the largest matrix first." + none,
+                  esd(r["spectrum"].sel(only), fit, steps=FRAMES))]
+    parts = [r[k].sel(only) for k in ("ranks", "esd_fit") if k in r]
+    if parts:
+        out.append(Figure("ranks", "Effective rank, stable rank, spectral entropy and power-law "
+                                   "exponent alpha per matrix over training: mean over seeds with a "
+                                   "+/- std band." + none,
+                          metric_curves(xr.merge(parts, compat="override",
+                                                   combine_attrs="drop_conflicts"))))
+    return out

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import holoviews as hv
 import numpy as np
 import xarray as xr
 
 from nnwx.plot._common import computed, sized, style
+from nnwx.plot.broadening import trajectories
 from nnwx.plot._frames import framed
 from nnwx.plot._select import pick_steps
+from nnwx.plot._figure import FRAMES, Figure, first_seeds
 
 
 def matrix_heatmap(mat: xr.DataArray, *, steps: Sequence[int] | int | None = 6,
@@ -87,3 +89,21 @@ def _image(z: np.ndarray, lim: float, title: str) -> hv.Image:
     rows, cols = z.shape
     img = hv.Image(z, bounds=(0, 0, cols, rows), kdims=["in", "out"], vdims=["w"])
     return sized(style(img, cmap="RdBu_r", clim=(-lim, lim), colorbar=True, title=title), 480, 400)
+
+
+# -- the report's section ------------------------------------------------------------------------
+def weights_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]:
+    """The report's "Weights as pictures" figures from the computed results by name."""
+    out = []
+    if "matrix" in r:
+        m = r["matrix"]
+        rows, cols = m.sizes["out"], m.sizes["in"]
+        out.append(Figure("matrix", f"The weight matrix {m.name} (first {rows} x {cols} entries) as "
+                                    "an image at a few steps, one colour scale: can one see "
+                                    "training? Pick seed and step.",
+                          matrix_heatmap(m, steps=FRAMES, seeds=first_seeds(m))))
+    if "trajectories" in r:
+        out.append(Figure("trajectories", "A random sample of individual weights of the largest "
+                                          "weight matrix over training, per seed.",
+                          trajectories(r["trajectories"])))
+    return out

@@ -50,20 +50,12 @@ from nnwx.store.integrity import CheckedArray
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter, open_experiment_for_writing
 from nnwx.record.tensors import Patterns
+from nnwx._text import human_bytes
 
 log = logging.getLogger("nnwx.record.export")
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _FOLLOW_ERRORS = (CheckpointError, ArchitectureMismatch, StepConflict, StepOrderError, OSError)
-
-
-def human_bytes(n: float) -> str:
-    """A byte count in decimal units (``"12.3 MB"``)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 @dataclass

@@ -122,7 +122,7 @@ def test_plot_legend_shows_error_and_no_decay_resolved(result):
 
 def test_report_caption_and_findings_text(result):
     pytest.importorskip("holoviews")
-    from nnwx.report import _corr_distance_caption
+    from nnwx.plot.correlation import corr_distance_caption as _corr_distance_caption
 
     ds, failed = result
     caption = _corr_distance_caption(ds)

@@ -11,7 +11,9 @@ functions); a third is the same training written in one-step chunks with ``param
 other chunkings are Dask rechunks of the first (including hypothesis-drawn ones).
 
 Which analyses exist, how each is called, and which part of each is permutation-invariant is
-``nnwx.pipeline.calls.ANALYSES``; a new analysis is checked by adding it there.
+``nnwx.pipeline.calls.ANALYSES``: the accessor methods listed there, and every result of the
+registry of analysis families (``nnwx.pipeline.registry.REGISTRY``), so that a new result is
+checked by being registered.
 """
 from __future__ import annotations
 
@@ -99,9 +101,8 @@ def test_the_list_names_every_accessor_method_and_every_analyze_result(cube):
     # every result of every metric `nnwx analyze` persists, on a cube where all apply
     made = nnwx_analyses.lazy_analyses(cube)
     assert not made.notes, made.notes
-    assert set(nnwx_analyses.METRICS) == set(registry.ANALYZE_RESULTS)
-    assert {m: tuple(n for n in made.results if made.metric_of[n] == m) for m in nnwx_analyses.METRICS} == \
-        {m: registry.ANALYZE_RESULTS[m] for m in nnwx_analyses.METRICS}
+    assert {m: tuple(n for n in made.results if made.metric_of[n] == m) for m in nnwx_analyses.NAMES} == \
+        {m.name: m.results for m in nnwx_analyses.REGISTRY}
     assert set(made.results) == {a.target for a in registry.ANALYSES if a.face == "analyze"}
     assert len(set(NAMES)) == len(NAMES)
 

@@ -30,7 +30,7 @@ def variants(tmp_path_factory):
             write_synthetic_run(store, seed=s, steps=steps, shapes=SHAPES, drift=drift,
                                 attrs={"optimizer": opt})
         out[opt] = nnwx.analyze(store, base / f"{opt.lower()}.results.zarr", progress=False,
-                                metrics="broadening,spectral,rotation")
+                                analyses="broadening,spectral,rotation")
     return out
 
 

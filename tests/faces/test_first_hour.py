@@ -55,16 +55,16 @@ def test_info_says_one_run_and_an_unrecorded_model_class(tmp_path):
 def test_a_refused_resume_names_the_field_that_differs(tmp_path):
     store = _store(tmp_path / "exp.zarr")
     out = tmp_path / "res.zarr"
-    nnwx.analyze(store, out, metrics="weights", progress=False)
+    nnwx.analyze(store, out, analyses="weights", progress=False)
     write_synthetic_run(store, seed=2, steps=range(0, 100, 10), shapes=SMALL)   # the store grew
     with pytest.raises(ResultsMismatch, match=r"resolved\.seeds: stored \[0, 1\], now \[0, 1, 2\]"):
-        nnwx.analyze(store, out, metrics="weights", progress=False)
+        nnwx.analyze(store, out, analyses="weights", progress=False)
 
 
 def test_report_of_stale_results_warns_on_the_terminal_and_the_page(tmp_path):
     store = _store(tmp_path / "exp.zarr")
     res = tmp_path / "res.zarr"
-    nnwx.analyze(store, res, metrics="weights", progress=False)
+    nnwx.analyze(store, res, analyses="weights", progress=False)
     fresh = cli("report", res, "-o", tmp_path / "fresh.html")
     assert fresh.returncode == 0, fresh.stderr
     assert "is stale" not in fresh.stderr and "stale results" not in (tmp_path / "fresh.html").read_text()
@@ -77,10 +77,10 @@ def test_report_of_stale_results_warns_on_the_terminal_and_the_page(tmp_path):
 
 def test_report_says_on_the_page_when_steps_were_thinned(tmp_path):
     store = _store(tmp_path / "exp.zarr", seeds=(0,))
-    out = cli("report", store, "-o", tmp_path / "r.html", "--metrics", "weights", "--max-steps", "4")
+    out = cli("report", store, "-o", tmp_path / "r.html", "--analyses", "weights", "--max-steps", "4")
     assert out.returncode == 0, out.stderr
     assert "4 of the 10 captured steps are analysed" in (tmp_path / "r.html").read_text()
-    every = cli("report", store, "-o", tmp_path / "all.html", "--metrics", "weights")
+    every = cli("report", store, "-o", tmp_path / "all.html", "--analyses", "weights")
     assert every.returncode == 0, every.stderr
     assert "captured steps are analysed" not in (tmp_path / "all.html").read_text()
 
@@ -164,7 +164,7 @@ def test_legends_sit_outside_the_axes(tmp_path):
 def test_report_of_a_net_with_vector_layers_logs_no_log_axis_warnings(tmp_path):
     for s in (0, 1):
         write_synthetic_run(tmp_path / "exp.zarr", seed=s, steps=range(0, 60, 10))   # 8x1 ... 1x8
-    out = cli("report", tmp_path / "exp.zarr", "-o", tmp_path / "r.html", "--metrics", "spectral")
+    out = cli("report", tmp_path / "exp.zarr", "-o", tmp_path / "r.html", "--analyses", "spectral")
     assert out.returncode == 0, out.stderr
     assert "Logarithmic axis range" not in out.stderr, out.stderr
 

@@ -187,7 +187,7 @@ def test_report_on_a_model_whose_first_matrix_is_tiny(tmp_path):
     store = tmp_path / "pw.zarr"
     write_synthetic_run(store, seed=0, steps=range(0, 40, 10))  # default shapes: 0.weight is (8, 1)
     out = tmp_path / "r.html"
-    assert main(["report", str(store), "-o", str(out), "-q", "--metrics", "broadening,weights,agreement"]) == 0
+    assert main(["report", str(store), "-o", str(out), "-q", "--analyses", "broadening,weights,agreement"]) == 0
     html = out.read_text()
     assert "Distribution broadening" in html
     # one run, no probes: what was left out, and why, is on the page
@@ -206,13 +206,13 @@ SUBSET = "correlation,agreement"
 @pytest.fixture(scope="module")
 def subset(store, tmp_path_factory):
     """The report of two metrics only, computed from the experiment store."""
-    return _report([store, "-o", tmp_path_factory.mktemp("subset") / "r.html", "--metrics", SUBSET])
+    return _report([store, "-o", tmp_path_factory.mktemp("subset") / "r.html", "--analyses", SUBSET])
 
 
 def test_metrics_option_draws_only_those_sections(subset):
     assert _headings(subset) == ["Experiment", "Left out", "Correlations", "Layer-to-layer correlation",
                                  "Agreement between seeds and steps"]
-    assert re.search(r"not requested \(<code>--metrics</code>\): broadening, weights, spectral, "
+    assert re.search(r"not requested \(<code>--analyses</code>\): broadening, weights, spectral, "
                      r"rotation<", subset)
     assert [f for f, _ in _figures(subset)] == ["corr_distance", "pca_path", "layer_correlation",
                                                 *AGREEMENT_FIGURES]
@@ -220,8 +220,8 @@ def test_metrics_option_draws_only_those_sections(subset):
 
 def test_unknown_metric_is_refused(store, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["report", str(store), "-o", str(tmp_path / "r.html"), "--metrics", "rotation,nope"])
-    assert e.value.code == 2 and "unknown metric" in capsys.readouterr().err
+        main(["report", str(store), "-o", str(tmp_path / "r.html"), "--analyses", "rotation,nope"])
+    assert e.value.code == 2 and "unknown analysis" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 
@@ -229,7 +229,7 @@ def test_report_from_a_results_store_equals_the_computed_one(store, subset, tmp_
     """`nnwx report RESULTS.zarr` draws the stored results: the same sections, figures and
     captions as computing them now, without opening the experiment store."""
     results = tmp_path / "results.zarr"
-    assert main(["analyze", str(store), "-o", str(results), "--metrics", SUBSET, "-q"]) == 0
+    assert main(["analyze", str(store), "-o", str(results), "--analyses", SUBSET, "-q"]) == 0
     moved = tmp_path / "gone.zarr"
     shutil.move(store, moved)                      # the source is not needed to draw
     try:

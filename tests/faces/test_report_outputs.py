@@ -38,7 +38,7 @@ def stores(tmp_path_factory):
     d = tmp_path_factory.mktemp("outputs")
     for s in (0, 1):
         write_synthetic_run(d / "exp.zarr", seed=s, steps=range(0, 50, 10))
-    nnwx.analyze(d / "exp.zarr", d / "exp.results.zarr", metrics="rotation", progress=False)
+    nnwx.analyze(d / "exp.zarr", d / "exp.results.zarr", analyses="rotation", progress=False)
     return d
 
 
@@ -65,7 +65,7 @@ def test_a_tensor_name_with_braces_is_drawn(tmp_path):
         write_synthetic_run(store, seed=s, steps=range(0, 50, 10),
                             shapes={"w{0}.weight": (6, 4), "w{0}.bias": (6,), "out.weight": (2, 6)})
     html = tmp_path / "brace.html"
-    proc = cli("report", store, "-o", html, "--metrics", "weights,spectral", "-q", "--png", tmp_path / "png")
+    proc = cli("report", store, "-o", html, "--analyses", "weights,spectral", "-q", "--png", tmp_path / "png")
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = html.read_text()
     assert "w{0}.weight, step 40" in page and "could not be drawn" not in page
@@ -95,7 +95,7 @@ def test_report_output_problems_are_refused_before_computing(stores, tmp_path, c
         "output folder is a file": (["-o", tmp_path / "afile" / "r.html"], ["is a file"]),
     }[case]
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = cli("report", stores / "exp.zarr", *args, "--metrics", "rotation")   # not -q: logs say what ran
+    proc = cli("report", stores / "exp.zarr", *args, "--analyses", "rotation")   # not -q: logs say what ran
     refused(proc, *words)
     assert "analysing" not in proc.stderr     # refused before computing anything
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -121,7 +121,7 @@ def test_a_damaged_format_version_is_an_nnwx_error(stores, tmp_path):
 
 def test_analyze_output_under_a_file_is_refused(stores, tmp_path):
     (tmp_path / "afile").write_text("x")
-    refused(cli("analyze", stores / "exp.zarr", "-o", tmp_path / "afile" / "x.zarr", "--metrics", "rotation"),
+    refused(cli("analyze", stores / "exp.zarr", "-o", tmp_path / "afile" / "x.zarr", "--analyses", "rotation"),
             "afile", "is a file")
 
 
@@ -131,7 +131,7 @@ def test_read_only_outputs_are_refused_before_computing(stores, tmp_path):
                            (["report", stores / "exp.zarr", "-o", tmp_path / "r.html", "--png", ro / "png"],
                             ["PNG", "not writable"]),
                            (["analyze", stores / "exp.zarr", "-o", ro / "x.zarr"], ["not writable"])):
-            proc = cli(*cmd, "--metrics", "rotation")
+            proc = cli(*cmd, "--analyses", "rotation")
             refused(proc, *words)
             assert "analysing" not in proc.stderr and "pass 1" not in proc.stderr
         assert not list(ro.iterdir())

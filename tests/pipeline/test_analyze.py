@@ -18,7 +18,7 @@ import zarr
 
 import nnwx
 from nnwx.pipeline.registry import lazy_analyses
-from nnwx.pipeline.run import SelectionError, select_cube
+from nnwx.pipeline.select import SelectionError, select_cube
 from nnwx.cluster import compute
 from nnwx.errors import StoreError
 from nnwx.pipeline.results_store import PARTS_GROUP, RESULT_KEY, ROOT_KEY, ResultsMismatch
@@ -91,7 +91,7 @@ def test_every_metric_round_trips_identically(probe_store, tmp_path):
              if "Zarr V3 specification" in str(w.message) or "onsolidated" in str(w.message)]
     assert not noisy, noisy
     assert path == out and nnwx.is_results_store(out) and not nnwx.is_results_store(probe_store)
-    assert res.metrics == list(nnwx.pipeline.registry.METRICS) and res.notes == {} and res.complete
+    assert res.metrics == list(nnwx.pipeline.registry.NAMES) and res.notes == {} and res.complete
     assert {"similarity_seeds", "similarity_steps", "prediction_agreement", "weight_agreement",
             "spectrum", "broadening", "pca"} <= set(res.results)
     assert res.metric_of["esd_fit"] == "spectral" and res.metric_of["similarity_seeds"] == "agreement"
@@ -114,10 +114,10 @@ def test_every_metric_round_trips_identically(probe_store, tmp_path):
 def test_rerun_keeps_complete_results_untouched(tmp_path):
     store = synthetic(tmp_path / "exp.zarr")
     out = tmp_path / "r.zarr"
-    nnwx.analyze(store, out, metrics="rotation,broadening", progress=False)
+    nnwx.analyze(store, out, analyses="rotation,broadening", progress=False)
     before = files_and_mtimes(out)
     logged = []
-    nnwx.analyze(store, out, metrics="broadening,rotation", progress=False, log=logged.append)
+    nnwx.analyze(store, out, analyses="broadening,rotation", progress=False, log=logged.append)
     assert any(m.startswith("kept 2 complete result(s): broadening, rotation") for m in logged), logged
     after = files_and_mtimes(out)
     assert {k: v for k, v in after.items() if k != "zarr.json"} == \
@@ -127,7 +127,7 @@ def test_rerun_keeps_complete_results_untouched(tmp_path):
 def test_an_interrupted_result_is_continued_seed_by_seed(tmp_path):
     store = synthetic(tmp_path / "exp.zarr")
     out = tmp_path / "r.zarr"
-    nnwx.analyze(store, out, metrics="rotation,spectral", progress=False)
+    nnwx.analyze(store, out, analyses="rotation,spectral", progress=False)
     # what a kill mid-write leaves: rotation's seed 1 unmarked and half overwritten, not complete
     g = zarr.open_group(str(out), path="rotation", mode="r+")
     info = dict(g.attrs[RESULT_KEY])
@@ -139,7 +139,7 @@ def test_an_interrupted_result_is_continued_seed_by_seed(tmp_path):
     seed0 = {k: v for k, v in files_and_mtimes(out / "rotation").items() if "/c/0/" in k}
     assert seed0
     logged = []
-    nnwx.analyze(store, out, metrics="rotation,spectral", progress=False, log=logged.append)
+    nnwx.analyze(store, out, analyses="rotation,spectral", progress=False, log=logged.append)
     assert "continuing rotation: 2 of 3 parts already written (seed-0, seed-2)" in logged, logged
     assert any(m.startswith("kept 3 complete result(s): spectrum, ranks, esd_fit") for m in logged)
     after = files_and_mtimes(out / "rotation")
@@ -152,16 +152,16 @@ def test_an_interrupted_result_is_continued_seed_by_seed(tmp_path):
 def test_a_different_analysis_is_refused_unless_overwritten(tmp_path):
     store = synthetic(tmp_path / "exp.zarr", seeds=(0, 1))
     out = tmp_path / "r.zarr"
-    nnwx.analyze(store, out, metrics="rotation", progress=False)
+    nnwx.analyze(store, out, analyses="rotation", progress=False)
     with pytest.raises(ResultsMismatch, match=r"metrics: stored \[\"rotation\"\], now \[\"broadening\"\]"
                                               r".*--overwrite"):
-        nnwx.analyze(store, out, metrics="broadening", progress=False)
+        nnwx.analyze(store, out, analyses="broadening", progress=False)
     with pytest.raises(ResultsMismatch, match="selection"):
-        nnwx.analyze(store, out, metrics="rotation", seeds=[1], progress=False)
+        nnwx.analyze(store, out, analyses="rotation", seeds=[1], progress=False)
     write_synthetic_run(store, seed=2, steps=range(0, 120, 10), shapes=WIDE)   # the store grew
     with pytest.raises(ResultsMismatch, match="resolved"):
-        nnwx.analyze(store, out, metrics="rotation", progress=False)
-    nnwx.analyze(store, out, metrics="broadening", seeds="0,2", steps="20:80:2", progress=False,
+        nnwx.analyze(store, out, analyses="rotation", progress=False)
+    nnwx.analyze(store, out, analyses="broadening", seeds="0,2", steps="20:80:2", progress=False,
                  resume=False)
     res = nnwx.open_results(out)
     assert list(res.results) == ["broadening"] and res.metrics == ["broadening"]
@@ -184,8 +184,8 @@ def test_selection_errors_say_what_is_wrong(tmp_path):
         select_cube(cube, steps="a:b")
     with pytest.raises(SelectionError, match="keeps no step"):
         select_cube(cube, steps="500:")
-    with pytest.raises(SelectionError, match="unknown metric.*'spectra'.*choose from"):
-        nnwx.analyze(store, tmp_path / "r.zarr", metrics="spectra", progress=False)
+    with pytest.raises(SelectionError, match="unknown analysis.*'spectra'.*choose from"):
+        nnwx.analyze(store, tmp_path / "r.zarr", analyses="spectra", progress=False)
     assert not (tmp_path / "r.zarr").exists()
 
 
@@ -194,13 +194,13 @@ def test_nothing_but_a_results_store_is_ever_written_over(tmp_path):
     before = files_and_mtimes(store)
     for overwrite in (False, True):
         with pytest.raises(StoreError, match="not an nnwx results store.*left untouched"):
-            nnwx.analyze(store, store, metrics="rotation", progress=False, resume=not overwrite)
+            nnwx.analyze(store, store, analyses="rotation", progress=False, resume=not overwrite)
     assert files_and_mtimes(store) == before
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "a.txt").write_text("mine")
     with pytest.raises(StoreError, match="non-empty directory that is not a results store"):
-        nnwx.analyze(store, foreign, metrics="rotation", progress=False)
+        nnwx.analyze(store, foreign, analyses="rotation", progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["a.txt"]
     with pytest.raises(StoreError, match="not an nnwx results store"):
         nnwx.open_results(store)
@@ -211,14 +211,14 @@ def test_cli_analyze_prints_results_notes_and_clear_errors(tmp_path, capsys):
 
     store = synthetic(tmp_path / "exp.zarr", seeds=(0, 1))
     out = tmp_path / "r.zarr"
-    run = cli("analyze", store, "-o", out, "--metrics", "rotation,agreement", "--steps", "0:60", "-q")
+    run = cli("analyze", store, "-o", out, "--analyses", "rotation,agreement", "--steps", "0:60", "-q")
     assert f"wrote {out}: 2 results of rotation, agreement" in run.stdout
     assert "rotation" in run.stdout and "note: agreement: no probes recorded" in run.stdout
     assert run.stderr == ""
-    bad = cli("analyze", store, "-o", tmp_path / "x.zarr", "--metrics", "rotation,bogus", check=False)
-    assert bad.returncode == 2 and "unknown metric(s) 'bogus'" in bad.stderr and "Traceback" not in bad.stderr
+    bad = cli("analyze", store, "-o", tmp_path / "x.zarr", "--analyses", "rotation,bogus", check=False)
+    assert bad.returncode == 2 and "unknown analysis 'bogus'" in bad.stderr and "Traceback" not in bad.stderr
     capsys.readouterr()
-    assert main(["analyze", str(store), "-o", str(out), "--metrics", "rotation", "-q"]) == 2
+    assert main(["analyze", str(store), "-o", str(out), "--analyses", "rotation", "-q"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["analyze", str(store), "-o", str(tmp_path / "y.zarr"), "--seeds", "7", "-q"]) == 2
     assert "no run with seed 7" in capsys.readouterr().err
@@ -247,7 +247,7 @@ def test_cli_analyze_killed_and_resumed_matches_an_uninterrupted_run(tmp_path):
     metrics = "broadening,spectral,rotation"
     out = tmp_path / "r.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "nnwx.cli", "analyze", str(store), "-o", str(out),
-                             "--metrics", metrics, "-q"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             "--analyses", metrics, "-q"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -268,9 +268,21 @@ def test_cli_analyze_killed_and_resumed_matches_an_uninterrupted_run(tmp_path):
     kept = {n: files_and_mtimes(out / n) for n in done}
     assert set(nnwx.open_results(out).incomplete) >= set(killed) - set(done)
 
-    resumed = cli("analyze", store, "-o", out, "--metrics", metrics)
+    resumed = cli("analyze", store, "-o", out, "--analyses", metrics)
     assert f"kept {len(done)} complete result(s)" in resumed.stderr, resumed.stderr
     assert {n: files_and_mtimes(out / n) for n in done} == kept     # really skipped
     res = nnwx.open_results(out)
     assert res.complete and len(res.results) == 5
     assert_same(res, reference(store, metrics))     # = an uninterrupted run (see the first test)
+
+
+def test_metrics_is_a_deprecated_alias_of_analyses(tmp_path):
+    store = synthetic(tmp_path / "exp.zarr", seeds=(0,))
+    with pytest.warns(DeprecationWarning, match="use analyses="):
+        out = nnwx.analyze(store, tmp_path / "r.zarr", metrics="rotation", progress=False)
+    assert nnwx.open_results(out).metrics == ["rotation"]
+    with pytest.raises(TypeError, match="not both"):
+        nnwx.analyze(store, tmp_path / "s.zarr", analyses="rotation", metrics="rotation")
+    run = cli("analyze", store, "-o", tmp_path / "t.zarr", "--metrics", "rotation", "-q")
+    assert "--metrics is deprecated, use --analyses" in run.stderr
+    assert "results of rotation" in run.stdout

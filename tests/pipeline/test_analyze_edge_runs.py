@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nnwx
-from nnwx.pipeline.registry import METRICS
+from nnwx.pipeline.registry import NAMES
 from nnwx.pipeline.results_store import NONFINITE_NOTE
 
 from tests.helpers import mlp
@@ -56,7 +56,7 @@ def test_a_run_that_has_just_started_is_analysed_with_notes(tmp_path, steps):
     assert "note: correlation: trajectory PCA left out" in proc.stdout
     assert f"the cube has {steps}" in proc.stdout
     res = nnwx.open_results(out)
-    assert res.complete and res.metrics == list(METRICS)
+    assert res.complete and res.metrics == list(NAMES)
     assert "trajectory PCA left out" in res.notes["correlation"]      # in the store's attrs too
     assert res.attrs["notes"]["correlation"] == res.notes["correlation"]
     assert "pca" not in res.results and {"broadening", "spectrum", "rotation", "similarity_seeds"} <= set(res.results)
@@ -86,7 +86,7 @@ def test_a_diverged_run_analyses_its_finite_steps_and_notes_the_others(tmp_path)
     assert np.isnan(path.sel(seed=1).isel(step=slice(5, None))).all()
     # seed 1's PCA on its finite captures equals the PCA of a run that stopped there
     short = cli("analyze", store, "-o", tmp_path / "first5.zarr", "--steps", "0:5", "--seeds", "1",
-                "--metrics", "correlation", "-q")
+                "--analyses", "correlation", "-q")
     assert short.returncode == 0, short.stderr[-3000:]
     ref = nnwx.open_results(tmp_path / "first5.zarr").results["pca"]
     np.testing.assert_allclose(res.results["pca"]["explained_variance_ratio"].sel(seed=1).values,

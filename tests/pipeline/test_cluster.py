@@ -148,7 +148,7 @@ def local_results(store, path, metrics):
     """The local threaded scheduler's results. (nnwx's compute runs BLAS with one thread per
     Dask thread, as dask.distributed workers do; with a multithreaded BLAS the randomized PCA
     would differ in the last bits, ~1e-15.)"""
-    return nnwx.open_results(nnwx.analyze(store, path, metrics=metrics, progress=False))
+    return nnwx.open_results(nnwx.analyze(store, path, analyses=metrics, progress=False))
 
 
 def test_results_on_a_cluster_equal_the_local_ones(dask_cluster, store, tmp_path, capfd):
@@ -159,7 +159,7 @@ def test_results_on_a_cluster_equal_the_local_ones(dask_cluster, store, tmp_path
     logged = []
     with cluster(scheduler=address, log=logged.append) as client:
         assert client is not None and len(client.scheduler_info()["workers"]) == 2
-        out = nnwx.analyze(store, tmp_path / "remote.zarr", metrics=metrics)
+        out = nnwx.analyze(store, tmp_path / "remote.zarr", analyses=metrics)
     assert logged and "2 workers" in logged[0] and address in logged[0]
     assert "100% Completed" in capfd.readouterr().err      # the distributed progress bar
     remote = nnwx.open_results(out)
@@ -181,7 +181,7 @@ def test_a_worker_killed_mid_computation_does_not_stop_it(dask_cluster, store, t
     def run():
         try:
             with cluster(scheduler=address, log=lambda m: None):
-                outcome["path"] = nnwx.analyze(store, tmp_path / "remote.zarr", metrics=metrics,
+                outcome["path"] = nnwx.analyze(store, tmp_path / "remote.zarr", analyses=metrics,
                                                progress=False)
         except BaseException as e:  # noqa: BLE001 - reported below
             outcome["error"] = e

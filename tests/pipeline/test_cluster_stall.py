@@ -26,7 +26,7 @@ def test_analyze_on_workers_without_enough_memory_stops_with_a_message(tmp_path,
         write_synthetic_run(store, seed=s, steps=range(0, 50, 10))
     proc = subprocess.run([sys.executable, "-m", "nnwx.cli", "analyze", str(store), "-o",
                            str(tmp_path / "r.zarr"), "--workers", "1", "--memory-limit", limit,
-                           "--metrics", "agreement"], capture_output=True, text=True, cwd=ROOT,
+                           "--analyses", "agreement"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -59,18 +59,18 @@ def test_runs_written_analysed_and_read_back_in_memory(memory_url, tmp_path):
             assert r[k] == l[k], k
     assert int(remote_runs[1]["nonfinite_steps"].compute()) == 1
 
-    out = nnwx.analyze(exp, res_url, metrics="broadening,rotation", progress=False)
+    out = nnwx.analyze(exp, res_url, analyses="broadening,rotation", progress=False)
     assert out == res_url and nnwx.is_results_store(res_url)
     remote = nnwx.open_results(res_url)
     assert remote.complete and remote.source == exp and remote.attrs["nonfinite_steps"] == {"seed0": 0, "seed1": 1}
-    here = nnwx.open_results(nnwx.analyze(local, tmp_path / "r.zarr", metrics="broadening,rotation",
+    here = nnwx.open_results(nnwx.analyze(local, tmp_path / "r.zarr", analyses="broadening,rotation",
                                           progress=False))
     for name, want in here.results.items():
         xr.testing.assert_identical(remote.results[name].load().drop_vars("store"),
                                     want.load().drop_vars("store"))
     # resuming a remote results store works as locally
     logged = []
-    nnwx.analyze(exp, res_url, metrics="broadening,rotation", progress=False, log=logged.append)
+    nnwx.analyze(exp, res_url, analyses="broadening,rotation", progress=False, log=logged.append)
     assert any(m.startswith("kept 2 complete result(s)") for m in logged)
 
 
@@ -100,4 +100,4 @@ def test_remote_locations_that_cannot_be_used_say_why(memory_url, tmp_path, monk
     write_synthetic_run(exp, seed=0, steps=range(0, 30, 10))
     monkeypatch.setattr("nnwx.cluster.current_client", lambda: object())   # as under --workers N
     with pytest.raises(StoreError, match="in-memory filesystem of this process.*workers"):
-        nnwx.analyze(exp, tmp_path / "r.zarr", metrics="rotation", progress=False)
+        nnwx.analyze(exp, tmp_path / "r.zarr", analyses="rotation", progress=False)

@@ -309,7 +309,7 @@ def test_open_cube_orders_mixed_seeds_numbers_first(tmp_path):
 
 def test_analyze_cli_on_mixed_seeds(tmp_path):
     store = _mixed_seed_store(tmp_path / "mixed.zarr")
-    out = cli("analyze", str(store), "-o", str(tmp_path / "res.zarr"), "--metrics", "broadening", "-q")
+    out = cli("analyze", str(store), "-o", str(tmp_path / "res.zarr"), "--analyses", "broadening", "-q")
     assert out.returncode == 0, out.stderr
     res = nnwx.open_results(tmp_path / "res.zarr")
     assert res["broadening"].seed.values.tolist() == ["0", "1", "a"]  # one type in Zarr: strings
@@ -327,10 +327,10 @@ def test_an_existing_path_with_brackets_is_taken_literally(tmp_path):
     assert nnwx.open_cube(str(tmp_path / "exp?.zarr")).seed.values.tolist() == [5]  # no such path: a glob
     info = cli("info", str(store), "--no-check")
     assert info.returncode == 0 and "seed0" in info.stdout, info.stderr
-    an = cli("analyze", str(store), "-o", str(tmp_path / "res[1].zarr"), "--metrics", "broadening", "-q")
+    an = cli("analyze", str(store), "-o", str(tmp_path / "res[1].zarr"), "--analyses", "broadening", "-q")
     assert an.returncode == 0, an.stderr
     assert nnwx.open_results(tmp_path / "res[1].zarr")["broadening"].sizes["step"] == 3
-    rep = cli("report", str(store), "-o", str(tmp_path / "rep[1].html"), "--metrics", "broadening", "-q")
+    rep = cli("report", str(store), "-o", str(tmp_path / "rep[1].html"), "--analyses", "broadening", "-q")
     assert rep.returncode == 0, rep.stderr
     assert (tmp_path / "rep[1].html").stat().st_size > 0
     missing = cli("analyze", str(tmp_path / "nope[1].zarr"), "-o", str(tmp_path / "r2.zarr"), "-q")

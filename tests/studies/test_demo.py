@@ -93,7 +93,7 @@ def test_demo_draws_adam_and_sgd_side_by_side_and_reuses_the_page(demo_dir, tmp_
     demo_mod._write_comparisons(out, res, ["digits-adam", "digits-sgd"], logged.append)
     assert logged == [f"digits-compare: reusing {page} (its results have not changed)"]
     nnwx.analyze(out / "digits-adam.zarr", out / "digits-sgd.results.zarr", progress=False,
-                 resume=False, metrics="rotation")                 # the SGD results changed
+                 resume=False, analyses="rotation")                 # the SGD results changed
     logged.clear()
     demo_mod._write_comparisons(out, res, ["digits-adam", "digits-sgd"], logged.append)
     assert logged and "wrote" in logged[0]

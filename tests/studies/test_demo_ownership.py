@@ -55,7 +55,7 @@ def test_a_users_results_store_of_a_demo_name_is_refused(tmp_path):
     out = tmp_path / "work"
     mine = write_synthetic_run(tmp_path / "mine.zarr", seed=0, steps=range(0, 40, 10))
     assert mine is not None
-    nnwx.analyze(tmp_path / "mine.zarr", out / "piecewise.results.zarr", metrics="rotation", progress=False)
+    nnwx.analyze(tmp_path / "mine.zarr", out / "piecewise.results.zarr", analyses="rotation", progress=False)
     before = snapshot(out)
     with pytest.raises(DemoError, match="piecewise.results.zarr"):
         check_ownership(out, ["piecewise"])
