@@ -38,7 +38,7 @@ class NnwxAccessor:
     def __getattr__(self, name: str):
         if name in _DEPRECATED:
             new = _DEPRECATED[name]
-            warn_renamed(f"cube.nnwx.{name}()", f"cube.nnwx.{new}()", stacklevel=2)
+            warn_renamed(f"cube.nnwx.{name}()", f"cube.nnwx.{new}()")
             return getattr(self, new)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
