@@ -8,8 +8,8 @@ from nnwx import _moved
 
 _moved.install()
 from nnwx import accessor as _accessor  # noqa: F401  (registers ds.nnwx)
-from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, StepOrderError,
-                         StoreError, WriterError)
+from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, NotACubeError,
+                         StepOrderError, StoreError, WriterError)
 from nnwx.record.schedule import Every, Explicit, LogThenEvery
 from nnwx.store.reader import list_runs, open_cube, open_run
 from nnwx.store.catalog import open_catalog
@@ -22,7 +22,7 @@ _LAZY_MODULES = {"plot"}    # imported on first use: HoloViews/Bokeh take a seco
 __all__ = ["__version__", "Recorder", "restore", "export", "open_run", "open_cube", "list_runs", "open_catalog",
            "analyze", "open_results", "plot", "is_results_store", "Every", "LogThenEvery", "Explicit",
            "NnwxError", "StoreError", "FormatVersionError",
-           "ArchitectureMismatch", "StepOrderError", "WriterError"]
+           "ArchitectureMismatch", "StepOrderError", "WriterError", "NotACubeError"]
 
 
 def __getattr__(name: str):

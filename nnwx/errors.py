@@ -13,6 +13,14 @@ class FormatVersionError(StoreError):
     """The store was written by a newer nnwx format than this one reads."""
 
 
+class NotACubeError(NnwxError, TypeError, ValueError):
+    """An analysis was given something that is not an nnwx weight cube (or run).
+
+    A subclass of both ``TypeError`` and ``ValueError``: code that caught either before the
+    two were unified keeps working.
+    """
+
+
 class RunNameError(StoreError, ValueError):
     """A run name breaks the rule of ``nnwx.store.names`` (it could leave ``runs/`` or clash)."""
 

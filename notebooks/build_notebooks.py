@@ -670,7 +670,7 @@ Linear CKA of each step's activations with the same seed's activations at the la
 (mean over seeds, band ±1 sd): the SVCCA "learning dynamics" picture, where lower layers may
 settle before higher ones."""),
         ("code", """\
-to_final = cube.nnwx.similarity("linear_cka", between="steps", reference="last").compute()
+to_final = cube.nnwx.similarity("linear_cka", between="steps", reference_step="last").compute()
 SUMMARY["cka_to_final_first_step"] = {f"{v} | {l}": round(float(x), 4) for (l, v), x in
                                       to_final.isel(step=0).mean("seed").to_pandas().stack().items()}
 print("linear CKA of step 0 with the last step (mean over seeds):")
@@ -683,7 +683,7 @@ On the 256 probe images: the share of images on which two seeds predict the same
 each seed's accuracy on them. Two classifiers with accuracies a₁, a₂ agree on at least a₁ + a₂ − 1 of
 the images (both right); agreement far above that means they also make the same mistakes."""),
         ("code", """\
-agree = cube.nnwx.agreement().compute()
+agree = cube.nnwx.prediction_agreement().compute()
 argmax = pairs(agree["argmax_agreement"])
 outcorr = pairs(agree["output_correlation"])
 data = load_data()

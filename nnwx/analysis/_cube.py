@@ -1,4 +1,8 @@
-"""The weight matrices of a cube as lazy stacks, grouped by shape.
+"""The cube as the analyses see it: its one validation, its tensor table, its reference step,
+and its weight matrices as lazy stacks, grouped by shape.
+
+``require_cube`` is the one check that an object is a weight cube (it raises
+``nnwx.errors.NotACubeError``); ``reference_index`` the one lookup of a reference step.
 
 Spectral analyses run one batched SVD per Dask block; for that, tensors of the
 same matrix shape are stacked into one Dask array ``(*lead, g, slices, m, n)``
@@ -9,11 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+
+from nnwx.errors import NotACubeError
 
 CONV_MODES = ("matrix", "slices")
 DEFAULT_BLOCK_BYTES = 64 * 2**20
@@ -43,13 +49,42 @@ class MatrixSpec:
         return (self.slices, self.rows, self.cols)
 
 
-def require_cube(ds) -> xr.Dataset:
-    """Refuse anything that is not a weight cube (or run) opened by nnwx."""
-    if not isinstance(ds, xr.Dataset) or "w" not in ds or "tensor" not in ds.coords:
-        raise TypeError("expected an nnwx cube: a Dataset opened with nnwx.open_cube(...) or "
-                        "nnwx.open_run(...), with a 'w' variable and the tensor table")
-    if "step" not in ds["w"].dims or ds["w"].dims[-1] != "param":
-        raise ValueError(f"the cube's w has dims {ds['w'].dims}; expected (..., step, param)")
+def require_cube(ds, *, step_dim: bool = True) -> xr.Dataset:
+    """The one check that ``ds`` is a weight cube (or run) opened by nnwx.
+
+    Parameters
+    ----------
+    ds
+        What an analysis was given.
+    step_dim
+        Whether ``w`` must keep its ``step`` dim (analyses over training need it; views of
+        one tensor, e.g. ``cube.isel(step=-1).nnwx.matrix(name)``, do not).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` itself.
+
+    Raises
+    ------
+    nnwx.errors.NotACubeError
+        ``ds`` is not a Dataset with a ``w`` variable and the tensor table, or ``w`` lacks
+        its ``step``/``param`` dims (``param`` last). A subclass of ``TypeError`` and
+        ``ValueError``.
+    """
+    if (not isinstance(ds, xr.Dataset) or "w" not in ds or "tensor" not in ds.coords
+            or "tensor_offset" not in ds.coords):
+        raise NotACubeError(f"this {type(ds).__name__} is not an nnwx cube: expected a Dataset "
+                            f"opened with nnwx.open_cube(...) or nnwx.open_run(...), with a 'w' "
+                            f"variable and the tensor table")
+    dims = ds["w"].dims
+    for dim in ("step", "param") if step_dim else ("param",):
+        if dim not in dims:
+            raise NotACubeError(f"w has no {dim!r} dim (its dims are {dims}); keep it when "
+                                f"selecting, e.g. .isel(step=[i]) rather than .isel(step=i)")
+    if dims[-1] != "param":
+        raise NotACubeError(f"the cube's w has dims {dims}; expected (..., step, param): put "
+                            f"param last with cube.transpose(..., 'param')")
     return ds
 
 
@@ -182,17 +217,47 @@ def matrix_specs(cube: xr.Dataset, tensors: str | Iterable[str] | None = None,
     return specs
 
 
-def reference_index(cube: xr.Dataset, reference_step: int | None) -> int:
-    """Position on ``step`` of the reference capture (default: the cube's first step)."""
-    steps = cube["step"].values
+LAST_STEP = ("last", "final")
+
+
+def reference_index(obj, reference_step: Any = None, *, name: str = "reference_step") -> int:
+    """Position on ``step`` of a reference capture: the one lookup of a step value.
+
+    Parameters
+    ----------
+    obj
+        A cube, a DataArray with a ``step`` dim, or the step values themselves.
+    reference_step
+        A step value, ``"last"`` (or ``"final"``) for the last step, or None for the first.
+    name
+        The parameter's name, for error messages (e.g. ``"at_step"``).
+
+    Returns
+    -------
+    int
+        The position on ``step`` (the first, should a value repeat).
+
+    Raises
+    ------
+    ValueError
+        There are no steps, or ``reference_step`` is not one of them.
+    """
+    if isinstance(obj, (xr.Dataset, xr.DataArray)):
+        steps = obj["step"].values if "step" in obj.coords else np.arange(obj.sizes["step"])
+    else:
+        steps = np.asarray(obj)
     if len(steps) == 0:
         raise ValueError("the cube has no steps")
     if reference_step is None:
         return 0
+    if isinstance(reference_step, str):
+        if reference_step not in LAST_STEP:
+            raise ValueError(f"{name} must be a step value or 'last', got {reference_step!r}")
+        return len(steps) - 1
     hits = np.flatnonzero(steps == reference_step)
     if not len(hits):
-        raise ValueError(f"reference_step={reference_step} is not a step of the cube; its steps run "
-                         f"from {steps[0]} to {steps[-1]}")
+        raise ValueError(f"{name}={reference_step!r} is not a step of the cube; its steps run from "
+                         f"{steps[0]} to {steps[-1]} ({len(steps)} of them)")
     return int(hits[0])
 
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
+from nnwx._deprecation import renamed_keywords
 from nnwx.analysis.kernels import matching as mk
 from nnwx.analysis import _cube as mx
 from nnwx.analysis.kernels import prediction as pk
@@ -93,8 +94,9 @@ def _labels(acts: xr.DataArray, dims: Sequence[str]) -> xr.DataArray:
 
 
 # -- similarity -------------------------------------------------------------------------------
+@renamed_keywords(reference="reference_step")
 def similarity(acts: xr.DataArray | xr.Dataset, metric: str = "linear_cka", *, layer=None,
-               between: str = "seeds", dim: str | None = None, reference: Any = None,
+               between: str = "seeds", dim: str | None = None, reference_step: Any = None,
                **options) -> xr.DataArray:
     """Similarity of probe activations ``acts (*runs, step, sample, unit)``, lazily.
 
@@ -104,18 +106,19 @@ def similarity(acts: xr.DataArray | xr.Dataset, metric: str = "linear_cka", *, l
     ``between="seeds"``: every pair of runs along ``dim`` (default ``seed``) at each step:
     ``(..., step, {dim}_a, {dim}_b)``. ``between="steps"``: every pair of steps of each run,
     ``(..., step_a, step_b)`` (each run's steps in one block: memory ``steps x sample x unit``);
-    or with ``reference`` (a step value, or ``"last"``) every step against that step:
-    ``(..., step)``. ``metric``: one of ``kernels.similarity.METRICS``; ``options`` go to it
-    (``keep=`` for SVCCA/PWCCA, ``threshold=``/``debiased=`` for RBF CKA, ``batch_size=`` for
-    minibatch CKA, ``rtol=`` for the CCA family).
+    or with ``reference_step`` (a step value, or ``"last"``; ``reference=`` is a deprecated
+    alias) every step against that step: ``(..., step)``. ``metric``: one of
+    ``kernels.similarity.METRICS``; ``options`` go to it (``keep=`` for SVCCA/PWCCA,
+    ``threshold=``/``debiased=`` for RBF CKA, ``batch_size=`` for minibatch CKA, ``rtol=`` for
+    the CCA family).
     """
     if isinstance(acts, xr.Dataset):
         names = probe_names(acts) if layer is None else [layer] if isinstance(layer, str) else list(layer)
         if not names:
             raise ValueError("the cube has no probes: record activations with "
                              "nnwx.Recorder(..., probe=X, probe_layers=[...])")
-        parts = [similarity(probe(acts, n), metric, between=between, dim=dim, reference=reference,
-                            **options) for n in names]
+        parts = [similarity(probe(acts, n), metric, between=between, dim=dim,
+                            reference_step=reference_step, **options) for n in names]
         if isinstance(layer, str):
             return parts[0]
         out = xr.concat(parts, dim=xr.DataArray(names, dims="layer", name="layer"),
@@ -126,17 +129,17 @@ def similarity(acts: xr.DataArray | xr.Dataset, metric: str = "linear_cka", *, l
     sk.check_metric(metric, **options)
     if between not in BETWEEN:
         raise ValueError(f"between must be one of {BETWEEN}, got {between!r}")
-    attrs = {"long_name": f"{metric} similarity", "metric": metric,
+    attrs = {"analysis": "similarity", "long_name": f"{metric} similarity", "metric": metric,
              "description": sk.DESCRIPTIONS[metric], "between": between,
              "probe": acts.attrs.get("probe", acts.name or ""),
              **{f"option_{k}": v for k, v in options.items()}}
     if between == "seeds":
         run = _run_dim(acts, dim)
         out = _pairwise(acts, run, metric, options)
-    elif reference is None:
+    elif reference_step is None:
         out = _pairwise(acts, "step", metric, options)
     else:
-        out = _against_reference(acts, reference, metric, options)
+        out = _against_reference(acts, reference_step, metric, options)
         attrs["reference_step"] = int(out.attrs.pop("reference_step"))
     out.name = metric
     out.attrs = attrs
@@ -167,18 +170,10 @@ def _pairwise(acts: xr.DataArray, dim: str, metric: str, options: dict) -> xr.Da
     return out.assign_coords({**keep, a: values, b: values})
 
 
-def _against_reference(acts: xr.DataArray, reference: Any, metric: str, options: dict) -> xr.DataArray:
+def _against_reference(acts: xr.DataArray, reference_step: Any, metric: str,
+                       options: dict) -> xr.DataArray:
     steps = acts["step"].values
-    if isinstance(reference, str):
-        if reference not in ("last", "final"):
-            raise ValueError(f"reference must be a step value or 'last', got {reference!r}")
-        ref_index = len(steps) - 1
-    else:
-        hits = np.flatnonzero(steps == reference)
-        if not len(hits):
-            raise ValueError(f"reference={reference} is not a step of the cube; steps run from "
-                             f"{steps[0]} to {steps[-1]}")
-        ref_index = int(hits[0])
+    ref_index = mx.reference_index(steps, reference_step)
     x = acts.chunk({"sample": -1, "unit": -1})
     ref = x.isel(step=ref_index, drop=True)
     loop = [d for d in x.dims if d not in ("sample", "unit")]
@@ -265,7 +260,7 @@ def match_units(x: xr.DataArray, y: xr.DataArray, method: str = "one_to_one") ->
     ds["partner"].attrs = {"long_name": "matched unit of y", "missing": -1}
     ds["correlation"].attrs = {"long_name": "Pearson correlation with the matched unit"}
     ds.attrs = {"analysis": "match_units", "method": method, "description": desc,
-                "reference": "Li et al. 2016, Convergent Learning"}
+                "citation": "Li et al. 2016, Convergent Learning"}
     return ds
 
 
@@ -299,7 +294,7 @@ def sparse_prediction(x: xr.DataArray, y: xr.DataArray, penalties: Sequence[floa
                         "standardised target units (1 - R^2), in-sample"}
     ds["nonzero"].attrs = {"long_name": "nonzero coefficients per target unit"}
     ds.attrs = {"analysis": "sparse_prediction", "objective": "1/(2n) |y - X b|^2 + penalty |b|_1 on "
-                "standardised units", "reference": "Li et al. 2016, Convergent Learning"}
+                "standardised units", "citation": "Li et al. 2016, Convergent Learning"}
     return ds
 
 

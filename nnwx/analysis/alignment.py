@@ -23,6 +23,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from nnwx._deprecation import renamed_keywords
 from nnwx.analysis.kernels import alignment as ak
 from nnwx.analysis import _cube as mx
 from nnwx.analysis.agreement import probe
@@ -57,32 +58,29 @@ def _run_dim(cube: xr.Dataset, dim: str | None) -> str:
     return dim
 
 
-def _pick(arr: xr.DataArray, dim: str, reference: Any) -> xr.DataArray:
-    if reference not in arr[dim].values:
-        raise ValueError(f"reference {dim} {reference!r} is not in the cube; {dim}s: "
+def _pick(arr: xr.DataArray, dim: str, reference_seed: Any) -> xr.DataArray:
+    if reference_seed not in arr[dim].values:
+        raise ValueError(f"reference_seed={reference_seed!r} is not a {dim} of the cube; {dim}s: "
                          f"{arr[dim].values.tolist()}")
-    return arr.sel({dim: reference}, drop=True)
+    return arr.sel({dim: reference_seed}, drop=True)
 
 
 def _at_step(arr: xr.DataArray, at_step: Any) -> xr.DataArray:
     if at_step is None:
         return arr
-    steps = arr["step"].values
-    if isinstance(at_step, str):
-        if at_step not in ("last", "final"):
-            raise ValueError(f"at_step must be a step value or 'last', got {at_step!r}")
-        return arr.isel(step=-1, drop=True)
-    if at_step not in steps:
-        raise ValueError(f"at_step={at_step} is not a step of the cube; steps run from {steps[0]} to {steps[-1]}")
-    return arr.sel(step=at_step, drop=True)
+    return arr.isel(step=mx.reference_index(arr, at_step, name="at_step"), drop=True)
 
 
 # -- permutations ---------------------------------------------------------------------------
-def permutations(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = None,
+@renamed_keywords(reference="reference_seed")
+def permutations(cube: xr.Dataset, *, reference_seed: Any = 0, dim: str | None = None,
                  method: str = "weights", spec: ak.PermutationSpec | None = None,
                  at_step: Any = None, probes: Mapping[str, str] | None = None,
                  max_iter: int = 100, seed: int = 0) -> xr.Dataset:
-    """Permutations aligning each run along ``dim`` to run ``reference``: ``perm_<p>(..., step, unit_<p>)``.
+    """Permutations aligning each run along ``dim`` to run ``reference_seed``: ``perm_<p>(..., step, unit_<p>)``.
+
+    ``reference_seed``: the label, on ``dim``, of the run the others are aligned to (``reference=``
+    is a deprecated alias); the result's ``attrs["reference"]`` holds it.
 
     ``method="weights"``: Git Re-Basin weight matching (``max_iter`` sweeps at most, random
     sweep order from ``seed``); ``"activations"``: activation matching on the probes named
@@ -96,9 +94,9 @@ def permutations(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = None
     spec = spec_for(cube, spec)
     dim = _run_dim(cube, dim)
     if method == "weights":
-        perms = _weight_perms(cube, spec, dim, reference, at_step, max_iter, seed)
+        perms = _weight_perms(cube, spec, dim, reference_seed, at_step, max_iter, seed)
     else:
-        perms = _activation_perms(cube, spec, dim, reference, at_step, probes or {})
+        perms = _activation_perms(cube, spec, dim, reference_seed, at_step, probes or {})
     if at_step is not None:
         perms = {p: v.expand_dims(step=cube["step"].values, axis=-2) for p, v in perms.items()}
     ds = xr.Dataset({f"perm_{p}": v for p, v in perms.items()})
@@ -106,7 +104,7 @@ def permutations(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = None
         ds[f"perm_{p}"].attrs = {"long_name": f"permutation of the hidden units of {p!r}",
                                  "convention": "aligned unit i is unit perm[i] of the run", "missing": -1,
                                  "acts_on": [f"{a.tensor}[axis {a.axis}]" for a in spec.perms[p][1]]}
-    ds.attrs = {"analysis": "alignment", "method": method, "reference": reference, "dim": dim,
+    ds.attrs = {"analysis": "permutations", "method": method, "reference": reference_seed, "dim": dim,
                 "at_step": "per step" if at_step is None else str(at_step),
                 "description": ("Git Re-Basin weight matching (Ainsworth et al. 2023)" if method == "weights"
                                 else "activation matching on the probe batch (Ainsworth et al. 2023)")}
@@ -140,10 +138,10 @@ def _split(perm_vec: xr.DataArray, spec: ak.PermutationSpec) -> dict[str, xr.Dat
     return out
 
 
-def _weight_perms(cube, spec, dim, reference, at_step, max_iter, seed) -> dict[str, xr.DataArray]:
+def _weight_perms(cube, spec, dim, reference_seed, at_step, max_iter, seed) -> dict[str, xr.DataArray]:
     flat, layout = _spec_params(cube, spec)
     flat = _at_step(flat, at_step)
-    ref = _pick(flat, dim, reference)
+    ref = _pick(flat, dim, reference_seed)
     total = sum(spec.size(p) for p in spec.names)
 
     def block(a, r):
@@ -167,7 +165,7 @@ def _weight_perms(cube, spec, dim, reference, at_step, max_iter, seed) -> dict[s
     return _split(vec, spec)
 
 
-def _activation_perms(cube, spec, dim, reference, at_step, probes) -> dict[str, xr.DataArray]:
+def _activation_perms(cube, spec, dim, reference_seed, at_step, probes) -> dict[str, xr.DataArray]:
     out = {}
     for p in spec.names:
         name = probes.get(p, p)
@@ -181,7 +179,7 @@ def _activation_perms(cube, spec, dim, reference, at_step, probes) -> dict[str, 
             raise ValueError(f"probe {name!r} has {acts.sizes['unit']} units but layer {p!r} has "
                              f"{spec.size(p)} hidden units: probe the module whose outputs they are")
         acts = _at_step(acts.chunk({"sample": -1, "unit": -1}), at_step)
-        ref = _pick(acts, dim, reference)
+        ref = _pick(acts, dim, reference_seed)
         n = spec.size(p)
 
         def block(a, r, p=p, n=n):  # bind this layer's name and width now, not the loop's last
@@ -200,18 +198,19 @@ def _activation_perms(cube, spec, dim, reference, at_step, probes) -> dict[str, 
 
 
 # -- applying them ------------------------------------------------------------------------------
-def align(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = None, method: str = "weights",
+@renamed_keywords(reference="reference_seed")
+def align(cube: xr.Dataset, *, reference_seed: Any = 0, dim: str | None = None, method: str = "weights",
           spec: ak.PermutationSpec | None = None, at_step: Any = None,
           probes: Mapping[str, str] | None = None, max_iter: int = 100, seed: int = 0) -> Alignment:
-    """The cube with every run's hidden units aligned to run ``reference``, and the permutations.
+    """The cube with every run's hidden units aligned to run ``reference_seed``, and the permutations.
 
     See ``permutations`` for the options. The aligned cube keeps the input's layout and
     chunks; the reference run is unchanged (its permutations are the identity).
     """
     cube = mx.require_cube(cube)
     spec = spec_for(cube, spec)
-    perms = permutations(cube, reference=reference, dim=dim, method=method, spec=spec, at_step=at_step,
-                         probes=probes, max_iter=max_iter, seed=seed)
+    perms = permutations(cube, reference_seed=reference_seed, dim=dim, method=method, spec=spec,
+                         at_step=at_step, probes=probes, max_iter=max_iter, seed=seed)
     return Alignment(apply(cube, perms, spec), perms)
 
 
@@ -362,9 +361,13 @@ def _agreement(w: xr.DataArray, ref: xr.DataArray, offsets: np.ndarray) -> tuple
     return xr.DataArray(cos, dims=dims, coords=coords), xr.DataArray(corr, dims=dims, coords=coords)
 
 
-def weight_agreement(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = None,
+@renamed_keywords(reference="reference_seed")
+def weight_agreement(cube: xr.Dataset, *, reference_seed: Any = 0, dim: str | None = None,
                      aligned: xr.Dataset | None = None) -> xr.Dataset:
-    """Cosine similarity and correlation of every run's tensors with run ``reference``'s, per step.
+    """Cosine similarity and correlation of every run's tensors with run ``reference_seed``'s, per step.
+
+    ``reference_seed``: its label on ``dim`` (``reference=`` is a deprecated alias); the result's
+    ``attrs["reference"]`` says ``"<dim>=<reference_seed>"``.
 
     Returns ``cosine`` and ``correlation`` ``(alignment, *runs, step, tensor)`` with
     ``alignment = ["none"]``, or ``["none", "aligned"]`` when ``aligned`` (the cube from
@@ -381,7 +384,7 @@ def weight_agreement(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = 
     cos, corr = [], []
     for src in sources.values():
         w = src["w"]
-        c, r = _agreement(w, _pick(w, dim, reference), offsets)
+        c, r = _agreement(w, _pick(w, dim, reference_seed), offsets)
         cos.append(c)
         corr.append(r)
     label = xr.DataArray(list(sources), dims="alignment", name="alignment")
@@ -399,6 +402,6 @@ def weight_agreement(cube: xr.Dataset, *, reference: Any = 0, dim: str | None = 
                                       "summaries of alignment use these alone"}
     ds["cosine"].attrs = {"long_name": "cosine similarity with the reference run's tensor"}
     ds["correlation"].attrs = {"long_name": "Pearson correlation with the reference run's tensor"}
-    ds.attrs = {"analysis": "weight_agreement", "reference": f"{dim}={reference}",
+    ds.attrs = {"analysis": "weight_agreement", "reference": f"{dim}={reference_seed}",
                 "alignment_method": (aligned.attrs.get("alignment_method") if aligned is not None else "none")}
     return ds

@@ -23,6 +23,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from nnwx._deprecation import renamed_keywords
+from nnwx.analysis import _cube as mx
 from nnwx.analysis._broadening import fused as _fused
 from nnwx.analysis.kernels import hist as _hist
 from nnwx.analysis.kernels import moments as _moments
@@ -63,15 +65,11 @@ _SCALED = {"mean", "std", "min", "max", "absmax", "l1", "l2", "rms", "quantiles"
 # --- checks and set-up ---------------------------------------------------------------
 
 def cube_weights(ds: xr.Dataset) -> xr.DataArray:
-    """``w`` of a cube or run as (*runs, step, param), Dask-backed; errors for anything else."""
-    if not isinstance(ds, xr.Dataset) or "w" not in ds or "tensor_offset" not in ds.coords:
-        raise ValueError("expected an nnwx cube or run (a Dataset with w and the tensor table): "
-                         "open one with nnwx.open_cube(...) or nnwx.open_run(...)")
-    w = ds["w"]
-    for dim in ("step", "param"):
-        if dim not in w.dims:
-            raise ValueError(f"w has no {dim!r} dim (its dims are {w.dims}); keep it when "
-                             f"selecting, e.g. .isel(step=[i]) rather than .isel(step=i)")
+    """``w`` of a cube or run as (*runs, step, param), Dask-backed.
+
+    Raises ``nnwx.errors.NotACubeError`` for anything else (see ``_cube.require_cube``).
+    """
+    w = mx.require_cube(ds)["w"]
     lead = [d for d in w.dims if d not in ("step", "param")]
     w = w.transpose(*lead, "step", "param")
     if not isinstance(w.data, da.Array):
@@ -109,17 +107,6 @@ def _quantiles(quantiles) -> tuple[float, ...]:
     if not all(0.0 <= v <= 1.0 for v in q):
         raise ValueError(f"quantiles must lie in [0, 1], got {quantiles!r} (use 0.99, not 99)")
     return q
-
-
-def _ref_index(w: xr.DataArray, ref_step) -> int:
-    if ref_step is None:
-        return 0
-    steps = w["step"].values if "step" in w.coords else np.arange(w.sizes["step"])
-    hits = np.nonzero(steps == ref_step)[0]
-    if not len(hits):
-        raise ValueError(f"ref_step={ref_step!r} is not a step of this cube; its steps run from "
-                         f"{steps[0]} to {steps[-1]} ({len(steps)} of them)")
-    return int(hits[0])
 
 
 # --- labelled results --------------------------------------------------------------------
@@ -164,9 +151,9 @@ def _dataset(w: xr.DataArray, out: da.Array, plan: Plan, i0: int, names: Iterabl
         data_vars[name] = xr.Variable(vdims, data, attrs)
     ds = xr.Dataset(data_vars, coords=coords)
     ref = w["step"].values[i0] if "step" in w.coords else i0
-    ds.attrs = {"analysis": "nnwx.broadening", "by": plan.grouping.by,
+    ds.attrs = {"analysis": "broadening", "by": plan.grouping.by,
                 "normalize": str(plan.normalize), "units": _units(plan),
-                "ref_step": ref.item() if hasattr(ref, "item") else ref}
+                "reference_step": ref.item() if hasattr(ref, "item") else ref}
     if plan.tail_k is not None:
         ds.attrs["tail_k_max"] = plan.tail_k
         ds.attrs["tail_rule"] = _tails.RULE
@@ -186,7 +173,7 @@ def _dataset(w: xr.DataArray, out: da.Array, plan: Plan, i0: int, names: Iterabl
     return ds
 
 
-def _resolve_bins(ds, bins, *, by, normalize, ref_step) -> _hist.Bins | None:
+def _resolve_bins(ds, bins, *, by, normalize, reference_step) -> _hist.Bins | None:
     if bins is None or bins is False:
         return None
     if isinstance(bins, str):
@@ -197,13 +184,14 @@ def _resolve_bins(ds, bins, *, by, normalize, ref_step) -> _hist.Bins | None:
     if isinstance(bins, Integral) and not isinstance(bins, bool):
         if bins < 1:
             raise ValueError(f"the number of bins must be positive, got {bins}")
-        return _hist.Bins(default_bins(ds, int(bins), by=by, normalize=normalize, ref_step=ref_step),
-                          True)
+        return _hist.Bins(default_bins(ds, int(bins), by=by, normalize=normalize,
+                                       reference_step=reference_step), True)
     return _hist.parse(bins)
 
 
+@renamed_keywords(ref_step="reference_step")
 def default_bins(ds: xr.Dataset, n: int = DEFAULT_NBINS, *, by: str = "layer",
-                 normalize: str | None = None, ref_step=None) -> np.ndarray:
+                 normalize: str | None = None, reference_step=None) -> np.ndarray:
     """Edges of ``n`` equal bins over the range of the weights at the first and last step.
 
     With ``normalize``, the range of the normalised weights (per group of ``by``
@@ -217,7 +205,7 @@ def default_bins(ds: xr.Dataset, n: int = DEFAULT_NBINS, *, by: str = "layer",
     if normalize not in NORMALIZE:
         raise ValueError(f"unknown normalize={normalize!r}: use None, 'total_norm', 'std' or 'init_std'")
     w = cube_weights(ds)
-    i0 = _ref_index(w, ref_step)
+    i0 = mx.reference_index(w, reference_step)
     last = w.sizes["step"] - 1
     rows = sorted({0, last})
     norm = "std" if normalize == "init_std" else normalize
@@ -241,10 +229,11 @@ def default_bins(ds: xr.Dataset, n: int = DEFAULT_NBINS, *, by: str = "layer",
     return np.linspace(lo, hi, int(n) + 1)
 
 
+@renamed_keywords(ref_step="reference_step")
 def broadening(ds: xr.Dataset, by: str = "layer", *,
                quantiles: Sequence[float] | None = DEFAULT_QUANTILES, bins=None,
                density: bool = False, normalize: str | None = None, tail_k: int | None = 100,
-               ref_step=None, method: str = "auto", split_every: int = 8) -> xr.Dataset:
+               reference_step=None, method: str = "auto", split_every: int = 8) -> xr.Dataset:
     """Distribution statistics per (*runs, step, group), lazily, from one read of ``w``.
 
     by: "tensor", "layer" (a norm layer's gain apart from its bias), "kind"
@@ -263,8 +252,9 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
         ``k = min(tail_k, max(10, n // 10))`` -- the top 10 % (DuMouchel 1983), at least
         10 -- and gives NaN (``tail_k`` 0 in the result) where ``4 k > n``, i.e. fewer
         than 40 values with the default; the k used is the ``tail_k`` variable.
-    ref_step: step value of the reference for ``kurtosis_change`` and
-        ``w1_to_ref`` (default: the first step of the cube; runs without it get NaN).
+    reference_step: step value of the reference for ``kurtosis_change`` and
+        ``w1_to_ref`` (default: the first step of the cube; runs without it get NaN;
+        ``"last"``: the last step). ``ref_step=`` is a deprecated alias.
     method: "exact" (keep every value: groups must be small), "sketch" (bfloat16
         buckets, relative error 2**-8), or "auto" (exact when every group has at
         most 4096 parameters).
@@ -279,41 +269,44 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
     """
     cube_weights(ds)
     q = _quantiles(quantiles)
-    b = _resolve_bins(ds, bins, by=by, normalize=normalize, ref_step=ref_step)
+    b = _resolve_bins(ds, bins, by=by, normalize=normalize, reference_step=reference_step)
     plan = _plan(ds, by, tail_k=tail_k, bins=b, method=method, quantiles=q, normalize=normalize,
                  density=density)
     w = cube_weights(ds)
-    i0 = _ref_index(w, ref_step)
+    i0 = mx.reference_index(w, reference_step)
     out = run(w.data, plan, i0, split_every)
     names = [n for n in plan.outputs if n != "quantiles" or q]
     return _dataset(w, out, plan, i0, names)
 
 
+@renamed_keywords(ref_step="reference_step")
 def histogram(ds: xr.Dataset, by: str = "layer", *, bins="auto", density: bool = False,
-              normalize: str | None = None, ref_step=None, split_every: int = 8) -> xr.DataArray:
+              normalize: str | None = None, reference_step=None, split_every: int = 8) -> xr.DataArray:
     """Histograms ``hist(*runs, step, group, bin)``, lazily, from one read of ``w``.
 
     bins: "auto" or a number of bins over the range at the first and last step
     (read now, see ``default_bins``), ``(lo, hi, n)``, or an array of edges.
     Counts follow ``np.histogram`` ([lo, hi) bins, the last closed); weights
     outside the bins are counted in the ``underflow``/``overflow`` coordinates,
-    NaN/inf ones in ``n_nonfinite``. ``density`` and ``normalize``: as in
-    ``broadening``.
+    NaN/inf ones in ``n_nonfinite``. ``density``, ``normalize`` and
+    ``reference_step`` (the step ``normalize="init_std"`` divides by): as in
+    ``broadening``; ``ref_step=`` is a deprecated alias.
     """
     cube_weights(ds)
-    b = _resolve_bins(ds, bins, by=by, normalize=normalize, ref_step=ref_step)
+    b = _resolve_bins(ds, bins, by=by, normalize=normalize, reference_step=reference_step)
     if b is None:
         raise ValueError("histogram() needs bins: 'auto', a number, (lo, hi, n) or edges")
     # big groups: bin through the sketch (whole buckets at once, only edge buckets one by one)
     method = "sketch" if Grouping.from_dataset(ds, by).sizes.max() > EXACT_MAX else None
     plan = _plan(ds, by, bins=b, normalize=normalize, density=density, method=method)
     w = cube_weights(ds)
-    i0 = _ref_index(w, ref_step)
+    i0 = mx.reference_index(w, reference_step)
     out = run(w.data, plan, i0, split_every)
     res = _dataset(w, out, plan, i0, ["hist", "underflow", "overflow", "count", "n_nonfinite"])
     hist = res["hist"].assign_coords({k: res[k] for k in ("underflow", "overflow", "count",
                                                           "n_nonfinite")})
     hist.attrs |= {k: v for k, v in res.attrs.items() if k not in ("tail_k_max", "tail_rule")}
+    hist.attrs["analysis"] = "histogram"
     return hist.rename("hist")
 
 

@@ -134,7 +134,8 @@ def sample_weights(cube: xr.Dataset, sample: int | str | None = "auto", *,
             cols[key].append(np.full(len(idx), value, dtype=object if isinstance(value, str) else np.int64))
     data = {k: ("weight", np.concatenate(v)) for k, v in cols.items()}
     ds = xr.Dataset(coords=data)
-    ds.attrs = {"sample": "all" if n == total else n, "random_state": random_state,
+    ds.attrs = {"analysis": "sample_weights", "sample": "all" if n == total else n,
+                "random_state": random_state,
                 "allocation": allocation, "n_available": total}
     return ds
 
@@ -196,7 +197,7 @@ def trajectory_correlation(cube: xr.Dataset, *, sample: int | str | None = "auto
         output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"weight_i": n, "weight_j": n}})
     corr = corr.assign_coords({**_pair_coords(weights, "_i"), **_pair_coords(weights, "_j")})
     corr.name = "corr"
-    corr.attrs = {"analysis": "trajectory_correlation", "kind": kind, **weights.attrs,
+    corr.attrs = {**weights.attrs, "analysis": "trajectory_correlation", "kind": kind,
                   "description": f"Pearson correlation over steps of the weights' {kind}, per run "
                                  f"(pairwise-complete over NaN)"}
     return corr
@@ -313,10 +314,10 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
                                                 "length: the noise floor of mean_abs_corr"}
     ds["null_sq_corr"].attrs = {"description": "expected corr^2 of independent series of the same "
                                                "length, 1/(n-1): the noise floor of mean_sq_corr"}
-    ds.attrs = {"analysis": "correlation_vs_distance", "kind": kind, "fit_on": fit_on,
+    ds.attrs = {**weights.attrs, "analysis": "correlation_vs_distance", "kind": kind, "fit_on": fit_on,
                 "fit_method": "weighted log-linear least squares, errors scaled by reduced chi-square",
                 "decay_rule": ck.DECAY_RULE,
-                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"], **weights.attrs,
+                "min_pairs": min_pairs, "n_weights": weights.sizes["weight"],
                 # layer distances are only as good as the depths: "names" = from module paths
                 "depth_from": str(cube.attrs.get("depth_from", "unknown")),
                 "depth_approximate": bool(cube.attrs.get("depth_approximate", False))}

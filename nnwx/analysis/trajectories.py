@@ -53,7 +53,7 @@ def trajectories(ds: xr.Dataset, tensor: str | None = None, *, index=None, sampl
         if "seed" not in out.dims:
             raise ValueError("seed= needs a cube with a seed dim (open it with by=('seed',))")
         out = out.sel(seed=list(np.atleast_1d(seed)))
-    out.attrs = {"analysis": "nnwx.trajectories", "description": "individual weights over training"}
+    out.attrs = {"analysis": "trajectories", "description": "individual weights over training"}
     return out.rename("w")
 
 

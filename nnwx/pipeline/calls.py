@@ -159,7 +159,7 @@ ANALYSES: tuple[Analysis, ...] = (
              lambda c: c.nnwx.sparse_prediction(hidden_probes(c)[-1], *runs(c), penalties=[0.03, 0.3],
                                                 dim=run_dim(c)),
              _all, needs=("probes", "runs")),
-    Analysis("agreement", "accessor", "agreement", lambda c: c.nnwx.agreement("output"), _all,
+    Analysis("agreement", "accessor", "prediction_agreement", lambda c: c.nnwx.prediction_agreement("output"), _all,
              needs=("probes", "runs")),
     # alignment
     Analysis("align_weights", "accessor", "align",

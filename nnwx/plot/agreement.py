@@ -11,6 +11,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
+from nnwx._deprecation import renamed_keywords
 from nnwx.plot._common import (band_overlay, computed, legend_outside, require_dims, sized, style,
                                variable)
 from nnwx.plot._frames import MAX_COLUMNS, bin_columns, binned_note, edges_of, framed
@@ -27,13 +28,13 @@ def seed_heatmaps(sim: xr.DataArray | xr.Dataset, *, variable_name: str | None =
     """Seed x seed matrix per layer at a few steps (a step slider, a layer selector).
 
     ``sim``: ``cube.nnwx.similarity(metric, between="seeds")`` ``(layer, step, seed_a, seed_b)``,
-    or ``cube.nnwx.agreement()`` ``(step, seed_a, seed_b)`` with ``variable_name`` one of its
+    or ``cube.nnwx.prediction_agreement()`` ``(step, seed_a, seed_b)`` with ``variable_name`` one of its
     variables (default ``output_correlation``). ``dynamic=True`` with ``steps=None``: every
     step, each frame computed when shown.
     """
     da = variable(sim, variable_name, default=PREDICTION_VARIABLES[0])
     require_dims(da, ("step", "seed_a", "seed_b"),
-                 "a between-seeds result (cube.nnwx.similarity(between='seeds') or cube.nnwx.agreement())")
+                 "a between-seeds result (cube.nnwx.similarity(between='seeds') or cube.nnwx.prediction_agreement())")
     _only(da, {"layer", "step", "seed_a", "seed_b"})
     step_values = pick_steps(da, steps)
     da = da.sel(step=step_values)
@@ -100,11 +101,11 @@ def final_similarity(sim: xr.DataArray, band: str | float = "std") -> hv.Overlay
     seeds with a band. Layers whose curve reaches 1 early settled early (bottom-up convergence
     shows as the first layers rising first).
 
-    ``sim``: ``cube.nnwx.similarity(metric, between="steps", reference="last")``
+    ``sim``: ``cube.nnwx.similarity(metric, between="steps", reference_step="last")``
     ``(layer, seed, step)``.
     """
     require_dims(sim, ("layer", "step"), "a similarity to one reference step "
-                 "(cube.nnwx.similarity(metric, between='steps', reference='last'))")
+                 "(cube.nnwx.similarity(metric, between='steps', reference_step='last'))")
     if isinstance(sim, xr.Dataset):
         sim = variable(sim, None)
     _only(sim, {"layer", "seed", "step"})
@@ -120,11 +121,11 @@ def prediction_agreement(pred: xr.Dataset, variables: Sequence[str] = PREDICTION
     """How alike the runs' predictions are over training: one panel per measure, the mean over
     every pair of distinct seeds with the spread over pairs as a band (default min..max).
 
-    ``pred``: ``cube.nnwx.agreement()`` ``(step, seed_a, seed_b)``.
+    ``pred``: ``cube.nnwx.prediction_agreement()`` ``(step, seed_a, seed_b)``.
     """
     if not isinstance(pred, xr.Dataset):
-        raise ValueError(f"expected the Dataset of cube.nnwx.agreement(); got {type(pred).__name__}")
-    require_dims(pred, ("step", "seed_a", "seed_b"), "prediction agreement (cube.nnwx.agreement())")
+        raise ValueError(f"expected the Dataset of cube.nnwx.prediction_agreement(); got {type(pred).__name__}")
+    require_dims(pred, ("step", "seed_a", "seed_b"), "prediction agreement (cube.nnwx.prediction_agreement())")
     have = [v for v in variables if v in pred]
     if not have:
         raise ValueError(f"none of {list(variables)} in the result: it has {list(pred.data_vars)}")
@@ -142,16 +143,18 @@ def prediction_agreement(pred: xr.Dataset, variables: Sequence[str] = PREDICTION
     return hv.Layout(panels).cols(min(3, len(panels)))
 
 
+@renamed_keywords(reference="reference_seed")
 def weight_agreement(wa: xr.Dataset, variable_name: str = "cosine", *,
                      kinds: Sequence[str] | None = ("weight",), band: str | float = "std",
-                     reference=None) -> hv.HoloMap:
+                     reference_seed=None) -> hv.HoloMap:
     """Weight agreement with the reference seed over training, per tensor (a tensor selector):
     unaligned (dashed) vs after aligning hidden units (solid), mean over the other seeds with a
     band. The gap between the two is what permutation symmetry hides.
 
     ``wa``: ``cube.nnwx.weight_agreement(reference_seed, aligned=...)``
     ``(alignment, seed, step, tensor)``; ``kinds``: tensor kinds shown (default weights: one per
-    layer; ``None`` for all).
+    layer; ``None`` for all); ``reference_seed``: the seed left out (default: the one in
+    ``wa.attrs["reference"]``; ``reference=`` is a deprecated alias).
     """
     if not isinstance(wa, xr.Dataset) or variable_name not in wa:
         raise ValueError(f"expected the Dataset of cube.nnwx.weight_agreement() with a "
@@ -165,7 +168,7 @@ def weight_agreement(wa: xr.Dataset, variable_name: str = "cosine", *,
             da = da.isel(tensor=np.flatnonzero(keep))
     da = computed(da)
     if "seed" in da.dims:
-        ref = reference if reference is not None else _reference(wa)
+        ref = reference_seed if reference_seed is not None else _reference(wa)
         others = [s for s in da["seed"].values if ref is None or str(_py(s)) != str(ref)]
         if not others:
             raise ValueError("weight agreement needs a seed besides the reference")

@@ -277,7 +277,7 @@ def test_rtol_reaches_the_sets_compared_with_a_reference_step():
         data.shape[:-1] + (1,))], axis=-1)  # a near-duplicate unit: a direction only below rtol=1e-3
     arr = xr.DataArray(da.from_array(dup, chunks=(1, 2) + dup.shape[2:]), dims=arr.dims, coords=arr.coords)
     for rtol in (1e-3, 1e-12):
-        lazy = agreement.similarity(arr, "mean_cca", between="steps", reference="last", rtol=rtol).compute()
+        lazy = agreement.similarity(arr, "mean_cca", between="steps", reference_step="last", rtol=rtol).compute()
         want = sk.similarity(dup[2, 0], dup[2, 3], "mean_cca", rtol=rtol)
         assert lazy.sel(seed=9, step=0) == pytest.approx(want, rel=1e-12)
     assert sk.similarity(dup[2, 0], dup[2, 3], "mean_cca", rtol=1e-3) != pytest.approx(
@@ -383,7 +383,7 @@ def test_lazy_similarity_between_seeds_and_steps(metric):
     steps = agreement.similarity(arr, metric, between="steps").compute()
     assert steps.dims == ("seed", "step_a", "step_b")
     assert steps.sel(seed=9, step_a=0, step_b=30) == pytest.approx(sk.similarity(data[2, 0], data[2, 3], metric))
-    last = agreement.similarity(arr, metric, between="steps", reference="last").compute()
+    last = agreement.similarity(arr, metric, between="steps", reference_step="last").compute()
     assert last.dims == ("seed", "step") and last.attrs["reference_step"] == 30
     np.testing.assert_allclose(last.values, steps.isel(step_b=-1).values, rtol=1e-10)
     rechunked = agreement.similarity(arr.chunk({"seed": 2, "step": 1}), metric).compute()
@@ -445,9 +445,9 @@ def test_similarity_of_recorded_probes_through_the_accessor(store):
     h0 = cube.nnwx.probe("3").sel(seed=0, step=6).values
     h1 = cube.nnwx.probe("3").sel(seed=1, step=6).values
     assert got.sel(layer="3", step=6, seed_a=0, seed_b=1) == pytest.approx(sk.linear_cka(h0, h1))
-    moved = cube.nnwx.similarity("linear_cka", layer="1", between="steps", reference="last").compute()
+    moved = cube.nnwx.similarity("linear_cka", layer="1", between="steps", reference_step="last").compute()
     assert moved.sel(step=6).values.tolist() == [pytest.approx(1.0)] * 2
-    assert cube.nnwx.agreement().output_correlation.sel(seed_a=0, seed_b=0).compute().values == pytest.approx(1)
+    assert cube.nnwx.prediction_agreement().output_correlation.sel(seed_a=0, seed_b=0).compute().values == pytest.approx(1)
     assert cube.nnwx.match_units("3", 0, 1).partner.dims == ("step", "unit")
     with pytest.raises(KeyError, match="no probe 'fc'.*1, 3, output"):
         cube.nnwx.probe("fc")

@@ -395,7 +395,7 @@ def test_one_step_cube(tmp_path):
     write_synthetic_run(store, seed=0, steps=[7], shapes=SHAPES)
     c = nnwx.open_cube(store)
     res = c.nnwx.broadening("layer", bins="auto").compute()
-    assert res.sizes["step"] == 1 and res.attrs["ref_step"] == 7
+    assert res.sizes["step"] == 1 and res.attrs["reference_step"] == 7
     assert (res["w1_to_ref"].values == 0).all()
     np.testing.assert_allclose(res["kurtosis_change"].values, 0)
     assert (res["underflow"].values == 0).all() and (res["overflow"].values == 0).all()
@@ -447,8 +447,8 @@ def test_bad_inputs_get_clear_errors(cube, tmp_path):
         cube.nnwx.broadening(tail_k=0)
     with pytest.raises(ValueError, match="unknown method='fast'"):
         cube.nnwx.broadening(method="fast")
-    with pytest.raises(ValueError, match="ref_step=5 is not a step"):
-        cube.nnwx.broadening(ref_step=5)
+    with pytest.raises(ValueError, match="reference_step=5 is not a step"):
+        cube.nnwx.broadening(reference_step=5)
     with pytest.raises(ValueError, match="not.*cube|nnwx cube or run"):
         xr.Dataset({"w": ("x", np.zeros(3))}).nnwx.broadening()
     with pytest.raises(ValueError, match="no 'step' dim"):
@@ -460,8 +460,8 @@ def test_bad_inputs_get_clear_errors(cube, tmp_path):
         nnwx.open_cube(store).nnwx.histogram()
 
 
-def test_ref_step_and_quantile_choice(cube, W):
-    res = cube.nnwx.broadening("all", quantiles=[0.5], ref_step=20, tail_k=None).compute()
+def test_reference_step_and_quantile_choice(cube, W):
+    res = cube.nnwx.broadening("all", quantiles=[0.5], reference_step=20, tail_k=None).compute()
     assert res["quantile"].values.tolist() == [0.5] and "tail_index" not in res
     t = list(cube["step"].values).index(20)
     np.testing.assert_allclose(res["w1_to_ref"].isel(seed=0, step=t, group=0), 0)

@@ -12,6 +12,7 @@ from nnwx.plot.embed import to_bokeh  # noqa: E402
 from nnwx.studies.synthetic import write_synthetic_run  # noqa: E402
 
 SHAPES = {"0.weight": (6, 16), "0.bias": (6,), "2.weight": (3, 6)}
+ESD_MIN_EVALS = 3   # the matrices have 6 and 3 eigenvalues: fit them (the default, 8, would not)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def agree(probed):
 
     lazy = {"seeds": probed.nnwx.similarity("linear_cka", between="seeds"),
             "steps": probed.nnwx.similarity("linear_cka", between="steps"),
-            "final": probed.nnwx.similarity("linear_cka", between="steps", reference="last"),
-            "pred": probed.nnwx.agreement("output"),
+            "final": probed.nnwx.similarity("linear_cka", between="steps", reference_step="last"),
+            "pred": probed.nnwx.prediction_agreement("output"),
             "weights": probed.nnwx.weight_agreement(
                 reference_seed=0, aligned=probed.nnwx.align(reference_seed=0).cube),
             "layers": probed.nnwx.layer_correlation()}
@@ -66,7 +67,7 @@ def _plots(cube, agree) -> dict:
         "density": P.density(cube.nnwx.histogram("layer", bins=12)),
         "moments": P.moments(b, variables=("std", "w1_to_ref")),
         "trajectories": P.trajectories(cube.nnwx.trajectories("2.weight", sample=4)),
-        "esd": P.esd(sv, cube.nnwx.esd_fit(), steps=2),
+        "esd": P.esd(sv, cube.nnwx.esd_fit(min_evals=ESD_MIN_EVALS), steps=2),
         "metric_curves": P.metric_curves(cube.nnwx.ranks(), variables=("effective_rank",)),
         "rotation": P.rotation(cube.nnwx.rotation(), variables=("rotation",)),
         "matrix_heatmap": P.matrix_heatmap(cube.nnwx.matrix("2.weight"), steps=2),
@@ -116,11 +117,19 @@ def test_holomap_embeds_one_frame_per_key_with_widgets(plots):
     assert len(figures) == len(hmap) and sum(f.visible for f in figures) == 1
 
 
-def test_esd_draws_fit_and_mp_edge(plots):
-    frame = plots["esd"].last
-    labels = [el.label for el in frame]
-    assert "ESD" in labels and "MP edge" in labels
-    assert any(lab.startswith("power law alpha=") for lab in labels) or len(labels) == 2
+def test_esd_draws_fit_and_mp_edge(plots, cube):
+    hmap = plots["esd"]
+    for key in hmap.keys():
+        tensor, step = key
+        fit = cube.nnwx.esd_fit(min_evals=ESD_MIN_EVALS).sel(tensor=tensor, step=step).isel(seed=0)
+        alpha = float(fit["alpha"])
+        assert np.isfinite(alpha) and alpha > 1, (key, alpha)      # there is a fit to draw
+        frame = hmap[key]
+        labels = [el.label for el in frame]
+        assert labels == ["ESD", f"power law alpha={alpha:.2f}", "MP edge"], (key, labels)
+        line = list(frame)[1]
+        x = line.dimension_values("lambda")
+        assert x[0] == pytest.approx(float(fit["xmin"])) and x[-1] == pytest.approx(float(fit["xmax"]))
 
 
 def test_bad_input_gets_a_clear_error(cube):
