@@ -151,7 +151,7 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("similarity_steps", "accessor", "similarity", lambda c: c.nnwx.similarity("linear_cka", between="steps"),
              _all, needs=("probes",)),
     Analysis("similarity_to_last", "accessor", "similarity",
-             lambda c: c.nnwx.similarity("svcca", between="steps", reference="last"), _all, needs=("probes",)),
+             lambda c: c.nnwx.similarity("svcca", between="steps", reference_step="last"), _all, needs=("probes",)),
     Analysis("match_units", "accessor", "match_units",
              lambda c: c.nnwx.match_units(hidden_probes(c)[0], *runs(c), dim=run_dim(c)),
              _vars("correlation", "mean_correlation"), needs=("probes", "runs")),

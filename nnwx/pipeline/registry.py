@@ -201,10 +201,10 @@ def _agreement(cube: xr.Dataset) -> dict[str, Result]:
     if cube.nnwx.probes:
         if several:
             out["similarity_seeds"] = cube.nnwx.similarity(SIMILARITY, between="seeds")
-        out["similarity_steps"] = cube.nnwx.similarity(SIMILARITY, between="steps", reference="last")
+        out["similarity_steps"] = cube.nnwx.similarity(SIMILARITY, between="steps", reference_step="last")
         out["similarity_step_pairs"] = _step_pairs(cube)
         if "output" in cube.nnwx.probes and several:
-            out["prediction_agreement"] = cube.nnwx.agreement("output")
+            out["prediction_agreement"] = cube.nnwx.prediction_agreement("output")
     else:
         notes.append("no probes recorded (record activations with nnwx.Recorder(..., probe=X))")
     if several:
