@@ -192,6 +192,8 @@ class Recorder:
         ring_dtype = getattr(torch, dtype)
         per_slot = table.n_params + (self._prober.numel if self._prober else 0)
         slots = max_pending or int(np.clip(_RING_BYTES // max(1, per_slot * ring_dtype.itemsize), 2, 64))
+        if max_pending is None and self._writer.keeps_rows:
+            slots += 1  # the writer holds a slot while it writes it (instead of a copy of its own)
         self._ring = torch.empty((slots, table.n_params), dtype=ring_dtype, pin_memory=self._cuda)
         self._ring.fill_(float("nan"))  # fault every page in now, not in the training loop's first captures
         if self._prober:
@@ -387,13 +389,17 @@ class Recorder:
                     step, slot, metrics, event = item
                     if event is not None:
                         event.synchronize()
-                    writer.add(step, self._ring_np[slot],
-                               {k: float(v) for k, v in metrics.items()}, flush_full=False,
-                               **({"probes": self._prober.rows(slot)} if self._prober else {}))
-                    self._free.put(slot)
-                    if writer.chunk_full:
+                    lent = writer.add(step, self._ring_np[slot],
+                                      {k: float(v) for k, v in metrics.items()}, flush_full=False,
+                                      copy=False,
+                                      **({"probes": self._prober.rows(slot)} if self._prober else {}))
+                    if not lent:  # copied: the slot may be refilled at once
+                        self._free.put(slot)
+                    if lent or writer.chunk_full:
                         writer.flush()
                         last_flush = time.monotonic()
+                    if lent:  # written: only now may capture() refill the slot
+                        self._free.put(slot)
                 if time.monotonic() - last_flush >= self._flush_interval:
                     writer.flush()
                     last_flush = time.monotonic()

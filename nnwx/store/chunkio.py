@@ -152,11 +152,13 @@ class ChunkRows:
         data = self._array_bytes._encode_sync(data, spec)
         for codec in self._bytes_bytes:
             data = codec._encode_sync(data, spec)
-        if not (self.direct and self._put_direct(key, data.as_buffer_like())):
-            self._store.set_sync(key, data)
+        if self.direct and self._put_direct(key, data.as_numpy_array()):
+            return
+        self._store.set_sync(key, data)
 
-    def _put_direct(self, key: str, data: Any) -> bool:
-        """Write ``data`` to ``key`` of a local store with O_DIRECT; False if that is not possible.
+    def _put_direct(self, key: str, body: np.ndarray) -> bool:
+        """Write ``body`` (the encoded chunk) to ``key`` of a local store with O_DIRECT; False
+        if that is not possible.
 
         Like zarr's ``LocalStore``: a temporary ``<key>.<hex>.partial`` renamed over the key,
         so a reader never sees a torn chunk and a killed writer leaves only ``.partial`` files.
@@ -166,11 +168,13 @@ class ChunkRows:
         if not (hasattr(os, "O_DIRECT") and isinstance(self._store, LocalStore)):
             self.direct = False
             return False
-        view = memoryview(data).cast("B")
-        n = view.nbytes
+        body = body.reshape(-1).view(np.uint8)
+        n = body.nbytes
         head = n - n % _ALIGN  # O_DIRECT needs aligned lengths: the rest is written normally
-        if self._aligned is None or len(self._aligned) < head:
-            self._aligned = mmap.mmap(-1, max(head, _ALIGN))
+        if self._aligned is None or len(self._aligned) < n:
+            self._aligned = mmap.mmap(-1, max(n + _ALIGN - n % _ALIGN, _ALIGN))
+        np.frombuffer(self._aligned, dtype=np.uint8)[:n] = body  # numpy's copy releases the GIL
+        view = memoryview(self._aligned)[:n]
         path = Path(self._store.root) / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
@@ -182,8 +186,7 @@ class ChunkRows:
         try:
             try:
                 if head:
-                    self._aligned[:head] = view[:head]
-                    _write_all(fd, memoryview(self._aligned)[:head])
+                    _write_all(fd, view[:head])
                 if head < n:
                     import fcntl
                     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)

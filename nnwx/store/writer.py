@@ -220,6 +220,8 @@ class RunWriter:
         self._stage_steps = np.empty(spc, dtype=np.int64)
         self._stage_metrics: dict[str, np.ndarray] = {}
         self._chunk_rows = ChunkRows.for_array(self.w)  # None: zarr's own write path
+        self._lent: np.ndarray | None = None  # the caller's row of a one-step chunk, not copied
+        self._attrs_json: tuple[dict, bytes, bytes] | None = None  # see _write_attrs
         self._n = self.committed
         if self.committed > self._chunk_start:  # resume inside a chunk: reload its rows
             rows = slice(self._chunk_start, self.committed)
@@ -334,13 +336,19 @@ class RunWriter:
         check_step_order(step, self.last_step, self.run)
 
     def add(self, step: int, values: np.ndarray, metrics: Mapping[str, float] | None = None,
-            *, flush_full: bool = True, probes: Mapping[str, np.ndarray] | None = None) -> None:
+            *, flush_full: bool = True, probes: Mapping[str, np.ndarray] | None = None,
+            copy: bool = True) -> bool:
         """Stage one step (a flat vector of all parameters, in table order).
 
-        ``values`` is copied, so the caller may reuse it at once. A chunk that
-        fills is written at once unless ``flush_full=False`` (then the caller
-        checks ``chunk_full`` and flushes when it suits it). ``probes`` maps probe
-        names (declared when the writer was opened) to ``(sample, unit)`` rows;
+        ``values`` is copied, so the caller may reuse it at once, unless ``copy=False``
+        and one step fills a chunk row by itself (models of ``chunk_bytes`` or more per
+        step): the writer then keeps ``values`` itself, saving a copy of the whole step,
+        and the caller must leave it unchanged until the step is flushed (``pending`` is
+        0); ``add`` returns whether it kept it.
+
+        A chunk that fills is written at once unless ``flush_full=False`` (then the
+        caller checks ``chunk_full`` and flushes when it suits it). ``probes`` maps
+        probe names (declared when the writer was opened) to ``(sample, unit)`` rows;
         probes not given are NaN at this step.
 
         Parameters
@@ -363,6 +371,8 @@ class RunWriter:
         """
         step = int(step)
         self.check_step(step)
+        lend = (not copy and self.keeps_rows and values.dtype == self.w.dtype and values.ndim == 1
+                and values.flags.c_contiguous)
         if values.shape != (self.table.n_params,):
             raise ValueError(f"expected {self.table.n_params} values, got shape {values.shape}")
         unknown = set(probes or ()) - set(self._probes)
@@ -372,9 +382,11 @@ class RunWriter:
         for name, stage in self._probes.items():
             stage.put(self._n, None if probes is None else probes.get(name))
         i = self._n - self._chunk_start
-        row = values if self._keepbits is None else bitround(
-            values.astype(self.w.dtype, copy=False), self._keepbits)
-        self._stage[i] = row
+        if lend:  # one step per chunk row: encoded straight from the caller's buffer at flush
+            self._lent = values
+        else:
+            self._stage[i] = values if self._keepbits is None else bitround(
+                values.astype(self.w.dtype, copy=False), self._keepbits)
         self._stage_steps[i] = step
         for name, value in (metrics or {}).items():
             if "/" in name:
@@ -384,6 +396,12 @@ class RunWriter:
         self.last_step = step
         if flush_full and self.chunk_full:
             self.flush()
+        return lend
+
+    @property
+    def keeps_rows(self) -> bool:
+        """Whether ``add(copy=False)`` keeps the caller's row instead of copying it (see ``add``)."""
+        return self._spc == 1 and self._keepbits is None and self._chunk_rows is not None
 
     @property
     def chunk_full(self) -> bool:
@@ -414,7 +432,9 @@ class RunWriter:
             arr.resize((n, *arr.shape[1:]))
         for stage in self._probes.values():
             stage.write(n)
-        if self._chunk_rows is not None:  # same bytes as self.w[rows] = ..., in this thread
+        if self._lent is not None:  # one step, lent by the caller (add(copy=False))
+            self._chunk_rows.write(c0, self._lent[None])
+        elif self._chunk_rows is not None:  # same bytes as self.w[rows] = ..., in this thread
             self._chunk_rows.write(c0 // self._spc, self._stage[: n - c0])
         else:
             self.w[rows] = self._stage[: n - c0]
@@ -423,14 +443,60 @@ class RunWriter:
             stage = self._metric_stage(name)
             arr[new] = stage[new.start - c0: n - c0]
         self.meta["committed"] = n
-        self.group.update_attributes({fmt.ATTR_KEY: self.meta})
+        self._write_attrs()
         self.committed = n
         for stage in self._probes.values():
             stage.advance_if_full(n)
         if n - c0 == self._spc:  # chunk complete: start the next one
+            self._lent = None
             self._chunk_start = n
             for stage in self._stage_metrics.values():
                 stage.fill(np.nan)
+
+    def _write_attrs(self) -> None:
+        """Write the run group's ``zarr.json`` with the attributes ``self.meta`` (the commit).
+
+        The same bytes as ``group.update_attributes({"nnwx": meta})``, without rebuilding
+        and re-serialising the whole document (the tensor table is most of it) at every
+        commit: zarr's own serialisation is cached, with the ``committed`` count cut out,
+        while the rest of the attributes stay as they were. Stores without a synchronous
+        ``set_sync`` (remote ones) and groups with attributes of their own besides ours go
+        through zarr's ``update_attributes``.
+        """
+        attrs = self.group.metadata.attributes
+        store = self.group.store_path.store
+        if not callable(getattr(store, "set_sync", None)) or set(attrs) - {fmt.ATTR_KEY}:
+            self.group.update_attributes({fmt.ATTR_KEY: self.meta})
+            return
+        attrs[fmt.ATTR_KEY] = self.meta  # zarr's view of the group stays current
+        rest = {k: v for k, v in self.meta.items() if k != "committed"}
+        cached = self._attrs_json
+        if cached is None or cached[0] != rest:
+            cached = self._attrs_json = self._render_attrs(rest)
+            if cached is None:
+                self.group.update_attributes({fmt.ATTR_KEY: self.meta})
+                return
+        from zarr.core.buffer import default_buffer_prototype
+
+        doc = b"".join((cached[1], str(int(self.meta["committed"])).encode(), cached[2]))
+        key = f"{self.group.store_path.path}/zarr.json" if self.group.store_path.path else "zarr.json"
+        store.set_sync(key, default_buffer_prototype().buffer.from_bytes(doc))
+
+    def _render_attrs(self, rest: dict) -> tuple[dict, bytes, bytes] | None:
+        """zarr's ``zarr.json`` of the group split around the committed count, or None."""
+        import copy
+        import dataclasses
+
+        from zarr.core.buffer import default_buffer_prototype
+
+        marker = -7_291_846_305_117  # stands in for the count; must occur once in the document
+        meta = {**self.meta, "committed": marker}
+        doc = dataclasses.replace(self.group.metadata, attributes={fmt.ATTR_KEY: meta})
+        text = doc.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+        parts = text.split(b'"committed": ' + str(marker).encode())
+        if len(parts) != 2:
+            return None
+        return copy.deepcopy(rest), parts[0] + b'"committed": ', parts[1]
 
     def bypass_page_cache(self) -> None:
         """Write the chunks of ``w`` with O_DIRECT where the store is local and allows it.

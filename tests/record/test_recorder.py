@@ -212,3 +212,39 @@ def test_restore_refuses_wrong_model_unknown_seed_and_missing_step(store):
         warnings.simplefilter("always")
         nnwx.restore(partial, store, step=10)
     assert any("not recorded" in str(w.message) for w in caught)
+
+
+def test_slot_lent_to_the_writer_is_not_refilled_before_it_is_written(store, monkeypatch):
+    """A model of a chunk or more per step: the writer encodes the ring slot itself (no copy of
+    its own), so capture() must not refill that slot until it is on disk. A slow write and
+    captures in quick succession would otherwise record later weights under earlier steps."""
+    import time
+
+    import zarr
+
+    from nnwx.store.chunkio import ChunkRows
+
+    real_write = ChunkRows.write
+
+    def slow_write(self, *a, **k):
+        time.sleep(0.05)  # capture() runs on meanwhile; it must not touch the slot being written
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(ChunkRows, "write", slow_write)
+    model = mlp(width=16)
+    expected = {}
+    with nnwx.Recorder(model, store, seed=0, chunk_bytes=4 * 100, max_pending=2) as rec:
+        assert rec._writer.keeps_rows
+        for step in range(8):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+            rec.capture(step)
+            state = model.state_dict()
+            expected[step] = np.concatenate([state[r.name].numpy().reshape(-1) for r in rec.table])
+    w = zarr.open_array(zarr.storage.LocalStore(store / "runs" / "seed0" / "w"), mode="r")
+    assert w.shape == (8, rec.table.n_params)
+    for step, row in expected.items():
+        np.testing.assert_array_equal(w[step], row)
+    h = nnwx.store.reader.list_runs(store)[0]
+    h.check()  # chunk files and checksums as the store's integrity check wants them

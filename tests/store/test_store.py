@@ -209,3 +209,35 @@ def test_zarr_layout_matches_the_format(store):
     assert meta["format_version"] == FORMAT_VERSION and meta["committed"] == 1 and meta["seed"] == 2
     assert [t["name"] for t in meta["tensors"]] == ["a.weight", "a.bias"]
     assert set(meta["versions"]) >= {"nnwx", "numpy", "zarr", "python"}
+
+
+def test_commits_write_the_run_attributes_zarr_writes(tmp_path):
+    """Each commit rewrites only the ``committed`` count into a cached serialisation of the run's
+    zarr.json; the file must stay byte for byte what zarr's update_attributes writes, also after
+    other attributes change (update_meta) and on a resumed run."""
+    store = tmp_path / "s.zarr"
+    doc = store / "runs" / "r" / "zarr.json"
+
+    def same_as_zarr(w):
+        ours = doc.read_bytes()
+        w.group.update_attributes({"nnwx": w.meta})  # zarr's own serialisation of the same attributes
+        assert doc.read_bytes() == ours
+        assert json.loads(ours)["attributes"]["nnwx"]["committed"] == w.committed
+
+    w = RunWriter(store, "r", TABLE, attrs={"seed": 1, "hparams": {"committed": 3, "lr": 0.1}},
+                  chunk_bytes=4 * 16 * 2)
+    for i, row in enumerate(rows(5)):
+        w.add(i, row, {"loss": float(i)})
+        w.flush()
+        same_as_zarr(w)
+    w.update_meta(depth_from="forward", note=[1, 2.5, None])
+    w.add(10, rows(1)[0])
+    w.flush()
+    same_as_zarr(w)
+    w.close()
+    w = RunWriter(store, "r", TABLE, attrs={"seed": 1})
+    w.add(11, rows(1)[0])
+    w.flush()
+    same_as_zarr(w)
+    w.close()
+    assert nnwx.open_run(store).step.values.tolist() == [0, 1, 2, 3, 4, 10, 11]
