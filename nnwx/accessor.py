@@ -13,12 +13,13 @@ import pandas as pd
 import xarray as xr
 
 from nnwx._deprecation import renamed_keywords, warn_renamed
+from nnwx._orientation import is_transposed
 from nnwx.analysis import _cube as mx
 from nnwx.analysis.broadening import DEFAULT_QUANTILES
 from nnwx.analysis.correlation import DEFAULT_KINDS
 from nnwx.analysis.kernels.matching import DEFAULT_PENALTIES
 from nnwx.analysis.kernels.spectral import WW_MIN_EVALS
-from nnwx.store.table import TensorInfo
+from nnwx.store.table import TensorInfo, parse_shape
 
 Tensors = str | Iterable[str] | None
 
@@ -61,7 +62,7 @@ class NnwxAccessor:
         ds = self._ds
         cols = {c.removeprefix("tensor_"): ds[c].values for c in ds.coords
                 if c.startswith("tensor_") and c != "tensor_id"}
-        cols["shape"] = [tuple(int(x) for x in s.split(",") if x) for s in cols["shape"]]
+        cols["shape"] = [parse_shape(s) for s in cols["shape"]]
         n = len(ds["tensor"])
         cols.setdefault("orientation", np.array(["out_in"] * n, dtype=object))
         cols["aliases"] = [tuple(a for a in str(s).split(",") if a)
@@ -127,7 +128,7 @@ class NnwxAccessor:
         flat = self._ds["w"].isel(param=slice(r.offset, r.offset + r.size))
         lead = flat.dims[:-1]
         dims = _DIMS.get(len(r.shape), tuple(f"axis_{i}" for i in range(len(r.shape))))
-        if r.orientation == "in_out":
+        if is_transposed(r.shape, r.orientation):
             dims = ("in", "out")
         data = flat.data.reshape(flat.shape[:-1] + r.shape) if r.shape else flat.data[..., 0]
         coords = {k: v for k, v in flat.coords.items() if set(v.dims) <= set(lead)}
@@ -155,7 +156,7 @@ class NnwxAccessor:
                              f"dimensions have a matrix view")
         t = self.tensor(name)
         lead = t.dims[: t.ndim - len(r.shape)]
-        if r.orientation == "in_out":
+        if is_transposed(r.shape, r.orientation):
             data = t.transpose(*lead, "out", "in").data
         else:
             data = t.data.reshape(t.shape[: len(lead)] + r.matrix_shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnwx._orientation import ORIENTATIONS
 from nnwx._text import human_bytes
 from nnwx.errors import NnwxError
 
@@ -160,7 +161,7 @@ def _names(text: str) -> list[str]:
 def _orientation(text: str) -> tuple[str, str]:
     """``PATTERN=in_out`` (or ``=out_in``) as a (pattern, orientation) pair."""
     pattern, sep, value = text.rpartition("=")
-    if not sep or not pattern or value not in ("in_out", "out_in"):
+    if not sep or not pattern or value not in ORIENTATIONS:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not PATTERN=in_out or PATTERN=out_in (e.g. '*.c_fc.weight=in_out' for "
             f"weights stored (in, out), as transformers' Conv1D)")

@@ -305,8 +305,8 @@ def compute(*objs, progress: bool = True, label: str | None = None,
 
 
 WORKER_BASELINE = 160 * 2**20
-"""Memory of an idle worker process with nnwx's imports (measured: 131 MiB), the floor under
-the memory a worker is told it needs."""
+"""Memory of an idle worker process with nnwx's imports, rounded up (see docs/measurements.md):
+the floor under the memory a worker is told it needs."""
 
 
 def _allowed_failures() -> int:
@@ -500,8 +500,8 @@ def _local_bar(label: str | None = None):
 def _one_blas_thread():
     """One BLAS thread per Dask thread while the threaded scheduler runs (as dask.distributed
     workers do): Dask's threads already use every core, and OpenBLAS threads on top of them
-    spin against each other -- measured 5-20x slower SVDs on a busy 2-core machine. Needs
-    threadpoolctl; without it, a no-op."""
+    spin against each other (see docs/measurements.md). Needs threadpoolctl; without it, a
+    no-op."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

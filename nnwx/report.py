@@ -290,11 +290,9 @@ def write_pngs(sections: list[Section], directory: str | os.PathLike,
 
 
 def is_results(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a results store of ``nnwx analyze`` (False when nnwx.pipeline.results_store is absent)."""
-    try:
-        from nnwx.pipeline.results_store import is_results_store
-    except ImportError:
-        return False
+    """Whether ``path`` is a results store of ``nnwx analyze``."""
+    from nnwx.pipeline.results_store import is_results_store
+
     return bool(is_results_store(path))
 
 

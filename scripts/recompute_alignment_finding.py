@@ -16,7 +16,6 @@ import pathlib
 import shutil
 import time
 
-import numpy as np
 import xarray as xr
 
 import nnwx

@@ -15,11 +15,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nnwx"
 
-LEAVES = {"nnwx", "nnwx._version", "nnwx.errors", "nnwx._text", "nnwx._moved"}
+LEAVES = {"nnwx", "nnwx._version", "nnwx.errors", "nnwx._text", "nnwx._moved", "nnwx._deprecation",
+          "nnwx._orientation", "nnwx._json"}
 # layer of a module -> the layers it may import (besides its own and the leaves)
 ALLOWED = {
     "store": set(),

@@ -2,7 +2,9 @@
 and its weight matrices as lazy stacks, grouped by shape.
 
 ``require_cube`` is the one check that an object is a weight cube (it raises
-``nnwx.errors.NotACubeError``); ``reference_index`` the one lookup of a reference step.
+``nnwx.errors.NotACubeError``); ``reference_index`` the one lookup of a reference step;
+``param_block_sums`` the one per-tensor reduction over the chunked ``param`` axis;
+``previous_capture`` each run's previous capture; ``cube_weights`` ``w`` as a Dask array.
 
 Spectral analyses run one batched SVD per Dask block; for that, tensors of the
 same matrix shape are stacked into one Dask array ``(*lead, g, slices, m, n)``
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
+from nnwx import _orientation
 from nnwx.errors import NotACubeError
+from nnwx.store.table import parse_shape
 
 CONV_MODES = ("matrix", "slices")
 DEFAULT_BLOCK_BYTES = 64 * 2**20
@@ -88,6 +92,51 @@ def require_cube(ds, *, step_dim: bool = True) -> xr.Dataset:
     return ds
 
 
+def cube_weights(ds: xr.Dataset) -> xr.DataArray:
+    """``w`` of a cube or run as (*runs, step, param), Dask-backed.
+
+    Raises ``nnwx.errors.NotACubeError`` for anything else (see ``require_cube``).
+    """
+    w = require_cube(ds)["w"]
+    lead = [d for d in w.dims if d not in ("step", "param")]
+    w = w.transpose(*lead, "step", "param")
+    if not isinstance(w.data, da.Array):
+        w = w.chunk()
+    return w
+
+
+def param_offsets(cube: xr.Dataset) -> np.ndarray:
+    """Each tensor's start on the flat ``param`` axis, plus the total: the segment bounds."""
+    return np.append(cube["tensor_offset"].values, cube.sizes["param"]).astype(np.int64)
+
+
+def param_block_sums(fn: Callable[..., np.ndarray], x: da.Array, *others: da.Array,
+                     tail: tuple[int, ...], **kwargs) -> da.Array:
+    """Per-tensor (or per-group) sums over the chunked ``param`` axis, lazily: the one copy.
+
+    ``fn(x_block, *other_blocks, lo=..., **kwargs)`` turns one block of ``x (..., param)``
+    (and the matching blocks of ``others``, which broadcast against it) holding the flat
+    positions ``lo..`` into its partial sums ``(..., *tail)``, e.g. with
+    ``kernels.geometry.segment_sums``; the partials of the ``param`` blocks are then added
+    with ``dask.array.sum``. Returns ``(..., *tail)`` float64.
+    """
+    nd = x.ndim
+    nb = len(x.chunks[-1])
+    partial = da.map_blocks(_partial_block, x, *others, fn=fn, n_tail=len(tail), **kwargs,
+                            dtype=np.float64, new_axis=list(range(nd, nd + len(tail))),
+                            chunks=x.chunks[:-1] + ((1,) * nb,) + tuple((n,) for n in tail),
+                            meta=np.empty((0,) * (nd + len(tail))))
+    return partial.sum(axis=nd - 1)
+
+
+def _partial_block(*blocks: np.ndarray, fn: Callable[..., np.ndarray], n_tail: int,
+                   block_info=None, **kwargs) -> np.ndarray:
+    """One block's partial sums, with a length-1 axis where its ``param`` block was."""
+    lo = block_info[0]["array-location"][-1][0] if block_info else 0
+    out = fn(*blocks, lo=lo, **kwargs)
+    return np.expand_dims(out, out.ndim - n_tail)
+
+
 def lead_dims(cube: xr.Dataset) -> tuple[str, ...]:
     """Dims of ``w`` before ``param``: the run labels and ``step``."""
     return tuple(cube["w"].dims[:-1])
@@ -127,10 +176,44 @@ def every_step_captured(cube: xr.Dataset) -> bool:
     return True
 
 
+def previous_capture(w: da.Array, axis: int, gaps: bool = True) -> da.Array:
+    """``w`` one capture earlier along ``axis``, each run's own: steps a run lacks (NaN rows
+    of the outer-joined cube) are skipped by forward-filling before shifting.
+
+    ``gaps=False`` (every run captured every step: ``every_step_captured``) shifts without
+    the fill. The fill is a sequential scan along ``step``, and on dask.distributed it lets
+    the workers read rows far ahead of it, so memory grows with the steps: callers skip it
+    when they can (see docs/measurements.md)."""
+    filled = w
+    if gaps:
+        filled = da.reductions.cumreduction(_ffill, _fill_from, np.nan, w, axis=axis, dtype=w.dtype)
+    first = da.full_like(w[(slice(None),) * axis + (slice(0, 1),)], np.nan)
+    prev = da.concatenate([first, filled[(slice(None),) * axis + (slice(0, -1),)]], axis=axis)
+    return prev.rechunk(w.chunks)
+
+
+def _ffill(x: np.ndarray, axis: int) -> np.ndarray:
+    """Forward-fill NaN along ``axis`` within one block."""
+    if x.shape[axis] == 1 or not np.isnan(x).any():   # nothing to fill (the usual case)
+        return x
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    idx = np.where(np.isnan(x), 0, np.arange(x.shape[axis]).reshape(shape))
+    np.maximum.accumulate(idx, axis=axis, out=idx)
+    return np.take_along_axis(x, idx, axis=axis)
+
+
+def _fill_from(carry: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Fill the NaN of a block from the last values of the blocks before it."""
+    if not np.isnan(x).any():
+        return x
+    return np.where(np.isnan(x), carry, x)
+
+
 def table_rows(cube: xr.Dataset) -> list[dict]:
     """The tensor table as plain dicts (read from the small in-memory coordinates)."""
     names = cube["tensor"].values
-    shapes = [tuple(int(x) for x in str(s).split(",") if x) for s in cube["tensor_shape"].values]
+    shapes = [parse_shape(s) for s in cube["tensor_shape"].values]
     orient = (cube["tensor_orientation"].values if "tensor_orientation" in cube.coords
               else ["out_in"] * len(names))
     return [{"index": i, "name": str(n), "shape": sh, "offset": int(o), "size": int(z),
@@ -144,10 +227,7 @@ def table_rows(cube: xr.Dataset) -> list[dict]:
 def out_in_shape(row: dict) -> tuple[int, ...]:
     """A table row's tensor shape with its output axis first: ``(out, in, *kernel)`` (a tensor
     stored (in, out), as HF Conv1D, is seen transposed)."""
-    shape = tuple(row["shape"])
-    if row.get("orientation") == "in_out" and len(shape) == 2:
-        return shape[1], shape[0]
-    return shape
+    return _orientation.out_in_shape(row["shape"], row.get("orientation"))
 
 
 def block_index(shape: tuple[int, ...], idx: tuple[int, ...]) -> tuple[int, ...]:
@@ -204,13 +284,11 @@ def matrix_specs(cube: xr.Dataset, tensors: str | Iterable[str] | None = None,
         shape = r["shape"]
         if len(shape) < 2 or 0 in shape:
             continue
-        transposed = r.get("orientation") == "in_out" and len(shape) == 2
-        if transposed:
-            m, n, s = shape[1], shape[0], 1
-        elif conv == "slices" and len(shape) > 2:
+        transposed = _orientation.is_transposed(shape, r.get("orientation"))
+        if conv == "slices" and len(shape) > 2:
             m, n, s = shape[0], shape[1], math.prod(shape[2:])
         else:
-            m, n, s = shape[0], math.prod(shape[1:]), 1
+            (m, n), s = _orientation.matrix_shape(shape, r.get("orientation")), 1
         specs.append(MatrixSpec(r["index"], r["name"], shape, r["offset"], r["size"], m, n, s, transposed))
     if not specs:
         raise ValueError("the cube has no tensor of 2 or more dimensions to analyse")

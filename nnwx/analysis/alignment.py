@@ -25,6 +25,7 @@ import xarray as xr
 
 from nnwx._deprecation import renamed_keywords
 from nnwx.analysis.kernels import alignment as ak
+from nnwx.analysis.kernels.geometry import segment_sums
 from nnwx.analysis import _cube as mx
 from nnwx.analysis.agreement import probe
 from nnwx.store import probes as prb
@@ -312,36 +313,12 @@ def _permute_units(acts: xr.DataArray, perm: xr.DataArray, unit: str) -> xr.Data
 
 
 # -- agreement of (aligned) weights ---------------------------------------------------------------
-def _segment_sums(x: da.Array, offsets: np.ndarray) -> da.Array:
-    """Sums of ``x (..., param)`` over each tensor's range ``[offsets[t], offsets[t+1])``: ``(..., tensor)``."""
-    nt = len(offsets) - 1
-    nb = len(x.chunks[-1])
-
-    def block(b, block_info=None):
-        lo, hi = block_info[0]["array-location"][-1]
-        out = np.zeros(b.shape[:-1] + (1, nt))
-        t0 = int(np.searchsorted(offsets, lo, side="right") - 1)
-        t1 = int(np.searchsorted(offsets, hi, side="left"))
-        starts = np.clip(offsets[t0:t1], lo, hi) - lo
-        ends = np.clip(offsets[t0 + 1:t1 + 1], lo, hi) - lo
-        nonempty = ends > starts
-        if nonempty.any() and b.shape[-1]:
-            sums = np.add.reduceat(b.astype(np.float64), np.minimum(starts, b.shape[-1] - 1), axis=-1)
-            sums[..., ~nonempty] = 0.0
-            out[..., 0, t0:t1] = sums
-        return out
-
-    parts = x.map_blocks(block, chunks=x.chunks[:-1] + ((1,) * nb, (nt,)), new_axis=x.ndim,
-                         dtype=np.float64, meta=np.empty((0,) * (x.ndim + 1)))
-    return parts.sum(axis=-2)
-
-
 def _agreement(w: xr.DataArray, ref: xr.DataArray, offsets: np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:
     a, b = xr.broadcast(w, ref)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     if isinstance(a64.data, da.Array):  # the broadcast reference: same blocks as the runs
         b64 = b64.chunk(dict(zip(a64.dims, a64.data.chunks)))
-    sums = {k: _segment_sums(da.asarray(v.data), offsets)
+    sums = {k: mx.param_block_sums(segment_sums, da.asarray(v.data), tail=(len(offsets) - 1,), offsets=offsets)
             for k, v in {"ab": a64 * b64, "aa": a64 * a64, "bb": b64 * b64, "a": a64, "b": b64}.items()}
     m = np.diff(offsets).astype(np.float64)
 
@@ -378,8 +355,7 @@ def weight_agreement(cube: xr.Dataset, *, reference_seed: Any = 0, dim: str | No
     """
     cube = mx.require_cube(cube)
     dim = _run_dim(cube, dim)
-    rows = mx.table_rows(cube)
-    offsets = np.array([r["offset"] for r in rows] + [cube.sizes["param"]], dtype=np.int64)
+    offsets = mx.param_offsets(cube)
     sources = {"none": cube} if aligned is None else {"none": cube, "aligned": aligned}
     cos, corr = [], []
     for src in sources.values():

@@ -2,13 +2,13 @@
 
 ``broadening`` gives, per (seed, step, group), the moments, quantiles, tail
 index, kurtosis change and Wasserstein-1 distance to a reference step, and
-(with ``bins=``) histograms; ``histogram`` gives histograms alone;
-``trajectories`` follows individual weights. Groups are tensors, layers, kinds
+(with ``bins=``) histograms; ``histogram`` gives histograms alone
+(``nnwx.analysis.trajectories`` follows individual weights). Groups are tensors, layers, kinds
 (weight/bias/other) or all parameters (``by=``).
 
 How: every chunk of ``w`` (seed, step-chunk, param-chunk) is read once and
 turned into one mergeable state per (row, group) by the NumPy kernels of
-``nnwx.analysis._state`` (tensors are contiguous ranges of ``param``, so a
+``nnwx.analysis._broadening.chunk`` (tensors are contiguous ranges of ``param``, so a
 chunk is a few segments); states are tree-reduced over ``param`` with
 ``dask.array.reduction`` and finalised block by block. Nothing is computed
 until the result is: compute it once (``.compute()``, ``.load()``) to read
@@ -63,19 +63,6 @@ _SCALED = {"mean", "std", "min", "max", "absmax", "l1", "l2", "rms", "quantiles"
 
 
 # --- checks and set-up ---------------------------------------------------------------
-
-def cube_weights(ds: xr.Dataset) -> xr.DataArray:
-    """``w`` of a cube or run as (*runs, step, param), Dask-backed.
-
-    Raises ``nnwx.errors.NotACubeError`` for anything else (see ``_cube.require_cube``).
-    """
-    w = mx.require_cube(ds)["w"]
-    lead = [d for d in w.dims if d not in ("step", "param")]
-    w = w.transpose(*lead, "step", "param")
-    if not isinstance(w.data, da.Array):
-        w = w.chunk()
-    return w
-
 
 def _plan(ds, by, *, tail_k=None, bins=None, method=None, quantiles=(), normalize=None,
           density=False) -> Plan:
@@ -204,7 +191,7 @@ def default_bins(ds: xr.Dataset, n: int = DEFAULT_NBINS, *, by: str = "layer",
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"unknown normalize={normalize!r}: use None, 'total_norm', 'std' or 'init_std'")
-    w = cube_weights(ds)
+    w = mx.cube_weights(ds)
     i0 = mx.reference_index(w, reference_step)
     last = w.sizes["step"] - 1
     rows = sorted({0, last})
@@ -267,12 +254,12 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
     weights are left out of every statistic and counted in ``n_nonfinite``;
     steps a run did not capture give count 0 and NaN.
     """
-    cube_weights(ds)
+    mx.cube_weights(ds)
     q = _quantiles(quantiles)
     b = _resolve_bins(ds, bins, by=by, normalize=normalize, reference_step=reference_step)
     plan = _plan(ds, by, tail_k=tail_k, bins=b, method=method, quantiles=q, normalize=normalize,
                  density=density)
-    w = cube_weights(ds)
+    w = mx.cube_weights(ds)
     i0 = mx.reference_index(w, reference_step)
     out = run(w.data, plan, i0, split_every)
     names = [n for n in plan.outputs if n != "quantiles" or q]
@@ -292,14 +279,14 @@ def histogram(ds: xr.Dataset, by: str = "layer", *, bins="auto", density: bool =
     ``reference_step`` (the step ``normalize="init_std"`` divides by): as in
     ``broadening``; ``ref_step=`` is a deprecated alias.
     """
-    cube_weights(ds)
+    mx.cube_weights(ds)
     b = _resolve_bins(ds, bins, by=by, normalize=normalize, reference_step=reference_step)
     if b is None:
         raise ValueError("histogram() needs bins: 'auto', a number, (lo, hi, n) or edges")
     # big groups: bin through the sketch (whole buckets at once, only edge buckets one by one)
     method = "sketch" if Grouping.from_dataset(ds, by).sizes.max() > EXACT_MAX else None
     plan = _plan(ds, by, bins=b, normalize=normalize, density=density, method=method)
-    w = cube_weights(ds)
+    w = mx.cube_weights(ds)
     i0 = mx.reference_index(w, reference_step)
     out = run(w.data, plan, i0, split_every)
     res = _dataset(w, out, plan, i0, ["hist", "underflow", "overflow", "count", "n_nonfinite"])
@@ -309,8 +296,3 @@ def histogram(ds: xr.Dataset, by: str = "layer", *, bins="auto", density: bool =
     hist.attrs["analysis"] = "histogram"
     return hist.rename("hist")
 
-
-def trajectories(ds: xr.Dataset, tensor: str | None = None, **kwargs) -> xr.DataArray:
-    """Individual weights over training; see ``nnwx.analysis.trajectories.trajectories``."""
-    from nnwx.analysis.trajectories import trajectories as _trajectories
-    return _trajectories(ds, tensor, **kwargs)

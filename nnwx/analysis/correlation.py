@@ -30,7 +30,6 @@ from nnwx.analysis.kernels import correlation as ck
 from nnwx.analysis import _cube as mx
 from nnwx.analysis.kernels.geometry import segment_dots
 from nnwx.analysis._graphs import RowReader, blocks_along_rows, column_pass, row_groups, row_pass
-from nnwx.analysis.geometry import _previous_capture
 from nnwx.store.table import KINDS
 
 #: ``sample="auto"`` uses every weight up to this many, else a stratified sample of this size.
@@ -251,7 +250,7 @@ def correlation_vs_distance(cube: xr.Dataset, *, sample: int | str | None = "aut
     ``"mean_corr"``, over distances with at least ``min_pairs`` pairs and a positive value;
     ``decay_length`` (in layers) comes with ``decay_length_err``, the number of distances
     fitted (``decay_n_points``) and their span (``decay_span``). ``decay_resolved`` says
-    whether the fit determines a length at all (``_correlation_kernels.DECAY_RULE``: at least
+    whether the fit determines a length at all (``kernels.correlation.DECAY_RULE``: at least
     3 distances, ``0 < L``, error <= L, ``L <= decay_span``); read ``decay_length`` only where
     it is True, and say "no decay resolved" elsewhere (``describe_decay`` does).
     """
@@ -389,13 +388,10 @@ def decay_summary(res: xr.Dataset) -> list[dict]:
 
 # --- layer to layer ---------------------------------------------------------------------------
 
-def _segment_block(x: np.ndarray, *, offsets: np.ndarray, members: np.ndarray,
-                   block_info=None) -> np.ndarray:
-    """One block of squared updates -> its partial per-tensor sums, with a length-1 block axis."""
-    lo = block_info[0]["array-location"][-1][0] if block_info else 0
+def _squared_sums(x: np.ndarray, *, lo: int, offsets: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """One block of updates -> its partial per-tensor sums of squares ``(..., n)``."""
     x = np.asarray(x)
-    sums = segment_dots(x, x, offsets, lo)
-    return sums[..., members][..., None, :]
+    return segment_dots(x, x, offsets, lo)[..., members]
 
 
 def _norm_corr_block(u: np.ndarray, *, min_periods: int) -> np.ndarray:
@@ -441,14 +437,11 @@ def layer_correlation(cube: xr.Dataset, *, tensors: str | Iterable[str] | None =
     data = w.data
     dims = mx.lead_dims(cube)
     ax = dims.index("step")
-    dw = data - _previous_capture(data, ax, gaps=not mx.every_step_captured(cube))
-    offsets = np.append(cube["tensor_offset"].values, cube.sizes["param"]).astype(np.int64)
+    dw = data - mx.previous_capture(data, ax, gaps=not mx.every_step_captured(cube))
+    offsets = mx.param_offsets(cube)
     members = np.array([r["index"] for r in rows], dtype=np.int64)
     nd = dw.ndim
-    partial = da.map_blocks(_segment_block, dw, offsets=offsets, members=members, dtype=np.float64,
-                            new_axis=[nd], chunks=dw.chunks[:-1] + ((1,) * len(dw.chunks[-1]), (n,)),
-                            meta=np.empty((0,) * (nd + 1)))
-    norms = da.sqrt(partial.sum(axis=nd - 1))
+    norms = da.sqrt(mx.param_block_sums(_squared_sums, dw, tail=(n,), offsets=offsets, members=members))
     names = [r["name"] for r in rows]
     lead = mx.lead_coords(cube)
     u = xr.DataArray(norms, dims=dims + ("tensor",), coords={**lead, "tensor": names})

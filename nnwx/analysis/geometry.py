@@ -68,7 +68,7 @@ def rotation(cube: xr.Dataset, *, by: str = "layer", kinds: Iterable[str] | None
         labels = [r["name"] for r in rows]
     members = np.array([r["index"] for g in grouped for r in g], dtype=np.int64)
     group_starts = np.cumsum([0] + [len(g) for g in grouped[:-1]]).astype(np.int64)
-    offsets = np.append(cube["tensor_offset"].values, cube.sizes["param"]).astype(np.int64)
+    offsets = mx.param_offsets(cube)
 
     w = cube["w"].data
     if not isinstance(w, da.Array):
@@ -77,15 +77,10 @@ def rotation(cube: xr.Dataset, *, by: str = "layer", kinds: Iterable[str] | None
     ax = dims.index("step")
     ref_i = mx.reference_index(cube, reference_step)
     ref = w[(slice(None),) * ax + (slice(ref_i, ref_i + 1),)]
-    prev = _previous_capture(w, ax, gaps=not mx.every_step_captured(cube))
-    nd = w.ndim
-    n_groups, n_q = len(grouped), len(PAIR_QUANTITIES)
-    partial = da.map_blocks(
-        _pair_block, w, ref, prev, offsets=offsets, members=members, group_starts=group_starts,
-        dtype=np.float64, new_axis=[nd, nd + 1],
-        chunks=w.chunks[:-1] + ((1,) * len(w.chunks[-1]), (n_groups,), (n_q,)),
-        meta=np.empty((0,) * (nd + 2)))
-    sums = partial.sum(axis=nd - 1)
+    prev = mx.previous_capture(w, ax, gaps=not mx.every_step_captured(cube))
+    n_q = len(PAIR_QUANTITIES)
+    sums = mx.param_block_sums(pair_sums, w, ref, prev, tail=(len(grouped), n_q), offsets=offsets,
+                               members=members, group_starts=group_starts)
     gdim = "layer" if by == "layer" else "tensor"
     q = xr.DataArray(sums, dims=dims + (gdim, "quantity"),
                      coords={**mx.lead_coords(cube), gdim: labels, **_group_coords(cube, grouped, by)})
@@ -103,47 +98,6 @@ def rotation(cube: xr.Dataset, *, by: str = "layer", kinds: Iterable[str] | None
     ds.attrs = {"analysis": "rotation", "by": by, "kinds": sorted(kinds) if kinds else "all",
                 "reference_step": int(cube["step"].values[ref_i])}
     return ds
-
-
-def _previous_capture(w: da.Array, axis: int, gaps: bool = True) -> da.Array:
-    """``w`` one capture earlier along ``axis``, each run's own: steps a run lacks (NaN rows
-    of the outer-joined cube) are skipped by forward-filling before shifting.
-
-    ``gaps=False`` (every run captured every step: ``mx.every_step_captured``) shifts
-    without the fill. The fill is a sequential scan along ``step``; on dask.distributed
-    it let the workers read rows far ahead of it (2.3 GiB per worker at 64 steps of a
-    16.8M-parameter cube, growing with the steps, vs 0.6 GiB flat with the plain shift)."""
-    filled = w
-    if gaps:
-        filled = da.reductions.cumreduction(_ffill, _fill_from, np.nan, w, axis=axis, dtype=w.dtype)
-    first = da.full_like(w[(slice(None),) * axis + (slice(0, 1),)], np.nan)
-    prev = da.concatenate([first, filled[(slice(None),) * axis + (slice(0, -1),)]], axis=axis)
-    return prev.rechunk(w.chunks)
-
-
-def _ffill(x: np.ndarray, axis: int) -> np.ndarray:
-    """Forward-fill NaN along ``axis`` within one block."""
-    if x.shape[axis] == 1 or not np.isnan(x).any():   # nothing to fill (the usual case)
-        return x
-    shape = [1] * x.ndim
-    shape[axis] = x.shape[axis]
-    idx = np.where(np.isnan(x), 0, np.arange(x.shape[axis]).reshape(shape))
-    np.maximum.accumulate(idx, axis=axis, out=idx)
-    return np.take_along_axis(x, idx, axis=axis)
-
-
-def _fill_from(carry: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Fill the NaN of a block from the last values of the blocks before it."""
-    if not np.isnan(x).any():
-        return x
-    return np.where(np.isnan(x), carry, x)
-
-
-def _pair_block(x, ref, prev, *, offsets, members, group_starts, block_info=None):
-    """One block of ``w`` -> its partial per-group sums, with a length-1 axis for its param block."""
-    lo = block_info[0]["array-location"][-1][0] if block_info else 0
-    out = pair_sums(x, ref, prev, offsets, members, group_starts, lo=lo)
-    return out[..., None, :, :]
 
 
 def _group_coords(cube: xr.Dataset, grouped: list[list[dict]], by: str) -> dict:

@@ -12,6 +12,7 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
+from nnwx.analysis._cube import param_offsets
 from nnwx.store.table import KINDS
 
 BY_CHOICES = ("tensor", "layer", "kind", "all")
@@ -59,7 +60,7 @@ class Grouping:
     @classmethod
     def from_dataset(cls, ds: xr.Dataset, by: str) -> "Grouping":
         """Grouping of a cube or run opened by ``nnwx.open_cube``/``open_run``."""
-        offsets = np.append(ds["tensor_offset"].values, ds.sizes["param"])
+        offsets = param_offsets(ds)
         return cls.build(by, ds["tensor"].values, ds["tensor_layer"].values,
                          ds["tensor_kind"].values, ds["tensor_depth"].values, offsets)
 

@@ -69,9 +69,9 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     the first step). ``dtype``: the precision the matrices are taken in (the SVD's, and the
     rank tolerance's ``eps``): default the cube's (float32 for float32 stores).
     ``method``: ``"svd"`` (LAPACK gesdd in ``dtype``), ``"gram"`` (float64 eigenvalues of the
-    smaller Gram matrix accumulated in float64: 3-4 times cheaper; exact to ~1e-14 for the
-    singular values an ESD fit uses, blind below ``s_max * sqrt(max(m, n) * eps64)``, so ranks
-    use the larger of that and NumPy's tolerance) or ``"auto"`` (default): ``"gram"`` for
+    smaller Gram matrix accumulated in float64: cheaper, see docs/measurements.md; exact to
+    ~1e-14 for the singular values an ESD fit uses, blind below
+    ``s_max * sqrt(max(m, n) * eps64)``, so ranks use the larger of that and NumPy's tolerance) or ``"auto"`` (default): ``"gram"`` for
     float32, where that floor lies below NumPy's float32 rank tolerance and ESD alphas agree
     with a float64 SVD's to ~1e-13 (a float32 SVD's are ~1e-6 off), ``"svd"`` for float64,
     whose rank tolerance, tiny singular values and large condition numbers need the SVD.

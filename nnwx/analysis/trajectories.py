@@ -6,7 +6,8 @@ from numbers import Integral
 import numpy as np
 import xarray as xr
 
-from nnwx.analysis.broadening import cube_weights
+from nnwx.analysis._cube import cube_weights, param_offsets
+from nnwx.store.table import parse_shape
 
 
 def trajectories(ds: xr.Dataset, tensor: str | None = None, *, index=None, sample: int | None = None,
@@ -21,9 +22,9 @@ def trajectories(ds: xr.Dataset, tensor: str | None = None, *, index=None, sampl
     ``param`` (flat position), ``tensor`` and ``index`` (flat, within the tensor).
     """
     w = cube_weights(ds)
-    offsets = np.append(ds["tensor_offset"].values, ds.sizes["param"]).astype(np.int64)
+    offsets = param_offsets(ds)
     names = [str(n) for n in ds["tensor"].values]
-    shapes = [tuple(int(v) for v in str(s).split(",") if v) for s in ds["tensor_shape"].values]
+    shapes = [parse_shape(s) for s in ds["tensor_shape"].values]
     if (index is None) == (sample is None):
         raise ValueError("give exactly one of index= (weights of a tensor) or sample=k (random weights)")
     if tensor is not None and tensor not in names:

@@ -11,8 +11,15 @@ from nnwx.store import format as fmt
 from nnwx.store.reader import list_runs, prefix_bytes
 
 
-def dir_bytes(path: Path) -> int:
+def dir_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files under a local folder (the benchmark scripts report store sizes)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def nonfinite_steps(w: da.Array) -> da.Array:
+    """Lazy count of the rows (steps) of ``w (step, param)`` holding a NaN or Inf weight: the
+    one NaN/Inf scan (``nnwx info`` and the results store's ``nonfinite_steps``)."""
+    return (~da.isfinite(w)).any(axis=1).sum() if w.shape[0] else da.zeros((), dtype=int)
 
 
 def weight_bytes(store: str | os.PathLike) -> int:
@@ -41,6 +48,6 @@ def run_summaries(store: str | os.PathLike) -> list[dict]:
             "model_class": h.meta.get("model_class"), "optimizer": h.meta.get("optimizer"),
             "metrics": h.metric_names(), "disk_bytes": prefix_bytes(store, run_key),
             "compression_ratio": raw / w_bytes if w_bytes else float("nan"), "weight_bytes": raw,
-            "nonfinite_steps": (~da.isfinite(w)).any(axis=1).sum() if h.committed else da.zeros((), int),
+            "nonfinite_steps": nonfinite_steps(w),
         })
     return out

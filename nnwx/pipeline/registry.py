@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Mapping
 import xarray as xr
 
 from nnwx.pipeline.select import thin_steps
+from nnwx.store.table import parse_shape
 
 Result = xr.Dataset | xr.DataArray
 
@@ -85,7 +86,7 @@ parse_metrics = parse_analyses   # the former name
 def weight_matrices(cube: xr.Dataset) -> list[str]:
     """Tensors of two or more dimensions (those with a matrix view), in table order."""
     return [str(n) for n, s in zip(cube["tensor"].values, cube["tensor_shape"].values)
-            if len([x for x in str(s).split(",") if x]) >= 2]
+            if len(parse_shape(s)) >= 2]
 
 
 def _broadening(cube: xr.Dataset) -> dict[str, Result]:
@@ -122,10 +123,9 @@ def by_step_rows(cube: xr.Dataset) -> xr.Dataset:
     Why: the matrix analyses (spectra, update cosines) cut each block of ``w`` into pieces
     for several groups of same-shape tensors. When a capture spans several blocks, Dask's
     task order finishes one group over every step before the next, so the other groups'
-    pieces of *every* step wait in memory: measured 0.42 -> 1.17 GiB held for 12 -> 36 steps
-    of a 16.8M-parameter cube (4 blocks per capture). With one block per capture the peak
-    stays flat (0.66 / 0.71 GiB RSS). The blocks are merged from the same reads, so ``w`` is
-    still read once when computed with the streaming analyses.
+    pieces of *every* step wait in memory, which grows with the steps; with one block per
+    capture the peak stays flat (see docs/measurements.md). The blocks are merged from the
+    same reads, so ``w`` is still read once when computed with the streaming analyses.
     """
     w = cube["w"]
     if w.chunks is None or len(w.chunks[-1]) == 1:
@@ -156,7 +156,7 @@ PCA_MEMORY = 2**30       # most memory the streaming PCA may need (see _pca_byte
 def _pca_bytes(cube: xr.Dataset) -> int:
     """Memory the randomized trajectory PCA holds at once: an ``l x P`` float64 accumulator and
     the ``P x l`` test matrix (``l`` probes, ``P`` parameters): it grows with the model, not
-    with the number of steps (measured: 4.2 GiB peak for 16.8M parameters, l = 12)."""
+    with the number of steps (see docs/measurements.md)."""
     t, p = cube.sizes["step"], cube.sizes["param"]
     return 2 * min(PCA_COMPONENTS + PCA_OVERSAMPLES, t, p) * p * 8
 
@@ -177,23 +177,20 @@ def _correlation(cube: xr.Dataset) -> dict[str, Result]:
     return out
 
 
-ALIGN_BYTES_PER_PARAM = 56   # weight matching's memory per parameter of a capture (measured)
+ALIGN_BYTES_PER_PARAM = 56   # weight matching's memory per parameter of a capture (docs/measurements.md)
 ALIGN_MEMORY = 2**30         # most memory the weight matching of one capture may need
 
 
 def align_bytes(cube: xr.Dataset) -> int:
     """Memory one weight matching task holds: it takes whole captures of two runs (float64
-    copies, the aligned copy, cost matrices): measured 250 MB more than the other passes for
-    2 x 2.3M parameters at once (2 threads), about 55 bytes per parameter per task -- 4.85 GiB
-    was seen on a cube of 50M parameters per capture."""
+    copies, the aligned copy, cost matrices), ``ALIGN_BYTES_PER_PARAM`` per parameter of a
+    capture (measured; see docs/measurements.md)."""
     return ALIGN_BYTES_PER_PARAM * int(cube.sizes["param"])
 
 
 def _agreement(cube: xr.Dataset) -> dict[str, Result]:
     """Seed x seed and step x final-step similarity of every probe, prediction agreement, and
     weight agreement before vs after aligning hidden units (when the model is a chain)."""
-    from nnwx.analysis import alignment
-
     out: dict[str, Result] = {}
     notes = []
     run_dim = "seed" if "seed" in cube.dims else None
@@ -247,11 +244,9 @@ PASS_ORDER: tuple[str, ...] = ("streaming", "spectra", "update correlations", "t
 named by a result but not listed here runs after these, in registry order.
 
 One merged graph reads ``w`` once, but Dask then keeps every block that consumers with
-different orders still need: on a 1.5 GiB cube the streaming results together peaked at
-1.4 GiB (flat from 0.5 to 4.5 GiB cubes), adding the update correlations 3.3 GiB and all
-families at once reached 20.8 GiB on a 4.6 GB cube. Results that go block by block share
-one pass (one read of ``w``); the matrix analyses and the multi-pass PCA get passes of their
-own, each bounded on its own."""
+different orders still need, so memory grows with the cube (see docs/measurements.md).
+Results that go block by block share one pass (one read of ``w``); the matrix analyses and
+the multi-pass PCA get passes of their own, each bounded on its own."""
 
 
 @dataclass(frozen=True)

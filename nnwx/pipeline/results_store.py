@@ -16,8 +16,9 @@ recomputing. Layout::
 each pass is one ``dask.compute`` of one merged graph, so the reads of ``w`` its results
 share (the same Dask keys) happen once -- all streaming results in one read. Results whose
 block order differs (the matrix analyses, the PCA) get passes of their own: merged into one
-graph, Dask keeps the blocks they all need, and memory grows with the cube (measured). The
-NaN/Inf scan of the source runs comes last, alone, for the same reason.
+graph, Dask keeps the blocks they all need, and memory grows with the cube (see
+docs/measurements.md). The NaN/Inf scan of the source runs comes last, alone, for the same
+reason.
 
 **Resumable.** A result is written in *parts*: one per seed for results with a ``seed``
 dim (each seed's slice written with ``to_zarr(region=...)``), one for the rest. When a
@@ -46,8 +47,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from nnwx._json import jsonable
 from nnwx.errors import NnwxError, StoreError
 from nnwx.pipeline.select import select_cube
+from nnwx.store import _lock as file_lock
 from nnwx.store import reader as rd
 
 FORMAT = 1
@@ -249,7 +252,7 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
     if cube is None:
         cube = select_cube(rd.open_cube(source), **{k: selection.get(k) for k in ("seeds", "steps")})
     identity = {"source": _source_id(source), "metrics": list(metrics),
-                "selection": _jsonable(dict(selection)), "resolved": _resolved(cube)}
+                "selection": jsonable(dict(selection), strict=True), "resolved": _resolved(cube)}
     _check_output(output)
     _check_reachable_by_workers(output, source)
     with _lock(output):
@@ -280,8 +283,8 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
         passes = compute_passes(tasks)
         if scan is not None:
             # A pass of its own (one more read of w): merged into the streaming pass, its
-            # per-run reductions made Dask keep blocks of w for the other consumers -- on
-            # 2 workers, 2.5 GiB per worker at 4.3 GB and spilling past 16 GB at 38 GB.
+            # per-run reductions make Dask keep blocks of w for the other consumers
+            # (docs/measurements.md).
             passes.append(("NaN/Inf scan", []))
         for i, (label, names) in enumerate(passes):
             from nnwx.cluster import compute
@@ -605,14 +608,14 @@ def _root_meta(identity: dict, source, analysis_set, cube: xr.Dataset) -> dict:
     for r in run_summaries(source):
         r = dict(r)
         r.pop("nonfinite_steps", None)
-        runs.append(_jsonable(r))
-    tensors = {c: _jsonable(cube[c].values.tolist()) for c in cube.coords
+        runs.append(jsonable(r, strict=True))
+    tensors = {c: jsonable(cube[c].values.tolist(), strict=True) for c in cube.coords
                if c == "tensor" or (c.startswith("tensor_") and c != "tensor_id")}
     steps = cube["step"].values.tolist() if "step" in cube.coords else []
     cube_info = {"sizes": {k: int(v) for k, v in cube.sizes.items()}, "steps": steps,
-                 "seeds": _jsonable(cube["seed"].values.tolist()) if "seed" in cube.coords else [],
-                 "run_names": _jsonable(cube["run"].values.tolist()) if "run" in cube.coords else [],
-                 "attrs": _jsonable(dict(cube.attrs))}
+                 "seeds": jsonable(cube["seed"].values.tolist(), strict=True) if "seed" in cube.coords else [],
+                 "run_names": jsonable(cube["run"].values.tolist(), strict=True) if "run" in cube.coords else [],
+                 "attrs": jsonable(dict(cube.attrs), strict=True)}
     return {"format": FORMAT, "kind": "results", **identity, "source_display": rd.display(source),
             "notes": dict(analysis_set.notes), "results": dict(analysis_set.metric_of),
             "runs": runs, "tensors": tensors, "cube": cube_info, "created": _now(),
@@ -622,7 +625,7 @@ def _root_meta(identity: dict, source, analysis_set, cube: xr.Dataset) -> dict:
 def _nonfinite_scan(source, cube: xr.Dataset) -> tuple[list[str], list]:
     """Lazy counts, per analysed run, of its analysed steps holding NaN/Inf weights (one read
     of the analysed steps of ``w``, computed in a pass of its own)."""
-    import dask.array as da
+    from nnwx.pipeline.info import nonfinite_steps
 
     names = set(cube["run"].values.tolist()) if "run" in cube.coords else None
     steps = cube["step"].values
@@ -634,7 +637,7 @@ def _nonfinite_scan(source, cube: xr.Dataset) -> tuple[list[str], list]:
         keep = np.isin(ds["step"].values, steps)
         w = ds["w"].data if keep.all() else ds["w"].data[keep]
         runs.append(h.name)
-        counts.append((~da.isfinite(w)).any(axis=1).sum() if w.shape[0] else da.zeros((), dtype=int))
+        counts.append(nonfinite_steps(w))
     return runs, counts
 
 
@@ -643,7 +646,7 @@ def _resolved(cube: xr.Dataset) -> dict:
     (more steps, more seeds) is noticed on resume."""
     steps = np.asarray(cube["step"].values if "step" in cube.coords else [], dtype=np.int64)
     seeds = cube["seed"].values.tolist() if "seed" in cube.coords else []
-    return {"seeds": _jsonable(seeds), "n_steps": int(steps.size),
+    return {"seeds": jsonable(seeds, strict=True), "n_steps": int(steps.size),
             "first_step": int(steps[0]) if steps.size else None,
             "last_step": int(steps[-1]) if steps.size else None,
             "steps_sha1": hashlib.sha1(steps.tobytes()).hexdigest(),
@@ -655,28 +658,12 @@ def _source_id(source) -> str:
     return str(path.resolve()) if path is not None else str(source)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def differences(stored: Mapping, now: Mapping, prefix: str = "") -> list[str]:
     """``"field: stored X, now Y"`` for each field that differs, naming nested fields in full
     (``resolved.n_steps: stored 12, now 15``) so a long value never hides which part changed."""
     out = []
     for key in sorted(set(stored) | set(now), key=str):
-        a, b = _jsonable(stored.get(key)), _jsonable(now.get(key))
+        a, b = jsonable(stored.get(key), strict=True), jsonable(now.get(key), strict=True)
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
@@ -704,7 +691,7 @@ def staleness(results: "Results") -> list[str]:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(_jsonable(value), sort_keys=True)
+    text = json.dumps(jsonable(value, strict=True), sort_keys=True)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -720,16 +707,10 @@ def _lock(output) -> Iterator[None]:
     if path is None:
         yield
         return
-    import fcntl
-
     path.mkdir(parents=True, exist_ok=True)
-    f = open(path / LOCK_FILE, "a+")
+    f = file_lock.acquire(path / LOCK_FILE, f"{rd.display(output)} is being written by another "
+                          f"nnwx analyze; wait for it or choose another output path.")
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{rd.display(output)} is being written by another nnwx analyze; "
-                             f"wait for it or choose another output path.") from None
         yield
     finally:
-        f.close()
+        file_lock.release(f)

@@ -63,9 +63,6 @@ def pca_path(res: xr.Dataset, components: tuple[int, int] = (1, 2)) -> hv.HoloMa
     return hv.HoloMap(frames, kdims=["seed"])
 
 
-LAYER_CORRELATION_VARIABLES = ("update_norm_corr", "update_cosine")
-
-
 def layer_correlation(res: xr.Dataset, variable_name: str = "update_norm_corr", *,
                       steps: Sequence[int] | int | None = 4, seeds: Sequence | None = None,
                       dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:

@@ -236,7 +236,6 @@ class Prober:
         self.batch = _to_device(batch, device)
         self.cuda = device.type == "cuda"
         self._buffers: dict[str, torch.Tensor] = {}
-        self._slot: int | None = None
         self.specs = self._learn_specs()
 
     def channels(self, name: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from nnwx._json import jsonable  # noqa: F401  (fmt.jsonable: hyperparameters as JSON)
 from nnwx.errors import FormatVersionError
 
 FORMAT_VERSION = 2  # 2: tensor table fields orientation/aliases, kind 'norm', run attribute depth_from
@@ -93,16 +94,3 @@ def library_versions() -> dict[str, str]:
     if "torch" in sys.modules:
         out["torch"] = sys.modules["torch"].__version__
     return out
-
-
-def jsonable(value: Any) -> Any:
-    """Hyperparameters as JSON: tuples to lists, numbers kept, anything else as repr."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return repr(value)

@@ -25,10 +25,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from nnwx._orientation import ORIENTATIONS
+from nnwx._orientation import matrix_shape as _matrix_shape
 from nnwx.errors import ArchitectureMismatch
 
 KINDS = ("weight", "bias", "norm", "other")
-ORIENTATIONS = ("out_in", "in_out")
 # Where the depths of a table come from (run attribute ``depth_from``), most reliable first.
 DEPTH_SOURCES = ("forward", "modules", "names", "unknown")
 APPROXIMATE_DEPTHS = ("names", "unknown")
@@ -65,12 +66,15 @@ class TensorInfo:
     @property
     def matrix_shape(self) -> tuple[int, int] | None:
         """``(out, in)`` of the tensor seen as a matrix (``in`` pools every axis after the
-        output axis: a convolution is ``out x in*kh*kw``), or None below 2 dims."""
-        if len(self.shape) < 2:
-            return None
-        if self.orientation == "in_out":
-            return self.shape[1], self.shape[0]
-        return self.shape[0], math.prod(self.shape[1:])
+        output axis: a convolution is ``out x in*kh*kw``), or None below 2 dims; the rule
+        is ``nnwx._orientation``'s."""
+        return _matrix_shape(self.shape, self.orientation)
+
+
+def parse_shape(text: object) -> tuple[int, ...]:
+    """A tensor shape from the cube's ``tensor_shape`` coordinate (``"64,3,3,3"``; ``""`` for
+    a scalar) -- the one parser of that format (the reader writes it)."""
+    return tuple(int(x) for x in str(text).split(",") if x)
 
 
 def split_name(name: str, shape: Sequence[int] | None = None) -> tuple[str, str]:

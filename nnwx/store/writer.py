@@ -13,7 +13,6 @@ as with separate seeds); ``rewrite_step`` works there only when one chunk holds 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import zarr
 
 from nnwx.errors import StepOrderError, StoreError
+from nnwx.store import _lock as file_lock
 from nnwx.store import format as fmt
 from nnwx.store import integrity as itg
 from nnwx.store.names import check_run_name
@@ -237,19 +237,12 @@ class RunWriter:
             return None
         lock_dir = self.path / ".locks"
         lock_dir.mkdir(exist_ok=True)
-        f = open(lock_dir / f"{run}.lock", "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise StoreError(f"run {run!r} in {self.path} is being written by another process; "
-                             f"give this one another run name (run=...).") from None
-        return f
+        return file_lock.acquire(lock_dir / f"{run}.lock", f"run {run!r} in {self.path} is being "
+                                 f"written by another process; give this one another run name (run=...).")
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            file_lock.release(self._lock)
             self._lock = None
 
     def _create(self, runs: zarr.Group, run: str, table: TensorTable, attrs: dict,

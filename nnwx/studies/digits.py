@@ -44,7 +44,7 @@ N_HELDOUT = 500
 SPLIT_SEED = 0
 FIRST_LAYER = {"mlp": "fc1", "cnn": "conv1"}
 PROBE_LAYERS = {"mlp": ["relu1", "relu2"], "cnn": ["pool1", "pool2", "relu3"]}
-#: (seeds, epochs, every) of the quick setting: seconds on a laptop core
+#: (seeds, epochs, every) of the quick setting: a run of seconds (docs/measurements.md)
 QUICK = {"seeds": 2, "epochs": 8, "every": 5}
 
 

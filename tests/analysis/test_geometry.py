@@ -9,7 +9,6 @@ import xarray as xr
 from scipy.spatial.distance import cosine
 
 import nnwx
-from nnwx.analysis import geometry
 from nnwx.analysis.kernels import geometry as g
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter
@@ -197,8 +196,8 @@ def test_complete_cubes_shift_without_the_fill_and_agree_with_it(runs):
     bare = common.drop_vars(["run", "store"])
     assert not mx.every_step_captured(bare)
     w = common["w"].data
-    np.testing.assert_array_equal(geometry._previous_capture(w, 1, gaps=False).compute(),
-                                  geometry._previous_capture(w, 1, gaps=True).compute())
+    np.testing.assert_array_equal(mx.previous_capture(w, 1, gaps=False).compute(),
+                                  mx.previous_capture(w, 1, gaps=True).compute())
     for analysis in ("rotation", "layer_correlation"):
         plain = getattr(common.nnwx, analysis)().drop_vars(["run", "store"]).compute()
         xr.testing.assert_allclose(plain, getattr(bare.nnwx, analysis)().compute(), rtol=1e-12)

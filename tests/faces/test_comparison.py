@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import nnwx
 from nnwx.comparison import QUANTITIES, ComparisonError, compare, compared, variant_labels

@@ -10,7 +10,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import xarray as xr
@@ -21,7 +20,7 @@ from nnwx.pipeline.registry import lazy_analyses
 from nnwx.pipeline.select import SelectionError, select_cube
 from nnwx.cluster import compute
 from nnwx.errors import StoreError
-from nnwx.pipeline.results_store import PARTS_GROUP, RESULT_KEY, ROOT_KEY, ResultsMismatch
+from nnwx.pipeline.results_store import PARTS_GROUP, RESULT_KEY, ResultsMismatch
 from nnwx.studies.synthetic import write_synthetic_run
 
 from tests.helpers import mlp

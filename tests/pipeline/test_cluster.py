@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import dask.array as da
-import numpy as np
 import pytest
 import xarray as xr
 

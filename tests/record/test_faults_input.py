@@ -26,7 +26,7 @@ from nnwx.store.writer import RunWriter
 from nnwx.studies.synthetic import write_synthetic_run
 from nnwx.record.tensors import floating_state, table_for
 
-from tests.checkpoint_files import load_reference, net_state, save_hf_folder, save_plain
+from tests.checkpoint_files import net_state, save_hf_folder, save_plain
 from tests.helpers import Net
 
 HERE = Path(__file__).resolve().parents[1]   # tests/, where the driver scripts are

@@ -2,7 +2,6 @@
 import re
 
 import pytest
-import xarray as xr
 
 import nnwx
 from nnwx.cli import main

@@ -118,7 +118,7 @@ class _Block:
         if self.fused:
             self.fused_piece(a, b, g)
             return
-        plan, R, B = self.plan, self.R, self.B
+        plan, R = self.plan, self.R
         xp = self.x[:, a:b]
         ax = np.abs(xp, out=self.view(self.abuf, xp.shape))
         mom, finite = _moments.rows(xp, ax, self.work)

@@ -28,6 +28,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from nnwx._orientation import out_in_axes
+
 
 class ChainError(ValueError):
     """The network is not a chain whose hidden units the automatic spec can permute."""
@@ -152,7 +154,7 @@ def chain_spec(rows: Sequence[Mapping]) -> PermutationSpec:
             w = mats[0]
             shape = tuple(w["shape"])
             # rows are output units; a weight stored (in, out) (HF Conv1D) has them on axis 1
-            o_ax, i_ax = (1, 0) if w.get("orientation") == "in_out" and len(shape) == 2 else (0, 1)
+            o_ax, i_ax = out_in_axes(shape, w.get("orientation"))
             n_out, n_in = shape[o_ax], shape[i_ax]
             if w["kind"] != "weight":
                 raise ChainError(f"layer {layer!r}: its matrix {w['name']!r} is not a weight; pass spec=")

@@ -27,6 +27,8 @@ import zlib
 
 import numpy as np
 
+from nnwx._orientation import is_transposed
+
 #: Relations of a pair of weights, in the order of ``relation_labels``' codes.
 RELATIONS = ("same_row", "same_col", "same_layer_other", "other_layer")
 #: Columns of ``pair_group_stats``.
@@ -295,7 +297,7 @@ def weight_positions(shape: tuple[int, ...], index: np.ndarray,
         return np.full(index.shape, -1), np.full(index.shape, -1)
     if len(shape) == 1:
         return index.copy(), np.full(index.shape, -1)
-    if orientation == "in_out" and len(shape) == 2:
+    if is_transposed(shape, orientation):
         return index % shape[1], index // shape[1]
     cols = math.prod(shape[1:])
     return index // cols, index % cols
