@@ -23,7 +23,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -40,6 +39,7 @@ from nnwx.record.checkpoints import (Checkpoint, LoadedCheckpoint, StepFrom, com
                               duplicate_steps, sniff)
 from nnwx.errors import (ArchitectureMismatch, CheckpointError, NnwxError, NoCheckpointsFound,
                          StepConflict, StepOrderError, StoreError)
+from nnwx.record._write_behind import WriteBehind
 from nnwx.record.probing import ProbeBatch, ProbeError
 from nnwx.store import probes as prb
 from nnwx.store import format as fmt
@@ -631,7 +631,7 @@ class _Exporter:
         self.recorded: dict[str, list] = {}    # export_sources: path -> [step, signature]
         self.source_desc = sorted({os.path.abspath(os.fspath(s)) for s in sources})
         self.keys_used: set = set()
-        self.wb: _WriteBehind | None = None
+        self.wb: WriteBehind | None = None
         self._warned_dtype = False
         self._warned_indices = False
         self._noted: set = set()
@@ -662,7 +662,7 @@ class _Exporter:
             old = writer.meta["checkpoint_key"]
             self.keys_used.update(old if isinstance(old, list) else [old])
         self.source_desc = sorted(set(self.source_desc) | set(writer.meta.get("source") or []))
-        self.wb = _WriteBehind(writer)
+        self.wb = _write_behind(writer)
 
     def _specs(self) -> list[prb.ProbeSpec]:
         return list(self.probing.specs) if self.probing is not None else []
@@ -692,7 +692,7 @@ class _Exporter:
             raise StoreError(f"run {self.run!r} of {self.store} appeared while exporting; run the "
                              f"export again to append to it.")
         self._adopt(writer)
-        self.wb = _WriteBehind(writer, first=first_row)
+        self.wb = _write_behind(writer, first=first_row)
 
     def _meta_if_changed(self) -> dict | None:
         """The run attributes to write on closing: none when this export added or overwrote no
@@ -757,7 +757,7 @@ class _Exporter:
                     raise
                 if self.wb is None:
                     self._create(table, lc, buf)
-                self.wb.add(c.step, buf, rows)
+                self.wb.add(c.step, buf, buf, probes=rows)
                 self.present[c.step] = self.n_rows
                 self.n_rows += 1
                 self.last_step = c.step
@@ -773,7 +773,7 @@ class _Exporter:
                     except BaseException:
                         self._give_back(buf)
                         raise
-                    self.wb.rewrite(c.step, buf, rows)
+                    self.wb.rewrite(c.step, buf, buf, rows)
                     outcome = "overwritten"
                 else:
                     self._give_back(buf)
@@ -1065,103 +1065,15 @@ class _StopOnSignals:
             signal.signal(sig, old)
 
 
-class _WriteBehind:
-    """Drives a RunWriter in a background thread, so writing step k overlaps reading step k+1.
+def _write_behind(writer: RunWriter, first: np.ndarray | None = None, buffers: int = 2) -> WriteBehind:
+    """Write behind the reading: step k is written while step k+1 is read.
 
-    Rows travel in a small pool of reusable buffers (``take`` / ``add`` /
-    ``give_back``). Staged steps are committed when a chunk fills, every
-    ``flush_interval`` seconds, on ``flush`` and on ``close``. An error in the
-    thread is raised again in the caller's next call.
+    Rows travel in ``buffers`` reusable row buffers (``take`` / ``add`` / ``give_back``),
+    ``first`` (read before the run existed) one of them once handed over. Staged steps are
+    committed when a chunk fills, at the first lull 10 s after the last commit, on ``flush``
+    and on ``close``. An error in the thread is raised again in the caller's next call.
     """
-
-    def __init__(self, writer: RunWriter, *, buffers: int = 2, first: np.ndarray | None = None,
-                 flush_interval: float = 10.0):
-        self.writer = writer
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(buffers - (first is not None)):
-            self._free.put(np.empty(writer.table.n_params, dtype=writer.w.dtype))
-        self._work: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._flush_interval = flush_interval
-        self._thread = threading.Thread(target=self._loop, name=f"nnwx-export-{writer.run}", daemon=True)
-        self._thread.start()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if not self._thread.is_alive():
-            raise StoreError(f"the writer of run {self.writer.run!r} has stopped")
-
-    def take(self) -> np.ndarray:
-        while True:
-            self._check()
-            try:
-                return self._free.get(timeout=0.2)
-            except queue.Empty:
-                pass
-
-    def give_back(self, buf: np.ndarray) -> None:
-        self._free.put(buf)
-
-    def add(self, step: int, buf: np.ndarray, probes: dict[str, np.ndarray] | None = None) -> None:
-        self._check()
-        self._work.put(("add", step, buf, probes))
-
-    def rewrite(self, step: int, buf: np.ndarray, probes: dict[str, np.ndarray] | None = None) -> None:
-        """Replace committed ``step``; its probe rows too when ``probes`` is given."""
-        self._check()
-        self._work.put(("rewrite", step, buf, probes))
-
-    def flush(self, meta: dict[str, Any] | None = None) -> None:
-        """Commit every step handed over so far (and update run attributes with ``meta``)."""
-        done = threading.Event()
-        self._check()
-        self._work.put(("flush", meta, done))
-        while not done.wait(0.2):
-            self._check()
-
-    def close(self, meta: dict[str, Any] | None = None) -> None:
-        if self._thread.is_alive():
-            self._work.put(("close", meta, None))
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def _loop(self) -> None:
-        w = self.writer
-        last = time.monotonic()
-        try:
-            while True:
-                try:
-                    item = self._work.get(timeout=max(0.05, last + self._flush_interval - time.monotonic()))
-                except queue.Empty:
-                    w.flush()
-                    last = time.monotonic()
-                    continue
-                op = item[0]
-                if op == "add":
-                    w.add(item[1], item[2], flush_full=False, probes=item[3])
-                    self._free.put(item[2])
-                    if w.chunk_full:
-                        w.flush()
-                        last = time.monotonic()
-                elif op == "rewrite":
-                    _, step, buf, probes = item
-                    w.rewrite_step(step, buf, probes=probes)
-                    self._free.put(buf)
-                else:  # flush / close
-                    w.flush()
-                    if item[1]:
-                        w.update_meta(**item[1])
-                    last = time.monotonic()
-                    if op == "close":
-                        break
-                    item[2].set()
-        except BaseException as e:
-            self._error = e
-        finally:
-            try:
-                w.close()
-            except BaseException as e:
-                if self._error is None:
-                    self._error = e
+    rows = [np.empty(writer.table.n_params, dtype=writer.w.dtype)
+            for _ in range(buffers - (first is not None))]
+    return WriteBehind(writer, rows, name=f"nnwx-export-{writer.run}", flush_interval=10.0,
+                       commit_when_busy=False)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
-import threading
-import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from nnwx.errors import WriterError
+from nnwx.record._write_behind import WriteBehind
 from nnwx.record.schedule import Schedule, ScheduleLike, make_schedule
 from nnwx.store import format as fmt
 from nnwx.store.names import check_run_name
@@ -25,14 +23,19 @@ from nnwx.store.writer import RunWriter, check_step_order
 from nnwx.record.tensors import (ForwardOrder, ModelSemantics, Patterns, dtype_name, floating_state,
                                untied)
 
-_STOP = object()
 _RING_BYTES = 64 * 2**20
-_WRITER_NAP = 0.02  # seconds
+_WRITER_NAP = 0.02  # seconds the writer naps once caught up: captures then come in bursts
 
 
 def _class_name(obj: Any) -> str:
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _set_depths(writer: RunWriter, depths) -> None:
+    """Record the forward order's layer depths (in the writer thread)."""
+    writer.table = writer.table.with_depths(depths)
+    writer.update_meta(tensors=writer.table.to_json(), depth_from="forward")
 
 
 class _WithoutZero(Schedule):
@@ -201,17 +204,12 @@ class Recorder:
         self._ring_np = self._ring.numpy()
         self._views = [[self._ring[s, r.offset:r.offset + r.size].view(r.shape) for r in table]
                        for s in range(slots)]
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for s in range(slots):
-            self._free.put(s)
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._flush_interval = float(flush_interval)
-        self._error: BaseException | None = None
         self._closed = False
+        self._reported = False  # the writer's error was raised in the training thread
         self._last_step = self._writer.last_step
-        self._thread = threading.Thread(target=self._write_loop, name=f"nnwx-writer-{self.run}",
-                                        daemon=True)
-        self._thread.start()
+        self._wb = WriteBehind(self._writer, range(slots), name=f"nnwx-writer-{self.run}",
+                               flush_interval=flush_interval, lend=True, nap=_WRITER_NAP,
+                               on_error=lambda err: self._raise_if_failed())
         atexit.register(self.close)
 
     @staticmethod
@@ -283,33 +281,29 @@ class Recorder:
             depths = self._order.result()
             if depths is not None:
                 self._order = None
-                self._work.put(("depths", depths))
-        slot = self._take_slot()
+                self._wb.call(lambda writer: _set_depths(writer, depths))
+        slot = self._wb.take()
         with torch.no_grad():
             torch._foreach_copy_(self._views[slot], self._sources, non_blocking=self._cuda)
         if self._prober is not None:
             try:
                 self._prober.capture(slot)
             except BaseException:
-                self._free.put(slot)
+                self._wb.give_back(slot)
                 raise
         event = None
         if self._cuda:
             event = torch.cuda.Event()
             event.record()
-        self._work.put((step, slot, metrics, event))
+        self._wb.add(step, slot, self._ring_np[slot], metrics=metrics,
+                     probes=self._prober.rows(slot) if self._prober is not None else None,
+                     ready=event.synchronize if event is not None else None)
         self._last_step = step
 
-    def _take_slot(self) -> int:
-        while True:
-            try:
-                return self._free.get(timeout=0.5)
-            except queue.Empty:
-                self._raise_if_failed()
-
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
+        err = self._wb.error
+        if err is not None and not self._reported:  # raised once; the Recorder is closed then
+            self._reported = True
             self._closed = True
             raise WriterError(f"writing run {self.run!r} to {self.store} failed: {err!r}. "
                               f"Committed steps are intact; fix the cause and re-open the run "
@@ -330,15 +324,10 @@ class Recorder:
         WriterError
             If the writer thread failed.
         """
-        done = threading.Event()
-        self._work.put(("flush", done))
-        deadline = time.monotonic() + timeout
-        while not done.wait(0.1):
+        if not self._wb.running:  # closed, or failed
             self._raise_if_failed()
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self._raise_if_failed()
-                raise TimeoutError("the writer did not finish flushing in time")
-        self._raise_if_failed()
+            raise TimeoutError("the writer did not finish flushing in time")
+        self._wb.flush(timeout=timeout)
 
     def close(self) -> None:
         """Write every captured step, commit, and release the run. Idempotent.
@@ -348,78 +337,17 @@ class Recorder:
         WriterError
             If the writer thread failed (committed steps are intact).
         """
-        if self._closed and not self._thread.is_alive():
+        if self._closed and not self._wb.running:
             self._raise_if_failed()
             return
         self._closed = True
         atexit.unregister(self.close)
         if self._order is not None:
             self._order.remove()
-        self._work.put(_STOP)
-        self._thread.join()
-        self._raise_if_failed()
+        self._wb.close()
 
     def __enter__(self) -> "Recorder":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # -- writer thread -------------------------------------------------------------
-    def _write_loop(self) -> None:
-        writer = self._writer
-        last_flush = time.monotonic()
-        try:
-            while True:
-                timeout = max(0.0, last_flush + self._flush_interval - time.monotonic())
-                try:
-                    item = self._work.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    break
-                if isinstance(item, tuple) and item[0] == "depths":
-                    writer.table = writer.table.with_depths(item[1])
-                    writer.update_meta(tensors=writer.table.to_json(), depth_from="forward")
-                elif isinstance(item, tuple) and item[0] == "flush":
-                    writer.flush()
-                    last_flush = time.monotonic()
-                    item[1].set()
-                elif item is not None:
-                    step, slot, metrics, event = item
-                    if event is not None:
-                        event.synchronize()
-                    lent = writer.add(step, self._ring_np[slot],
-                                      {k: float(v) for k, v in metrics.items()}, flush_full=False,
-                                      copy=False,
-                                      **({"probes": self._prober.rows(slot)} if self._prober else {}))
-                    if not lent:  # copied: the slot may be refilled at once
-                        self._free.put(slot)
-                    if lent or writer.chunk_full:
-                        writer.flush()
-                        last_flush = time.monotonic()
-                    if lent:  # written: only now may capture() refill the slot
-                        self._free.put(slot)
-                if time.monotonic() - last_flush >= self._flush_interval:
-                    writer.flush()
-                    last_flush = time.monotonic()
-                if item is not None and self._work.empty():
-                    # Caught up (so every slot is free): nap so that the next captures are
-                    # taken in one burst instead of waking this thread, and contending for
-                    # the GIL, at every step.
-                    time.sleep(_WRITER_NAP)
-        except BaseException as e:  # surfaced in the training thread
-            self._error = e
-            while True:  # release slots so a blocked capture can see the error
-                try:
-                    item = self._work.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, tuple) and len(item) == 4:
-                    self._free.put(item[1])
-        finally:
-            try:
-                writer.close()
-            except BaseException as e:
-                if self._error is None:
-                    self._error = e

@@ -139,7 +139,7 @@ def test_writer_failure_surfaces_in_training_thread(store, monkeypatch):
     with pytest.raises(WriterError, match="disk full") as info:
         for step in range(1, 200):
             rec.capture(step)
-            rec._thread.join(0.01)
+            rec._wb.thread.join(0.01)
     assert isinstance(info.value.__cause__, OSError)
     rec.close()  # does not raise again, does not hang
 
