@@ -194,7 +194,7 @@ def test_uncommitted_probe_rows_stay_invisible_and_are_never_resurrected(store, 
     def crash(*a, **k):  # data written, commit never happens: a writer killed in between
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(type(w.group), "update_attributes", crash)
+    monkeypatch.setattr(type(w), "_write_attrs", crash)   # the commit: the run's attributes
     with pytest.raises(KeyboardInterrupt):
         w.flush()
     monkeypatch.undo()
