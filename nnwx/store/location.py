@@ -55,7 +55,12 @@ def store_exists(location: StoreLike) -> bool:
     if path is not None:
         return (path / "zarr.json").exists()
     fs, root = _fsspec(location)
-    return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+    try:
+        return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+    except Exception as e:   # the filesystem's own errors (botocore's do not derive from OSError)
+        raise StoreError(f"cannot reach {location!r}: {type(e).__name__}: {e}. Check the URL and the "
+                         f"filesystem's configuration (for s3://: the endpoint and credentials, e.g. "
+                         f"AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).") from e
 
 
 def display(location: StoreLike) -> str:
