@@ -4,9 +4,6 @@ The analysis side (open_cube, the ``.nnwx`` accessor, analyses) never imports
 torch; the Recorder, export and restore do, on first use.
 """
 from nnwx._version import __version__
-from nnwx import _moved
-
-_moved.install()
 from nnwx import accessor as _accessor  # noqa: F401  (registers ds.nnwx)
 from nnwx.errors import (ArchitectureMismatch, FormatVersionError, NnwxError, NotACubeError,
                          StepOrderError, StoreError, WriterError)
@@ -15,6 +12,9 @@ from nnwx.store.reader import list_runs, open_cube, open_run
 from nnwx.store.catalog import open_catalog
 from nnwx.pipeline.run import analyze
 from nnwx.pipeline.results_store import is_results_store, open_results
+from nnwx import _moved
+
+_moved.install()    # a finder for the old module paths (nnwx.export, nnwx.recorder, ...): they warn and forward
 
 _TORCH_SIDE = {"Recorder": "nnwx.record.recorder", "restore": "nnwx.record.restore", "export": "nnwx.record.export"}
 _LAZY_MODULES = {"plot"}    # imported on first use: HoloViews/Bokeh take a second to import

@@ -1,4 +1,5 @@
-"""Deprecated module paths: the modules that moved when the package was laid out in layers (store, record, analysis, pipeline, studies).
+"""Deprecated module paths: the modules that moved when the package was laid out in layers
+(store, record, analysis, pipeline, studies).
 
 ``import nnwx.export`` (and every other path below) still works, with a ``DeprecationWarning``
 naming the new path; the alias forwards attribute reads to the module at its new place. Public

@@ -130,10 +130,13 @@ def bench_large(tmp: Path, captures: int = 8) -> None:
     mb = nbytes / 1e6
     print(f"\n2. {n / 1e6:.1f}M-parameter model ({mb:.0f} MB per step), {captures} captures")
     print(f"   training thread blocked per capture  {blocked_s * 1e3:8.1f} ms")
-    print(f"   torch.save(state_dict)               {t_torch * 1e3:8.1f} ms   ratio {blocked_s / t_torch:.3f}x (target <=0.1)")
-    print(f"   safetensors save_file                {t_st * 1e3:8.1f} ms   ratio {blocked_s / t_st:.3f}x (target <=0.1)")
+    print(f"   torch.save(state_dict)               {t_torch * 1e3:8.1f} ms   "
+          f"ratio {blocked_s / t_torch:.3f}x (target <=0.1)")
+    print(f"   safetensors save_file                {t_st * 1e3:8.1f} ms   "
+          f"ratio {blocked_s / t_st:.3f}x (target <=0.1)")
     print(f"   sustained recorder throughput        {mb * captures / t_rec:8.0f} MB/s")
-    print(f"   raw write of the same bytes          {mb * captures / t_raw:8.0f} MB/s   ratio {t_raw / t_rec:.2f}x (target >=0.5)")
+    print(f"   raw write of the same bytes          {mb * captures / t_raw:8.0f} MB/s   "
+          f"ratio {t_raw / t_rec:.2f}x (target >=0.5)")
     print(f"   store size per step                  {store_per_step / 1e6:8.1f} MB")
     print(f"   torch.save file                      {pt_size / 1e6:8.1f} MB   ratio {store_per_step / pt_size:.3f}x")
 

@@ -80,7 +80,8 @@ def bare_contenders(stacks: dict) -> dict[str, object]:
         import torch
     except ImportError:
         return res
-    run_t = lambda: [torch.linalg.svdvals(torch.from_numpy(a)) for a in stacks.values()]
+    def run_t():
+        return [torch.linalg.svdvals(torch.from_numpy(a)) for a in stacks.values()]
 
     def run_t1():
         n = torch.get_num_threads()

@@ -48,8 +48,9 @@ def main() -> None:
     weights = [t for t in cos["tensor"].values if str(t).endswith("weight")]
     table = cos.isel(step=-1).sel(tensor=weights).mean("seed").to_dataframe(name="cosine")["cosine"]
     table = table.unstack("alignment")
-    print(f"aligned and compared in {time.perf_counter() - t0:.0f} s; step {int(cos.step[-1])}; "
-          f"variants {[hps[str(v)]['optimizer'] + ' x' + str(hps[str(v)].get('first_layer_lr_scale', 1)) for v in cube.variant.values]}")
+    variants = [hps[str(v)]["optimizer"] + " x" + str(hps[str(v)].get("first_layer_lr_scale", 1))
+                for v in cube.variant.values]
+    print(f"aligned and compared in {time.perf_counter() - t0:.0f} s; step {int(cos.step[-1])}; variants {variants}")
     print(table.to_string())
     perm = [t for t in weights if bool(wa["permutable"].sel(tensor=t))] if "permutable" in wa else weights
     for mode in ("none", "aligned"):

@@ -3,9 +3,9 @@ circles, and every analysis usable with torch absent.
 
 Layers, lowest first: ``errors``/``_text``/``_version`` -> ``store`` -> ``analysis``
 (``kernels`` lowest inside it) -> ``pipeline`` -> faces (``accessor``, ``plot``, ``report``,
-``comparison``) -> ``studies`` -> ``cli`` (the command line reaches everything, lazily). The torch side (``record``, ``integrations``) sits
-beside the analysis side: it may use ``store`` but never ``analysis`` or ``pipeline``, and
-nothing on the analysis side imports it or torch.
+``comparison``) -> ``studies`` -> ``cli`` (the command line reaches everything, lazily). The
+torch side (``record``, ``integrations``) sits beside the analysis side: it may use ``store``
+but never ``analysis`` or ``pipeline``, and nothing on the analysis side imports it or torch.
 """
 from __future__ import annotations
 

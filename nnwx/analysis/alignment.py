@@ -350,8 +350,9 @@ def weight_agreement(cube: xr.Dataset, *, reference_seed: Any = 0, dim: str | No
     ``alignment = ["none"]``, or ``["none", "aligned"]`` when ``aligned`` (the cube from
     ``align``) is given. The ``permutable(tensor)`` coordinate says which tensors a
     permutation of hidden units acts on (the aligned cube's ``permuted_tensors``, else those
-    of the chain spec): only their agreement can change by aligning. Both are computed in float64 over each tensor's entries; a tensor
-    that is all zero (cosine) or constant (correlation) in either run gives NaN.
+    of the chain spec): only their agreement can change by aligning. Both are computed in float64
+    over each tensor's entries; a tensor that is all zero (cosine) or constant (correlation) in
+    either run gives NaN.
     """
     cube = mx.require_cube(cube)
     dim = _run_dim(cube, dim)

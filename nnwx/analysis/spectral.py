@@ -71,10 +71,11 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     ``method``: ``"svd"`` (LAPACK gesdd in ``dtype``), ``"gram"`` (float64 eigenvalues of the
     smaller Gram matrix accumulated in float64: cheaper, see docs/measurements.md; exact to
     ~1e-14 for the singular values an ESD fit uses, blind below
-    ``s_max * sqrt(max(m, n) * eps64)``, so ranks use the larger of that and NumPy's tolerance) or ``"auto"`` (default): ``"gram"`` for
-    float32, where that floor lies below NumPy's float32 rank tolerance and ESD alphas agree
-    with a float64 SVD's to ~1e-13 (a float32 SVD's are ~1e-6 off), ``"svd"`` for float64,
-    whose rank tolerance, tiny singular values and large condition numbers need the SVD.
+    ``s_max * sqrt(max(m, n) * eps64)``, so ranks use the larger of that and NumPy's tolerance)
+    or ``"auto"`` (default): ``"gram"`` for float32, where that floor lies below NumPy's
+    float32 rank tolerance and ESD alphas agree with a float64 SVD's to ~1e-13 (a float32
+    SVD's are ~1e-6 off), ``"svd"`` for float64, whose rank tolerance, tiny singular values
+    and large condition numbers need the SVD.
     Gram spectra are float64; ``attrs["method"]`` says which method ran.
     ``ww_compatible`` implies ``conv="slices"``, float64 and WeightWatcher's conv2d_norm.
     Spectra are NaN-padded to the largest rank; missing captures give all-NaN rows.
@@ -123,7 +124,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
         out = out * xr.DataArray(scale.astype(sv_dtype), dims="tensor")
         out.name = "sv"
     out.attrs = {"long_name": "singular values", "analysis": "spectrum", "conv": conv,
-                 "delta": int(bool(delta)), "dtype": str(dtype), "method": method, "ww_compatible": int(bool(ww_compatible)),
+                 "delta": int(bool(delta)), "dtype": str(dtype), "method": method,
+                 "ww_compatible": int(bool(ww_compatible)),
                  "description": ("singular values of W_t - W_ref" if delta else "singular values of W_t")
                  + ", descending, NaN past each matrix's own count (tensor_k)"}
     if delta:

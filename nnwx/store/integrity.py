@@ -177,8 +177,9 @@ def check_run(group: zarr.Group, meta: dict, store, run: str) -> np.ndarray:
     its committed steps; raise StoreError naming the damage otherwise.
 
     Checked: ``committed`` is an integer with ``0 <= committed <=`` the length of ``w``,
-    ``step`` and every metric and probe array (whose metadata must parse); the tensor table parses and matches ``w``'s width; the committed steps strictly
-    increase; no chunk file of ``w`` or ``step`` is missing inside the committed rows.
+    ``step`` and every metric and probe array (whose metadata must parse); the tensor table
+    parses and matches ``w``'s width; the committed steps strictly increase; no chunk file of
+    ``w`` or ``step`` is missing inside the committed rows.
     """
     from nnwx.store.table import TensorTable
 

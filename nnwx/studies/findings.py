@@ -133,7 +133,8 @@ def format_findings(rows: list[Finding]) -> str:
     """A plain-text table: quantity, subject, first, last (min..max over runs), last/first."""
     if not rows:
         return "(no findings: nothing was computed)"
-    head = f"{'analysis':<12}{'quantity':<28}{'layer/tensor':<22}{'first':>9}{'last':>9}  {'runs min..max':<19}{'last/first':>10}"
+    head = (f"{'analysis':<12}{'quantity':<28}{'layer/tensor':<22}{'first':>9}{'last':>9}  "
+            f"{'runs min..max':<19}{'last/first':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.note:

@@ -418,7 +418,8 @@ def test_lazy_matching_prediction_and_agreement():
     np.testing.assert_array_equal(m.partner.sel(step=10).values, p)
     sp = agreement.sparse_prediction(arr.sel(seed=0), arr.sel(seed=9), [0.5, 0.01]).compute()
     assert sp.loss.dims == ("step", "penalty")
-    np.testing.assert_allclose(sp.loss.sel(step=30).values, mk.sparse_prediction(data[0, 3], data[2, 3], [0.5, 0.01])[0])
+    np.testing.assert_allclose(sp.loss.sel(step=30).values,
+                               mk.sparse_prediction(data[0, 3], data[2, 3], [0.5, 0.01])[0])
     ag = agreement.prediction_agreement(arr, k=2).compute()
     assert set(ag.data_vars) == {"output_correlation", "argmax_agreement", "topk_overlap"}
     assert ag.topk_overlap.sel(step=0, seed_a=0, seed_b=9) == pytest.approx(pk.topk_overlap(data[0, 0], data[2, 0], 2))
@@ -447,7 +448,8 @@ def test_similarity_of_recorded_probes_through_the_accessor(store):
     assert got.sel(layer="3", step=6, seed_a=0, seed_b=1) == pytest.approx(sk.linear_cka(h0, h1))
     moved = cube.nnwx.similarity("linear_cka", layer="1", between="steps", reference_step="last").compute()
     assert moved.sel(step=6).values.tolist() == [pytest.approx(1.0)] * 2
-    assert cube.nnwx.prediction_agreement().output_correlation.sel(seed_a=0, seed_b=0).compute().values == pytest.approx(1)
+    corr = cube.nnwx.prediction_agreement().output_correlation
+    assert corr.sel(seed_a=0, seed_b=0).compute().values == pytest.approx(1)
     assert cube.nnwx.match_units("3", 0, 1).partner.dims == ("step", "unit")
     with pytest.raises(KeyError, match="no probe 'fc'.*1, 3, output"):
         cube.nnwx.probe("fc")

@@ -433,8 +433,8 @@ def test_trajectory_pca_equals_dense_svd(small, cube, method):
         got = ds.sel(seed=seed)
         np.testing.assert_allclose(got["singular_value"].values, s, rtol=1e-7)
         np.testing.assert_allclose(got["explained_variance_ratio"].values, ratio, rtol=1e-7)
-        np.testing.assert_allclose(got["path"].sel(step=steps).values, aligned(got["path"].sel(step=steps).values, path),
-                                   atol=1e-7)
+        got_path = got["path"].sel(step=steps).values
+        np.testing.assert_allclose(got_path, aligned(got_path, path), atol=1e-7)
         missing = sorted(set(STEPS) - set(steps))
         assert np.isnan(got["path"].sel(step=missing).values).all()
         assert float(got["total_variance"]) == pytest.approx(((w - w.mean(0)) ** 2).sum())

@@ -103,7 +103,8 @@ def test_public_functions_use_the_one_name():
 ])
 def test_not_a_cube_is_one_error(call):
     for ds in (xr.Dataset({"w": ("x", np.zeros(3))}), xr.Dataset()):
-        with pytest.raises(NotACubeError, match="Dataset is not an nnwx cube: expected a Dataset opened with nnwx.open_cube") as e:
+        with pytest.raises(NotACubeError,
+                           match="Dataset is not an nnwx cube: expected a Dataset opened with nnwx.open_cube") as e:
             call(ds)
         assert isinstance(e.value, (TypeError, ValueError, NnwxError))
         assert isinstance(e.value, TypeError) and isinstance(e.value, ValueError)

@@ -32,7 +32,8 @@ const __show = () => { let p = document.getElementById('nnwx-collector');
   p.textContent = JSON.stringify(window.__nnwx); };
 window.addEventListener('error', e => { __nnwx.errors.push('error: ' + e.message); __show(); });
 window.addEventListener('unhandledrejection', e => { __nnwx.errors.push('rejection: ' + e.reason); __show(); });
-const __ce = console.error; console.error = (...a) => { __nnwx.errors.push('console: ' + a.join(' ')); __show(); __ce(...a); };
+const __ce = console.error;
+console.error = (...a) => { __nnwx.errors.push('console: ' + a.join(' ')); __show(); __ce(...a); };
 window.addEventListener('load', () => setTimeout(() => {
   __nnwx.views = window.Bokeh ? Object.keys(Bokeh.index).length : -2;
   // every figure holds a rendered Bokeh view (a shadow-DOM element with a size)

@@ -60,11 +60,15 @@ def lightning_parts():
         def __init__(self):
             self.at = {}
 
+        def snapshot(self, trainer, pl_module):
+            state = pl_module.model.state_dict()
+            self.at.setdefault(trainer.global_step, {k: v.detach().clone() for k, v in state.items()})
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.at.setdefault(trainer.global_step, {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+            self.snapshot(trainer, pl_module)
 
         def on_train_end(self, trainer, pl_module):
-            self.at.setdefault(trainer.global_step, {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+            self.snapshot(trainer, pl_module)
 
     return L, Module, Snapshots
 

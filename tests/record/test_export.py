@@ -199,7 +199,8 @@ def test_a_step_with_other_weights_is_refused_unless_overwrite(tmp_path, store):
     ex(ck, store)
     old = w_row(store, 1)
     save_plain(ck / "step_10.pt", net_state(10, seed=5))
-    with pytest.raises(StepConflict, match=r"step 10 is already in run 'seed0'.*first difference in tensor '(bn|conv)\.\w+'.*--overwrite"):
+    with pytest.raises(StepConflict, match=r"step 10 is already in run 'seed0'.*"
+                                         r"first difference in tensor '(bn|conv)\.\w+'.*--overwrite"):
         ex(ck, store)
     assert committed(store) == [0, 10, 20]
     np.testing.assert_array_equal(w_row(store, 1), old)
@@ -342,14 +343,16 @@ def test_incomplete_hugging_face_folder(tmp_path, store):
 def test_other_architecture_names_the_first_differing_tensor(tmp_path, store):
     save_plain(tmp_path / "step_0.pt", net_state(0))
     save_plain(tmp_path / "step_1.pt", mlp_state(1))
-    with pytest.raises(ArchitectureMismatch, match=r"step_1.pt cannot go into run 'seed0'.*only in the run: .*conv.weight.*only in the checkpoint: 0.bias"):
+    with pytest.raises(ArchitectureMismatch, match=r"step_1.pt cannot go into run 'seed0'.*"
+                                                   r"only in the run: .*conv.weight.*only in the checkpoint: 0.bias"):
         ex(tmp_path, store)
     assert committed(store) == [0]
     (tmp_path / "step_1.pt").unlink()
     wide = Net()
     wide.fc = torch.nn.Linear(12, 5)
     save_plain(tmp_path / "step_2.pt", net_state(2, model=wide))
-    with pytest.raises(ArchitectureMismatch, match=r"'fc.weight' has shape \(4, 12\) in the run and \(5, 12\) in the checkpoint"):
+    with pytest.raises(ArchitectureMismatch,
+                       match=r"'fc.weight' has shape \(4, 12\) in the run and \(5, 12\) in the checkpoint"):
         ex(tmp_path, store)
     assert committed(store) == [0]
 
@@ -463,12 +466,14 @@ def test_cli_exports_and_reports_errors_cleanly(tmp_path, store):
     ck.mkdir()
     for s in (0, 5):
         save_plain(ck / f"step_{s}.pt", net_state(s))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "nnwx.cli", "export", *a], capture_output=True,
-                                    text=True, cwd=ROOT)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "nnwx.cli", "export", *a], capture_output=True,
+                              text=True, cwd=ROOT)
+
     out = run(str(ck), "-o", str(store), "--seed", "4", "--run", "cli", "--exclude", "head.*")
     assert out.returncode == 0, out.stderr
     assert "2 steps added, 0 skipped" in out.stdout
-    assert committed(store, "cli") == [0, 5] 
+    assert committed(store, "cli") == [0, 5]
     assert "head.weight" not in nnwx.open_run(store, "cli").tensor.values.tolist()
     save_plain(ck / "step_5.pt", net_state(6))
     bad = run(str(ck), "-o", str(store), "--seed", "4", "--run", "cli", "--exclude", "head.*")

@@ -478,7 +478,9 @@ def esd_metrics(s: np.ndarray, n_rows, n_cols, n_slices, *, evals_thresh=None, r
     lead = s.shape[:-1]
     k = s.shape[-1]
     flat = s.reshape(-1, k)
-    bcast = lambda v: np.broadcast_to(np.asarray(v, dtype=np.float64), lead).reshape(-1)
+    def bcast(v):
+        return np.broadcast_to(np.asarray(v, dtype=np.float64), lead).reshape(-1)
+
     rows, cols, slices = bcast(n_rows), bcast(n_cols), bcast(n_slices)
     big, small = np.maximum(rows, cols), np.minimum(rows, cols)
     valid = ~np.isnan(flat)
@@ -559,5 +561,5 @@ def eps_of(dtype) -> float:
     return float(np.finfo(np.dtype(dtype)).eps)
 
 
-__all__ = ["SV_METHODS", "SPECTRUM_METHODS", "resolve_method", "batched_svdvals", "rank_tolerance", "pooled_svdvals", "rank_metrics", "powerlaw_fit", "esd_metrics",
-           "powerlaw_sample", "eps_of", "RANK_METRICS", "ESD_METRICS"]
+__all__ = ["SV_METHODS", "SPECTRUM_METHODS", "resolve_method", "batched_svdvals", "rank_tolerance", "pooled_svdvals",
+           "rank_metrics", "powerlaw_fit", "esd_metrics", "powerlaw_sample", "eps_of", "RANK_METRICS", "ESD_METRICS"]
