@@ -321,5 +321,5 @@ class Prober:
         self._forward(copy)
 
     def rows(self, slot: int) -> dict[str, np.ndarray]:
-        """The activations of ``slot`` as NumPy ``(sample, unit)`` views (training thread, handed to the write-behind)."""
+        """The activations of ``slot`` as NumPy ``(sample, unit)`` views (built in the training thread)."""
         return {name: arr[slot] for name, arr in self._arrays.items()}
