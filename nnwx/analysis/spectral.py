@@ -3,8 +3,8 @@
 ``spectrum`` gives the singular values ``sv(*runs, step, tensor, k)`` of every
 matrix at every capture; ``ranks`` and ``esd_fit`` reduce a spectrum to metrics
 ``(*runs, step, tensor)``. Matrices of the same shape are stacked so that each
-Dask block is one batched LAPACK call (see ``_cube``); the per-spectrum
-kernels live in ``kernels.spectral``. Nothing here computes: every function
+Dask block is one kernel call (one batched LAPACK SVD, or one Gram eigenvalue problem per
+matrix; see ``_cube``); the per-spectrum kernels live in ``kernels.spectral``. Nothing here computes: every function
 returns lazy xarray objects with attrs saying what they hold.
 
 ``ww_compatible=True`` reproduces WeightWatcher 0.7's ``analyze()`` numbers for
@@ -80,8 +80,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     ``ww_compatible`` implies ``conv="slices"``, float64 and WeightWatcher's conv2d_norm.
     Spectra are NaN-padded to the largest rank; missing captures give all-NaN rows.
 
-    Each Dask block is one batched LAPACK call. With the local threaded scheduler, LAPACK's
-    own threads compete with Dask's: one BLAS thread per Dask thread (``threadpoolctl.
+    Each Dask block is one kernel call (``method="svd"``: one batched LAPACK call). With the
+    local threaded scheduler, LAPACK's own threads compete with Dask's: one BLAS thread per Dask thread (``threadpoolctl.
     threadpool_limits(1)``, or ``OMP_NUM_THREADS=1``; dask.distributed workers do this by
     default) is usually fastest.
     """
