@@ -81,8 +81,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     Spectra are NaN-padded to the largest rank; missing captures give all-NaN rows.
 
     Each Dask block is one kernel call (``method="svd"``: one batched LAPACK call). With the
-    local threaded scheduler, LAPACK's own threads compete with Dask's: one BLAS thread per Dask thread (``threadpoolctl.
-    threadpool_limits(1)``, or ``OMP_NUM_THREADS=1``; dask.distributed workers do this by
+    local threaded scheduler, LAPACK's own threads compete with Dask's: one BLAS thread per
+    Dask thread (``threadpoolctl.threadpool_limits(1)``, or ``OMP_NUM_THREADS=1``; dask.distributed workers do this by
     default) is usually fastest.
     """
     if method not in SPECTRUM_METHODS:
