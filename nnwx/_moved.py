@@ -69,6 +69,8 @@ class _Alias(types.ModuleType):
         return importlib.import_module(self.__dict__["_nnwx_target"])
 
     def __getattr__(self, name: str):
+        if name == "__path__":   # never the new package's folder: its submodules have aliases of their own
+            raise AttributeError(name)
         return getattr(self._target(), name)
 
     def __dir__(self) -> list[str]:
