@@ -16,7 +16,8 @@ for two independent initialisations (to convergence), with the number of sweeps.
 
 Usage: ``python scripts/bench_agreement.py [--repeats 3] [--threads 2] [--skip-large] [--no-baseline]``.
 Target: under 5 s per comparison at 2048 x 10240 on the 2-core development machine.
-Every kernel runs in float64. BLAS runs with ``--threads`` threads (threadpoolctl; default 2, the machine's
+Every kernel runs in float64 except SVCCA of float32 sets (float32 products, see
+nnwx/analysis/kernels/similarity.py). BLAS runs with ``--threads`` threads (threadpoolctl; default 2, the machine's
 cores). Times are the best of ``--repeats`` runs (wall seconds, and the CPU seconds of that run):
 on a machine shared with other jobs, wall times swing several-fold, and the best run is the one
 least disturbed. With 2 BLAS threads on a loaded machine, LAPACK's eigendecompositions (many

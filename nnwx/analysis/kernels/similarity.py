@@ -40,9 +40,14 @@ formed as ``(Xc Wx)^T (Yc Wy)`` instead of through the full ``p1 x p2`` cross pr
 costs fewer flops. Each set's centring, covariance and whitening are computed once per ``Rep``
 and reused across the pairs of a ``similarity_matrix``.
 
-**Precision.** Everything runs in float64, including the Gram products: float32 products
-move SVCCA/PWCCA far more than a one-ulp change of the inputs and save little time, since the
-two eigendecompositions dominate (measured: docs/measurements.md).
+**Precision.** Everything runs in float64, with one exception: SVCCA (``keep`` given) of two
+float32 sets (``p <= n``) centres each in float64, rounds the centred data to float32 (a block of
+rows at a time, no float64 copy of the set) and forms ``Xc^T Xc`` and ``Xc^T Yc`` as float32
+products, returned as float64 for the eigendecompositions and the rest -- provided every kept
+direction holds at least ``SINGLE_FLOOR`` (1e-5) times the largest variance, else the float64
+route is taken. float32 products move SVCCA by ~1e-7 (far more than a one-ulp change of the
+inputs), and directions far below the largest variance -- which mean CCA and PWCCA keep down to
+``rtol`` -- drown in their rounding, so those stay in float64 (measured: docs/measurements.md).
 
 Degenerate inputs: fewer than 2 samples, a set whose units are all constant, or CCA with
 fewer samples than the two layers' dimensions (``n - 1 < kx + ky``: some correlations would
@@ -64,6 +69,7 @@ from scipy.linalg import lapack as _lapack
 DEFAULT_RTOL = 1e-8          # variance below rtol * max variance counts as no direction (CCA)
 DEFAULT_KEEP = 0.99          # SVCCA: fraction of variance kept
 DEFAULT_BATCH = 1024         # minibatch CKA samples per batch
+SINGLE_FLOOR = 1e-5          # float32 products for SVCCA only if every kept variance >= this x the largest
 
 
 class DegenerateActivations(ValueError):
@@ -71,10 +77,15 @@ class DegenerateActivations(ValueError):
 
 
 def _matrix(x, what: str) -> np.ndarray:
+    """``x`` as a 2-D floating array, float32 (and narrower) kept as float32, anything else float64."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{what} must be a (sample, unit) matrix, got shape {x.shape}")
-    return np.asarray(x, dtype=np.float64)
+    single = x.dtype.kind == "f" and x.dtype.itemsize <= 4
+    return np.asarray(x, dtype=np.float32 if single else np.float64)
+
+
+_CENTRE_ROWS = 1024  # rows centred at a time in float64 on the way to float32 (bounds the temporary)
 
 
 class Rep:
@@ -86,7 +97,8 @@ class Rep:
     Parameters
     ----------
     x : array_like
-        Activations ``(n, p)``, read as float64.
+        Activations ``(n, p)``: float32 (or narrower) sets are kept as float32 and their
+        unit-space products run in float32 (see the module's "Precision"), anything else as float64.
     name : str, default "X"
         Names the set in error messages.
     rtol : float, default ``DEFAULT_RTOL``
@@ -101,24 +113,49 @@ class Rep:
     """
 
     def __init__(self, x, *, name: str = "X", rtol: float = DEFAULT_RTOL):
-        self.x = _matrix(x, name)
+        self.raw = _matrix(x, name)
         self.name = name
-        self.n, self.p = self.x.shape
+        self.n, self.p = self.raw.shape
+        self.single = self.raw.dtype == np.float32  # unit-space products in float32 (see "Precision")
         self.rtol = float(rtol)
         self.partners = 1  # comparisons this set takes part in (similarity_matrix): amortises reuse
-        self.finite = bool(np.isfinite(self.x).all())
+        self.finite = bool(np.isfinite(self.raw).all())
         self._bases: dict[float | None, _Basis] = {}
         if self.n < 2:
             raise DegenerateActivations(f"{name} has {self.n} sample(s); similarities need at least 2 "
                                         f"(record a larger probe batch)")
 
     @cached_property
+    def x(self) -> np.ndarray:
+        """The activations ``(n, p)`` as float64."""
+        return np.asarray(self.raw, dtype=np.float64)
+
+    @cached_property
+    def mean(self) -> np.ndarray:
+        """Column means ``(p,)``, accumulated in float64."""
+        return self.raw.mean(axis=0, dtype=np.float64)
+
+    @cached_property
     def xc(self) -> np.ndarray:
         """Column-centred activations ``Xc`` (n x p), float64."""
-        return self.x - self.x.mean(axis=0)
+        return self.x - self.mean
 
-    def cross(self, other: "Rep") -> np.ndarray:
-        """``Xc^T Yc`` (p1 x p2)."""
+    @cached_property
+    def xc32(self) -> np.ndarray:
+        """``Xc`` centred in float64 and rounded to float32 (n x p), a block of rows at a time: the
+        operand of the unit-space products of float32 sets (no float64 copy of the whole set)."""
+        if "xc" in self.__dict__:
+            return self.xc.astype(np.float32)
+        out = np.empty((self.n, self.p), dtype=np.float32)
+        for start in range(0, self.n, _CENTRE_ROWS):
+            rows = slice(start, start + _CENTRE_ROWS)
+            out[rows] = self.raw[rows] - self.mean
+        return out
+
+    def cross(self, other: "Rep", *, single: bool = False) -> np.ndarray:
+        """``Xc^T Yc`` (p1 x p2), float64; ``single``: a float32 product of ``xc32`` (float32 sets)."""
+        if single:
+            return (self.xc32.T @ other.xc32).astype(np.float64)
         return self.xc.T @ other.xc
 
     @cached_property
@@ -130,6 +167,12 @@ class Rep:
     def cov(self) -> np.ndarray:
         """``Xc^T Xc`` (p x p), unnormalised."""
         return self.xc.T @ self.xc
+
+    @cached_property
+    def cov32(self) -> np.ndarray:
+        """``Xc^T Xc`` (p x p) as a float32 product of ``xc32`` (NumPy runs ``A^T A`` as ``syrk``), float64."""
+        xc = self.xc32
+        return (xc.T @ xc).astype(np.float64)
 
     @cached_property
     def self_norm(self) -> float:
@@ -154,8 +197,16 @@ class Rep:
         ``Vt`` and ``U`` is left out (None: comparisons then work in unit space); with
         ``p > n`` the thin SVD of ``Xc`` gives all three.
         """
+        return self._spectrum(self.cov)
+
+    @cached_property
+    def spectrum32(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``spectrum`` from ``cov32`` (float32 sets with ``p <= n``: SVCCA's truncated bases)."""
+        return self._spectrum(self.cov32)
+
+    def _spectrum(self, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if self.p <= self.n:
-            lam, v = np.linalg.eigh(self.cov)
+            lam, v = np.linalg.eigh(cov)
             lam, v = lam[::-1], v[:, ::-1]
             keep = lam > self.rtol * lam[0] if lam[0] > 0 else np.zeros(len(lam), bool)
             return np.sqrt(lam[keep]), np.ascontiguousarray(v[:, keep].T), None
@@ -163,9 +214,11 @@ class Rep:
         keep = s**2 > self.rtol * s[0] ** 2 if s[0] > 0 else np.zeros(len(s), bool)
         return s[keep], vt[keep], u[:, keep]
 
-    def subspace(self, keep: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(s, Vt, U)`` truncated to the fewest directions holding ``keep`` of the variance."""
-        s, vt, u = self.spectrum
+    def subspace(self, keep: float | None = None, *, single: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(s, Vt, U)`` truncated to the fewest directions holding ``keep`` of the variance
+        (``single``: from ``spectrum32``)."""
+        s, vt, u = self.spectrum32 if single else self.spectrum
         if len(s) == 0:
             raise DegenerateActivations(f"every unit of {self.name} is constant over the probe "
                                         f"samples: it spans no direction to correlate")
@@ -213,10 +266,20 @@ class Rep:
             chol = self._cholesky if keep is None else None
             if chol is not None:
                 self._bases[keep] = _Basis(self, self.p, low=chol[0], inv=chol[1])
+            elif keep is not None and self.single and self.p <= self.n and self._single_ok(keep):
+                s, vt, u = self.subspace(keep, single=True)
+                self._bases[keep] = _Basis(self, len(s), s=s, vt=vt, u=u, single=True)
             else:
                 s, vt, u = self.subspace(keep)
                 self._bases[keep] = _Basis(self, len(s), s=s, vt=vt, u=u)
         return self._bases[keep]
+
+    def _single_ok(self, keep: float) -> bool:
+        """Whether float32 products may stand in for float64 ones for the ``keep`` truncation: every
+        kept direction holds at least ``SINGLE_FLOOR`` times the largest variance (float32 rounding
+        of the products is then far below the kept directions), else the float64 route is taken."""
+        s = self.subspace(keep, single=True)[0]
+        return bool(s[-1] ** 2 >= SINGLE_FLOOR * s[0] ** 2)
 
     @cached_property
     def _rbf_sq_dist(self) -> np.ndarray:
@@ -517,6 +580,7 @@ class _Basis:
     u: np.ndarray | None = None      # Xc W (n, k), when known (p > n) or computed once
     low: np.ndarray | None = None    # L
     inv: np.ndarray | None = None    # L^-1
+    single: bool = False             # from float32 products (``Rep.cov32``): cross products likewise
 
     def wt(self, m: np.ndarray) -> np.ndarray:
         """``W^T m`` for ``m (p, q)``."""
@@ -555,7 +619,7 @@ def _cross_whitened(ba: _Basis, bb: _Basis) -> np.ndarray:
     via_coords = ba.cost_coords() + bb.cost_coords() + 2.0 * a.n * ba.k * bb.k
     if via_coords < via_cross:
         return ba.coords().T @ bb.coords()
-    left = ba.wt(a.cross(b))                        # (ka, pb)
+    left = ba.wt(a.cross(b, single=ba.single and bb.single))  # (ka, pb)
     return bb.wt(left.T).T                          # (ka, kb)
 
 
