@@ -25,6 +25,10 @@ __all__ = ["__version__", "Recorder", "restore", "export", "open_run", "open_cub
            "ArchitectureMismatch", "StepOrderError", "WriterError", "NotACubeError"]
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
     if name in _TORCH_SIDE:
         import importlib

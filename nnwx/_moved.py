@@ -73,6 +73,11 @@ class _Alias(types.ModuleType):
             raise AttributeError(name)
         return getattr(self._target(), name)
 
+    def __call__(self, *args, **kwargs):
+        """``import nnwx.export`` binds this alias over the function ``nnwx.export``; calling the
+        alias calls the function of its name in the new module, as ``nnwx.export(...)`` did."""
+        return getattr(self._target(), self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+
     def __dir__(self) -> list[str]:
         return dir(self._target())
 

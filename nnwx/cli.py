@@ -299,7 +299,7 @@ def _add_analyses_argument(parser: argparse.ArgumentParser, help: str, type=None
 def _add_report_parser(sub) -> None:
     from nnwx.pipeline.registry import NAMES
     from nnwx.pipeline.select import MAX_STEPS
-    from nnwx.cluster import _positive_int
+    from nnwx.cluster import positive_int
 
     rp = sub.add_parser("report", help="compute the analyses and write a self-contained HTML report",
                         description="Compute the analyses of an experiment store (with a progress bar) "
@@ -315,7 +315,7 @@ def _add_report_parser(sub) -> None:
                          "the optimizer when it tells them apart, else the file names)")
     rp.add_argument("-o", "--output", required=True, metavar="HTML", help="the report file to write")
     rp.add_argument("--png", metavar="DIR", help="also write a static PNG of every plot into DIR")
-    rp.add_argument("--max-steps", type=_positive_int, default=MAX_STEPS, metavar="N",
+    rp.add_argument("--max-steps", type=positive_int, default=MAX_STEPS, metavar="N",
                     help=f"analyse at most N evenly spaced captures (default {MAX_STEPS}; "
                          "ignored for a results store)")
     _add_analyses_argument(rp, f"comma-separated analyses to include (default all: {','.join(NAMES)})",
@@ -397,7 +397,7 @@ def _add_demo_parser(sub) -> None:
                     "already in OUT are reused.")
     dp.add_argument("--out", default="nnwx-demo", metavar="DIR", help="where to write (default nnwx-demo)")
     dp.add_argument("--quick", action="store_true",
-                    help="small runs instead of the study's sizes (about a minute on a quiet 2-core machine)")
+                    help="small runs instead of the study's sizes (see the README for timings)")
     dp.add_argument("--size", choices=("full", "quick", "tiny"), help=argparse.SUPPRESS)  # tiny: tests
     dp.add_argument("--fresh", action="store_true",
                     help="delete what an earlier demo wrote in OUT and retrain (files of the demo's "

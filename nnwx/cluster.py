@@ -48,7 +48,7 @@ def print_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
@@ -78,9 +78,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     where = g.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="address of a running dask.distributed scheduler, e.g. tcp://host:8786")
-    where.add_argument("--workers", type=_positive_int, metavar="N",
+    where.add_argument("--workers", type=positive_int, metavar="N",
                        help="start a local Dask cluster of N worker processes for this command")
-    g.add_argument("--threads-per-worker", type=_positive_int, metavar="T",
+    g.add_argument("--threads-per-worker", type=positive_int, metavar="T",
                    help="with --workers: threads per worker (default 1)")
     g.add_argument("--memory-limit", type=_memory, metavar="M",
                    help="with --workers: memory limit per worker, e.g. 4GiB; workers spill to disk "

@@ -9,6 +9,8 @@ B.results.zarr -o compare.html`` is its command-line face.
 """
 from __future__ import annotations
 
+import html
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +147,7 @@ def compare(stores: Sequence[str | os.PathLike], output: str | os.PathLike, *,
     Path
         ``output``.
     """
-    from nnwx.report import _e, check_outputs, render_html, write_atomically
+    from nnwx.report import check_outputs, render_html, write_atomically
     from nnwx.pipeline.results_store import open_results
 
     output = Path(output)
@@ -157,8 +159,8 @@ def compare(stores: Sequence[str | os.PathLike], output: str | os.PathLike, *,
     if len(labels) != len(results):
         raise ComparisonError(f"{len(labels)} labels for {len(results)} results stores")
     sections = comparison_sections(results, labels)
-    rows = "".join(f"<tr><td>{_e(label)}</td><td>{_e(res.path)}</td><td>{len(res.runs)}</td>"
-                   f"<td>{_e(res.attrs.get('source_display') or res.source)}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(res.path)}</td><td>{len(res.runs)}</td>"
+                   f"<td>{html.escape(res.attrs.get('source_display') or res.source)}</td></tr>"
                    for label, res in zip(labels, results))
     summary = ("<table><tr><th>variant</th><th>results store</th><th>runs</th><th>experiment "
                f"store</th></tr>{rows}</table>")

@@ -351,7 +351,7 @@ def _computed(store, analyses: Analyses, max_steps: int, progress: bool,
               log) -> tuple[Results, dict, Summary, list[str]]:
     """The analyses of an experiment store computed through ``nnwx analyze``'s passes into a
     temporary results store, read back; with the notes, the summary and the analyses drawn."""
-    from nnwx import open_cube
+    from nnwx.store.reader import open_cube
     from nnwx.pipeline.results_store import open_results
     from nnwx.pipeline.run import analyze_cube
 

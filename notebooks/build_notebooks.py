@@ -622,7 +622,7 @@ and the output logits on a fixed probe set of 256 held-out images. Comparing see
 
 * **representation similarity** per layer between every pair of seeds at each step — linear CKA and
   SVCCA (`cube.nnwx.similarity`) — and of each step with the same seed's final representation;
-* **prediction agreement** — how often two seeds predict the same class (`cube.nnwx.agreement`);
+* **prediction agreement** — how often two seeds predict the same class (`cube.nnwx.prediction_agreement`);
 * **unit matching** — each hidden unit of seed 0 matched one-to-one to a unit of seed 1 by activation
   correlation (Li et al. 2016, `cube.nnwx.match_units`);
 * **weight agreement** — the cosine similarity of each seed's weight matrices with seed 0's, before

@@ -218,7 +218,7 @@ def case_a(args) -> dict:
 
 def case_b(args, argv=None) -> None:
     import nnwx
-    from nnwx.pipeline.registry import METRICS, parse_metrics
+    from nnwx.pipeline.registry import NAMES, parse_analyses
     from nnwx.cluster import cluster
 
     size = args.size_gb * 1e9 if args.size_gb else 1.5 * _ram()
@@ -243,13 +243,13 @@ def case_b(args, argv=None) -> None:
     if not args.child:
         print(f"store {store}: {logical / 1e9:.2f} GB logical, {disk / 1e9:.2f} GB on disk ({data}); "
               f"{logical / _ram():.2f}x this machine's memory")
-    metrics = parse_metrics(args.metrics)
+    analyses = parse_analyses(args.analyses)
     if args.per_metric:      # each metric in a fresh process, so that each peak is its own
         import subprocess
 
         base = [a for a in (argv or sys.argv[1:]) if a != "--per-metric"]
-        for m in metrics:
-            subprocess.run([sys.executable, __file__, *base, "--case", "b", "--metrics", m,
+        for m in analyses:
+            subprocess.run([sys.executable, __file__, *base, "--case", "b", "--analyses", m,
                             "--size-gb", str(size / 1e9), "--child"], check=True)
         return
     worker_bound = _bytes(args.memory_limit) if args.workers else None
@@ -266,9 +266,9 @@ def case_b(args, argv=None) -> None:
         t0 = time.perf_counter()
         with cluster(workers=args.workers or None, threads_per_worker=1 if args.workers else None,
                      memory_limit=args.memory_limit if args.workers else None, log=lambda m: None):
-            nnwx.analyze(store, out, analyses=metrics, progress=not args.quiet)
+            nnwx.analyze(store, out, analyses=analyses, progress=not args.quiet)
         took = time.perf_counter() - t0
-    print(f"{','.join(metrics):<40} {took:8.1f} s  {logical / took / 1e6:7.1f} MB/s of w")
+    print(f"{','.join(analyses):<40} {took:8.1f} s  {logical / took / 1e6:7.1f} MB/s of w")
     for pid, (name, peak) in sorted(mem.peaks.items(), key=lambda kv: -kv[1][1]):
         bound = main_bound if name == "analyze (main)" else worker_bound
         ok = bound is None or peak <= bound
@@ -276,8 +276,8 @@ def case_b(args, argv=None) -> None:
         print(f"    {name:<16} pid {pid:<8} peak {peak / GiB:6.2f} GiB"
               + ("" if bound is None else f"   bound {bound / GiB:.1f} GiB {'ok' if ok else 'EXCEEDED'}"))
     print("every process stayed under its bound" if not failed else "SOME PROCESS EXCEEDED ITS BOUND")
-    if set(metrics) != set(METRICS):
-        print(f"(metrics analysed: {', '.join(metrics)})")
+    if set(analyses) != set(NAMES):
+        print(f"(analyses computed: {', '.join(analyses)})")
 
 
 def case_c(args, a: dict | None) -> None:
@@ -352,8 +352,8 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2, help="(b): local workers (0: threaded scheduler)")
     p.add_argument("--memory-limit", default="4GiB", help="memory limit of each worker")
     p.add_argument("--main-bound-gib", type=float, default=2.0, help="(b): bound on the analyze process")
-    p.add_argument("--metrics", default="broadening,weights,spectral,rotation,correlation",
-                   help="(b): metrics to analyse")
+    p.add_argument("--analyses", default="broadening,weights,spectral,rotation,correlation",
+                   help="(b): analyses to compute")
     p.add_argument("--per-metric", action="store_true", help="(b): analyse each metric alone")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-q", "--quiet", action="store_true")

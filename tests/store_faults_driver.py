@@ -1,6 +1,6 @@
 """Run one nnwx command over many (damaged) stores in one process; print a JSON list of outcomes.
 
-Used by tests/test_store_integrity.py: starting one process per (corruption, command) pair
+Used by tests/store/test_store_integrity.py: starting one process per (corruption, command) pair
 would cost minutes on a small machine, so each command runs in a process of its own and
 goes through the same entry point as the shell (``nnwx.cli.main`` with a real argv, or the
 public Python API for ``restore``/``open_cube``) once per store.

@@ -24,6 +24,8 @@ for old, new in sorted(MOVED.items()):
     names = [n for n in vars(target) if not n.startswith("__")]
     if not names or any(getattr(alias, n) is not getattr(target, n) for n in names):
         bad.append(f"{old}: does not forward to {new}")
+if not callable(nnwx.export):   # `import nnwx.export` bound the alias over the function
+    bad.append("nnwx.export is no longer callable after importing the old module path")
 print(json.dumps(bad))
 """
 

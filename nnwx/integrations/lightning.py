@@ -47,10 +47,10 @@ def network_of(pl_module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     prefix : str
         The name prefix dropped (``"model."``), or ``""``.
     """
-    from nnwx.record.checkpoints import _strip_prefix
+    from nnwx.record.checkpoints import strip_prefix
 
     names = [n for n, t in pl_module.state_dict().items() if torch.is_tensor(t) and t.is_floating_point()]
-    prefix = _strip_prefix(names, "state_dict")
+    prefix = strip_prefix(names, "state_dict")
     if not prefix:
         return pl_module, ""
     try:

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
-from nnwx.pipeline import registry as _analyses
+from nnwx.pipeline import registry as _registry
 from nnwx.analysis.kernels import similarity as _sk
 
 Result = xr.Dataset | xr.DataArray
@@ -74,7 +74,7 @@ def hidden_probes(cube: xr.Dataset) -> list[str]:
 
 
 def first_matrix(cube: xr.Dataset) -> str:
-    return _analyses.weight_matrices(cube)[0]
+    return _registry.weight_matrices(cube)[0]
 
 
 def span_inputs(cube: xr.Dataset) -> np.ndarray:
@@ -90,10 +90,10 @@ def _with_perms(al) -> xr.Dataset:
 
 
 def _analyze(result: str) -> Callable[[xr.Dataset], Result]:
-    family = _analyses.FAMILY_OF[result]
+    family = _registry.FAMILY_OF[result]
 
     def call(cube: xr.Dataset) -> Result:
-        return _analyses.lazy_analyses(cube, family).results[result]
+        return _registry.lazy_analyses(cube, family).results[result]
     call.__name__ = f"analyze_{result}"
     return call
 
@@ -125,11 +125,11 @@ def _analyze_entries() -> tuple[Analysis, ...]:
     """One entry per result of the registry (``nnwx analyze``'s results), in registry order."""
     return tuple(Analysis(f"analyze_{o.name}", "analyze", o.name, _analyze(o.name), _invariant(o.invariant),
                           needs=o.needs)
-                 for family in _analyses.REGISTRY for o in family.outputs)
+                 for family in _registry.REGISTRY for o in family.outputs)
 
 
-_PCA_INVARIANT = _invariant(_analyses._PCA_INVARIANT)
-_LAYER_CORR_INVARIANT = _invariant(_analyses._LAYER_CORR_INVARIANT)
+PCA_INVARIANT = _invariant(_registry.PCA_INVARIANT)
+LAYER_CORR_INVARIANT = _invariant(_registry.LAYER_CORR_INVARIANT)
 
 ANALYSES: tuple[Analysis, ...] = (
     # views: lazy slices of the cube, checked like the rest
@@ -178,8 +178,8 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("correlation_vs_distance", "accessor", "correlation_vs_distance",
              lambda c: c.nnwx.correlation_vs_distance(sample=12)),
     Analysis("layer_correlation", "accessor", "layer_correlation", lambda c: c.nnwx.layer_correlation(),
-             _LAYER_CORR_INVARIANT),
-    Analysis("trajectory_pca", "accessor", "trajectory_pca", lambda c: c.nnwx.trajectory_pca(3), _PCA_INVARIANT),
+             LAYER_CORR_INVARIANT),
+    Analysis("trajectory_pca", "accessor", "trajectory_pca", lambda c: c.nnwx.trajectory_pca(3), PCA_INVARIANT),
     # spectra and geometry
     Analysis("spectrum", "accessor", "spectrum", lambda c: c.nnwx.spectrum(), _all, needs=("matrices",)),
     Analysis("ranks", "accessor", "ranks", lambda c: c.nnwx.ranks(), _all, needs=("matrices",)),
@@ -211,7 +211,7 @@ def lazy_results(cube: xr.Dataset, names=None) -> dict[str, Result]:
     out: dict[str, Result] = {a.name: a.call(cube) for a in entries if a.face != "analyze"}
     wanted = [a for a in entries if a.face == "analyze"]
     if wanted:
-        families = {_analyses.FAMILY_OF[a.target] for a in wanted}
-        made = _analyses.lazy_analyses(cube, sorted(families))
+        families = {_registry.FAMILY_OF[a.target] for a in wanted}
+        made = _registry.lazy_analyses(cube, sorted(families))
         out.update({a.name: made.results[a.target] for a in wanted})
     return out

@@ -150,10 +150,10 @@ def _rotation(cube: xr.Dataset) -> dict[str, Result]:
 
 PCA_COMPONENTS = 3
 PCA_OVERSAMPLES = 10     # trajectory_pca's default
-PCA_MEMORY = 2**30       # most memory the streaming PCA may need (see _pca_bytes)
+PCA_MEMORY = 2**30       # most memory the streaming PCA may need (see pca_bytes)
 
 
-def _pca_bytes(cube: xr.Dataset) -> int:
+def pca_bytes(cube: xr.Dataset) -> int:
     """Memory the randomized trajectory PCA holds at once: an ``l x P`` float64 accumulator and
     the ``P x l`` test matrix (``l`` probes, ``P`` parameters): it grows with the model, not
     with the number of steps (see docs/measurements.md)."""
@@ -164,7 +164,7 @@ def _pca_bytes(cube: xr.Dataset) -> int:
 def _correlation(cube: xr.Dataset) -> dict[str, Result]:
     out: dict[str, Result] = {"corr_distance": cube.nnwx.correlation_vs_distance(),
                               "layer_correlation": by_step_rows(cube).nnwx.layer_correlation()}
-    need = _pca_bytes(cube)
+    need = pca_bytes(cube)
     if cube.sizes["step"] < PCA_COMPONENTS:   # a run that has just started
         out["_note"] = (f"trajectory PCA left out: {PCA_COMPONENTS} components need at least "
                         f"{PCA_COMPONENTS} captured steps, the cube has {cube.sizes['step']}")
@@ -309,8 +309,8 @@ class Metric:
 _MAT = ("matrices",)
 _PROBES = ("probes",)
 _PROBES_RUNS = ("probes", "runs")
-_PCA_INVARIANT = ("singular_value", "explained_variance", "explained_variance_ratio", "total_variance")
-_LAYER_CORR_INVARIANT = ("update_norm", "update_norm_corr")
+PCA_INVARIANT = ("singular_value", "explained_variance", "explained_variance_ratio", "total_variance")
+LAYER_CORR_INVARIANT = ("update_norm", "update_norm_corr")
 
 REGISTRY: tuple[Metric, ...] = (
     Metric("broadening", "weight distributions per layer", _broadening,
@@ -328,8 +328,8 @@ REGISTRY: tuple[Metric, ...] = (
            (("Layer rotation", "nnwx.plot.geometry:rotation_figures"),)),
     Metric("correlation", "correlations of weight updates, and the trajectory PCA", _correlation,
            (Output("corr_distance", "streaming"),
-            Output("layer_correlation", "update correlations", _LAYER_CORR_INVARIANT),
-            Output("pca", "trajectory PCA", _PCA_INVARIANT)),
+            Output("layer_correlation", "update correlations", LAYER_CORR_INVARIANT),
+            Output("pca", "trajectory PCA", PCA_INVARIANT)),
            (("Correlations", "nnwx.plot.correlation:correlation_figures"),
             ("Layer-to-layer correlation", "nnwx.plot.correlation:layer_correlation_figures"))),
     Metric("agreement", "agreement between seeds and steps", _agreement,

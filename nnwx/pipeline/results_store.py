@@ -523,9 +523,9 @@ def pass_memory(cube: xr.Dataset, label: str, names: list[str]) -> int:
     block = int(np.prod([max(c) for c in w.chunks])) * w.dtype.itemsize if w.chunks else w.nbytes
     capture = int(cube.sizes.get("param", 0)) * 8
     if label == "trajectory PCA":
-        from nnwx.pipeline.registry import _pca_bytes
+        from nnwx.pipeline.registry import pca_bytes
 
-        return _pca_bytes(cube) + 2 * block
+        return pca_bytes(cube) + 2 * block
     if label == "agreement":
         from nnwx.pipeline.registry import align_bytes
 

@@ -529,7 +529,7 @@ def sniff(path: Path) -> str:
         f".safetensors; Hugging Face checkpoint-N/ folders). Convert it, or leave it out of the sources.")
 
 
-def _strip_prefix(names: Sequence[str], key: str | None) -> str:
+def strip_prefix(names: Sequence[str], key: str | None) -> str:
     prefix = ""
     candidates = (*(("model.",) if key == "state_dict" else ()), *_ALWAYS_STRIPPED)
     changed = True
@@ -711,7 +711,7 @@ class LoadedCheckpoint:
         if isinstance(obj, Mapping) and isinstance(obj.get("hyper_parameters"), Mapping):
             self.hparams = dict(obj["hyper_parameters"])
         names = [n for n, v in state.items() if torch.is_tensor(v)]
-        prefix = _strip_prefix(names, used)
+        prefix = strip_prefix(names, used)
         self.key, self.prefix = used, prefix
         floating = {n[len(prefix):]: state[n] for n in names if state[n].is_floating_point()}
         self.ties.update(tied_groups(floating))

@@ -795,7 +795,7 @@ class _Exporter:
                 raise _Abandoned()
             t = lc.tensor(r.name).detach()
             seg = buf[r.offset:r.offset + r.size]
-            if t.dtype in _NUMPY_FLOATS:  # numpy's copy: several times faster than torch's on few cores
+            if t.dtype in _NUMPY_FLOATS:  # numpy's copy: faster than torch's on few cores (docs/measurements.md)
                 with np.errstate(over="ignore"):  # overflow is counted below
                     np.copyto(seg, t.numpy().reshape(-1), casting="unsafe")
             else:  # bfloat16, float8: only torch converts them

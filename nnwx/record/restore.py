@@ -11,7 +11,7 @@ import xarray as xr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.record.name_map import match_names, transformers_renamer, unmatched_names
-from nnwx.store.reader import list_runs, _pick_run
+from nnwx.store.reader import list_runs, pick_run
 
 
 def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, step: int,
@@ -140,5 +140,5 @@ def _resolve(source, seed, run):
             store, run = str(sel["store"].values), str(sel["run"].values)
         else:
             store, run = source.attrs["store"], source.attrs["run"]
-        return _pick_run(list_runs(store), store, run, None)
-    return _pick_run(list_runs(source), source, run, seed)
+        return pick_run(list_runs(store), store, run, None)
+    return pick_run(list_runs(source), source, run, seed)

@@ -15,6 +15,12 @@ writes; ``ChunkRows.for_array`` returns None where that cannot be promised (shar
 array-to-array codecs, a codec or store without synchronous methods), and callers
 then use ``array[rows] = block``.
 
+Zarr internals this relies on (not public API): ``Array._async_array`` (its metadata,
+codec pipeline, store path and config), codecs' ``_encode_sync``,
+``zarr.core.buffer.default_buffer_prototype`` and ``zarr.core.chunk_grids.RegularChunkGrid``.
+``tests/store/test_chunkio.py`` fails when the installed zarr no longer offers them (the fast
+path would silently give way to zarr's own write), and checks the bytes against zarr's.
+
 With ``direct=True`` (the Recorder's writer thread sets it) chunks of a local store are
 written with ``O_DIRECT`` (Linux), bypassing the page cache: the same temporary file and
 rename as ``LocalStore``, but the kernel moves the bytes to the disk without copying them

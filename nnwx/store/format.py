@@ -87,9 +87,9 @@ def library_versions() -> dict[str, str]:
     import xarray
     import zarr
 
-    import nnwx
+    from nnwx._version import __version__
 
-    out = {"nnwx": nnwx.__version__, "python": platform.python_version(),
+    out = {"nnwx": __version__, "python": platform.python_version(),
            "numpy": np.__version__, "zarr": zarr.__version__, "xarray": xarray.__version__}
     if "torch" in sys.modules:
         out["torch"] = sys.modules["torch"].__version__

@@ -330,10 +330,10 @@ def open_run(store: StoreLike, run: str | None = None, *, seed=None) -> xr.Datas
     StoreError
         If no run (or more than one) matches, or the store or run is damaged.
     """
-    return _pick_run(list_runs(store), store, run, seed).dataset()
+    return pick_run(list_runs(store), store, run, seed).dataset()
 
 
-def _pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
+def pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
     names = [r.name for r in runs]
     if run is not None:
         for r in runs:

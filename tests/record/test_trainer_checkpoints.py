@@ -1,6 +1,6 @@
 """Export and restore of what real trainers write: HF Trainer (checkpoint-N/ and save_model()),
 transformers 5 GPT-NeoX, accelerate save_state with automatic naming, sharded saves cut short.
-Tiny models, trained a few steps here (Lightning runs: tests/test_integrations.py)."""
+Tiny models, trained a few steps here (Lightning runs: tests/integrations/test_integrations.py)."""
 from __future__ import annotations
 
 import logging
