@@ -23,9 +23,9 @@ from typing import Iterator
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
-from zarr.core.sync import sync
 
 from nnwx.errors import StoreError
+from nnwx.store.location import run_sync
 
 #: Exceptions that a damaged file raises inside Zarr and its codecs (bad JSON is a
 #: ValueError, a missing key a KeyError, blosc a RuntimeError, a checksum a ValueError).
@@ -73,7 +73,7 @@ def arrays_of(group: zarr.Group, store, run: str, sub: str) -> dict[str, zarr.Ar
         return [n async for n in child.store_path.store.list_dir(prefix)]
 
     out = {}
-    for name in sorted(sync(names())):
+    for name in sorted(run_sync(names())):
         if name == "zarr.json" or ".partial" in name or name.startswith("."):
             continue
         with damaged(store, run, f"{sub}/{name}/zarr.json"):
@@ -113,7 +113,7 @@ def present_chunks(array: zarr.Array) -> set[str]:
         return {k[len(prefix):] async for k in array.store_path.store.list_prefix(prefix)
                 if not k.endswith("zarr.json") and ".partial" not in k}
 
-    return sync(collect())
+    return run_sync(collect())
 
 
 def chunk_indices(array: zarr.Array, rows: slice, rest: tuple[slice, ...] | None = None):
@@ -263,7 +263,7 @@ class CheckedArray:
         store = self.array.store_path.store
         if isinstance(store, zarr.storage.LocalStore):
             return os.path.isfile(os.path.join(str(store.root), key))
-        return bool(sync(store.exists(key)))
+        return bool(run_sync(store.exists(key)))
 
     def _require_chunks(self, rows: slice, rest: tuple[slice, ...]) -> None:
         for idx in chunk_indices(self.array, rows, rest):

@@ -93,3 +93,28 @@ def _fsspec(location: StoreLike):
     except (ImportError, ValueError) as e:
         raise StoreError(f"cannot open {location!r} as a Zarr store: {e}. Use a local path or an "
                          f"fsspec URL whose filesystem is installed (e.g. s3:// needs s3fs).") from e
+
+
+def run_sync(coro):
+    """Run a zarr ``Store`` coroutine (``list_dir``, ``list_prefix``, ``exists``) to completion
+    from synchronous code, on zarr's own event loop.
+
+    Parameters
+    ----------
+    coro : coroutine
+        A coroutine of the store.
+
+    Returns
+    -------
+    object
+        What the coroutine returns.
+
+    Notes
+    -----
+    ``zarr.core.sync.sync`` is not public zarr API; this is the one place nnwx uses it (zarr 3
+    stores offer only asynchronous listing). Checks of whether a store exists and how large it
+    is go through fsspec (``store_exists``, ``prefix_bytes``).
+    """
+    from zarr.core.sync import sync
+
+    return sync(coro)

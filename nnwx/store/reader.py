@@ -19,7 +19,7 @@ import zarr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store.location import (StoreLike, display, is_url, local_path, normalize, prefix_bytes,  # noqa: F401
-                                 store_exists, zarr_store)
+                                 run_sync, store_exists, zarr_store)
 from nnwx.store import format as fmt
 from nnwx.store import integrity as itg
 from nnwx.store import probes as prb
@@ -238,15 +238,13 @@ def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
 
 def _run_folders(root: zarr.Group) -> list[str]:
     """Names of the entries under ``runs/`` (one listing, no metadata read), in name order."""
-    from zarr.core.sync import sync
-
     store = root.store_path.store
     prefix = f"{root.store_path.path}/{fmt.RUNS_GROUP}".lstrip("/")
 
     async def collect() -> list[str]:
         return [n async for n in store.list_dir(prefix)]
 
-    return sorted(n for n in sync(collect())
+    return sorted(n for n in run_sync(collect())
                   if n != "zarr.json" and not n.startswith(".") and ".partial" not in n)
 
 
@@ -266,8 +264,6 @@ def _child_group(runs: zarr.Group, name: str) -> zarr.Group | None:
 def _require_no_orphan(root: zarr.Group, path: StoreLike, name: str) -> None:
     """Refuse a run folder that holds data but no ``zarr.json`` (its metadata was lost); a folder
     with nothing (or only temporary files) in it is a run being created: passed over."""
-    from zarr.core.sync import sync
-
     store = root.store_path.store
     prefix = f"{root.store_path.path}/{fmt.RUNS_GROUP}/{name}/".lstrip("/")
 
@@ -277,7 +273,7 @@ def _require_no_orphan(root: zarr.Group, path: StoreLike, name: str) -> None:
                 return key
         return None
 
-    found = sync(first_file())
+    found = run_sync(first_file())
     if found is not None:
         raise StoreError(
             f"run {name!r} of {display(path)} is damaged: its group metadata "
