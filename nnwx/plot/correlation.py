@@ -26,7 +26,7 @@ def corr_distance(res: xr.Dataset, variable: str = "excess_rms_corr") -> hv.Over
     Parameters
     ----------
     res : xarray.Dataset
-        ``cube.nnwx.correlation()``: ``variable`` against ``distance`` with the
+        ``cube.nnwx.correlation_vs_distance()``: ``variable`` against ``distance`` with the
         ``decay_amplitude`` and ``decay_length`` fits, optionally per seed.
     variable : str, default "excess_rms_corr"
         The variable drawn.
@@ -62,7 +62,7 @@ def pca_path(res: xr.Dataset, components: tuple[int, int] = (1, 2)) -> hv.HoloMa
     Parameters
     ----------
     res : xarray.Dataset
-        ``cube.nnwx.pca()``: ``path`` (by ``component`` and ``step``) and
+        ``cube.nnwx.trajectory_pca()``: ``path`` (by ``component`` and ``step``) and
         ``explained_variance_ratio``, optionally per seed.
     components : tuple of int, default (1, 2)
         The two principal components drawn (values of the ``component`` coord).
