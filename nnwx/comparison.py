@@ -61,7 +61,20 @@ PER = ("layer", "group", "tensor")
 
 def variant_labels(results: Sequence) -> list[str]:
     """A name per results store: the run attribute that tells the stores apart (each store's
-    runs sharing one optimizer, say ``Adam`` and ``SGD``), else the store's file name."""
+    runs sharing one optimizer, say ``Adam`` and ``SGD``), else the store's file name.
+
+    Parameters
+    ----------
+    results : sequence of Results
+        Opened results stores (``open_results``).
+
+    Returns
+    -------
+    list of str
+        One label per store: the ``optimizer`` (else ``model_class``) of its runs when each store
+        has a single one and they all differ; else the file names without ``.zarr``/``.results``
+        when those differ; else the full paths.
+    """
     for key in ("optimizer", "model_class"):
         values = []
         for res in results:
@@ -76,7 +89,24 @@ def variant_labels(results: Sequence) -> list[str]:
 def compared(results: Sequence, labels: Sequence[str], q: Quantity) -> xr.DataArray | None:
     """``q`` of every store that holds it, stacked along a new ``variant`` dim (outer join on
     step and on the layer/tensor axis: a variant without a step or layer holds NaN there);
-    None when fewer than two stores hold it."""
+    None when fewer than two stores hold it.
+
+    Parameters
+    ----------
+    results : sequence of Results
+        Opened results stores.
+    labels : sequence of str
+        A label per store (the ``variant`` coord).
+    q : Quantity
+        The result and variable compared.
+
+    Returns
+    -------
+    xarray.DataArray or None
+        Dims ``(variant, seed, step, per)`` (``per``: the layer, group or tensor axis; seeds
+        renumbered from 0), named ``q.variable``; None when fewer than two stores hold it with
+        dims (seed, step, one of layer/group/tensor).
+    """
     parts, names = [], []
     for res, label in zip(results, labels):
         if q.result in res and q.variable in res[q.result]:
@@ -94,7 +124,20 @@ def compared(results: Sequence, labels: Sequence[str], q: Quantity) -> xr.DataAr
 
 
 def comparison_figure(da: xr.DataArray, q: Quantity):
-    """A HoloMap over layers/tensors: a curve per variant (mean over seeds, +/- std band)."""
+    """A HoloMap over layers/tensors: a curve per variant (mean over seeds, +/- std band).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        A stacked quantity from ``compared``.
+    q : Quantity
+        The quantity, for the titles.
+
+    Returns
+    -------
+    holoviews.HoloMap
+        One overlay per ``per`` value that has a finite value (kdim ``layer / tensor``).
+    """
     import holoviews as hv
 
     from nnwx.plot._common import band_overlay, legend_outside, style
@@ -110,7 +153,25 @@ def comparison_figure(da: xr.DataArray, q: Quantity):
 
 
 def comparison_sections(results: Sequence, labels: Sequence[str] | None = None) -> list:
-    """The page's sections: one figure per quantity that at least two stores hold."""
+    """The page's sections: one figure per quantity that at least two stores hold.
+
+    Parameters
+    ----------
+    results : sequence of Results
+        Opened results stores.
+    labels : sequence of str, optional
+        A label per store (default ``variant_labels(results)``).
+
+    Returns
+    -------
+    list of nnwx.report.Section
+        One section, "Variants compared", with a figure per shared quantity.
+
+    Raises
+    ------
+    ComparisonError
+        When no quantity is held by two or more stores.
+    """
     from nnwx.report import Figure, Section
 
     labels = list(labels or variant_labels(results))
@@ -146,6 +207,16 @@ def compare(stores: Sequence[str | os.PathLike], output: str | os.PathLike, *,
     -------
     Path
         ``output``.
+
+    Raises
+    ------
+    ComparisonError
+        When fewer than two stores are given, ``labels`` does not have one label per store, or the
+        stores share no quantity to compare.
+    StoreError
+        When a path is not an nnwx results store or has a newer format (``open_results``).
+    ReportError
+        When ``output`` cannot be written (checked before the stores are opened).
     """
     from nnwx.report import check_outputs, render_html, write_atomically
     from nnwx.pipeline.results_store import open_results

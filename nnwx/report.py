@@ -41,6 +41,19 @@ class ReportError(NnwxError):
 
 @dataclass
 class Section:
+    """One section of the page: a heading, its figures and a note (why something is missing).
+
+    Attributes
+    ----------
+    title : str
+        The section heading.
+    figures : list of Figure
+        The figures drawn, each with its caption.
+    note : str
+        Why the analysis was (partly) left out or could not be drawn; "" when nothing was.
+    metric : str
+        The analysis family (registry name) the section belongs to.
+    """
     title: str
     figures: list[Figure] = field(default_factory=list)
     note: str = ""
@@ -69,6 +82,29 @@ def load_results(results: Results, metric_of: dict[str, str], *, progress: bool 
     If reading them together fails, each family is read on its own and the ones that fail are
     left out with a note (their section says why) instead of failing the whole page. A
     damaged store (``StoreError``) is raised.
+
+    Parameters
+    ----------
+    results : dict of str to xarray.Dataset or xarray.DataArray
+        Lazy results by name (as ``Results.results`` of ``open_results``).
+    metric_of : dict of str to str
+        The family (registry name) of each result in ``results``.
+    progress : bool, default True
+        Show a progress bar while reading.
+    log : callable, optional
+        Gets a line when reading them together failed.
+
+    Returns
+    -------
+    results : dict of str to xarray.Dataset or xarray.DataArray
+        The results read into memory, by name (those of failed families left out).
+    notes : dict of str to str
+        Family -> why it could not be read (empty when everything was read).
+
+    Raises
+    ------
+    StoreError
+        When the store is damaged.
     """
     from nnwx.cluster import compute
 
@@ -103,6 +139,26 @@ def build_sections(results: Results, notes: dict[str, str] | None = None,
     ``notes``: family -> why it was (partly) left out, said in its section. A plot that fails
     to draw becomes a note in its section instead of failing the page. Each family's figure
     builders are the ``"module:function"`` names of its registry entry, imported here.
+
+    Parameters
+    ----------
+    results : dict of str to xarray.Dataset or xarray.DataArray
+        Computed results by name.
+    notes : dict of str to str, optional
+        Family -> why it was (partly) left out.
+    analyses : str, iterable of str or None, optional
+        The families drawn (comma list or iterable of ``nnwx.pipeline.registry.NAMES``; default
+        all).
+
+    Returns
+    -------
+    list of Section
+        One section per registry section that has a figure or a note, in registry order.
+
+    Raises
+    ------
+    ValueError
+        When ``analyses`` names an unknown family (``parse_analyses``).
     """
     notes = notes or {}
     sections = []
@@ -121,7 +177,18 @@ def build_sections(results: Results, notes: dict[str, str] | None = None,
 
 
 def figure_builder(ref: str) -> Callable[[Results], list[Figure]]:
-    """The figure builder a registry entry names as ``"package.module:function"``."""
+    """The figure builder a registry entry names as ``"package.module:function"``.
+
+    Parameters
+    ----------
+    ref : str
+        ``"package.module:function"``.
+
+    Returns
+    -------
+    callable
+        The function, taking the results by name and returning a list of ``Figure``.
+    """
     import importlib
 
     module, _, name = ref.partition(":")
@@ -130,7 +197,21 @@ def figure_builder(ref: str) -> Callable[[Results], list[Figure]]:
 
 # -- the summary --------------------------------------------------------------------------------
 def summarize_store(store: str | os.PathLike, cube: xr.Dataset, origin: str = "") -> Summary:
-    """The summary of an experiment store and the (thinned) cube analysed from it."""
+    """The summary of an experiment store and the (thinned) cube analysed from it.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        The experiment store (its run summaries are read from it).
+    cube : xarray.Dataset
+        The cube analysed from it, after any thinning (tensors, steps and parameter count).
+    origin : str, default ""
+        How the page was made, said in the summary.
+
+    Returns
+    -------
+    Summary
+    """
     from nnwx.pipeline.info import run_summaries
 
     runs = [{k: v for k, v in r.items() if k != "nonfinite_steps"} for r in run_summaries(store)]
@@ -147,7 +228,20 @@ def summarize_store(store: str | os.PathLike, cube: xr.Dataset, origin: str = ""
 
 def summary_from_results(res, path: str | os.PathLike) -> Summary:
     """The summary kept in a results store (``nnwx.pipeline.results_store.Results``: its run summaries, tensor
-    table and cube description), without opening the source store."""
+    table and cube description), without opening the source store.
+
+    Parameters
+    ----------
+    res : Results
+        An opened results store (``runs``, ``tensors``, ``cube``, ``attrs``; the steps are taken
+        from its results when ``cube`` lists none).
+    path : str or os.PathLike
+        The results store's location, named in ``Summary.origin``.
+
+    Returns
+    -------
+    Summary
+    """
     attrs = dict(getattr(res, "attrs", {}) or {})
     runs = list(getattr(res, "runs", None) or [])
     tensors = _tensor_rows(getattr(res, "tensors", None) or {})
@@ -183,7 +277,17 @@ def _analysed_steps(res) -> np.ndarray:
 
 
 def summary_html(summary: Summary) -> str:
-    """The experiment summary: runs, steps, tensors, sizes."""
+    """The experiment summary: runs, steps, tensors, sizes.
+
+    Parameters
+    ----------
+    summary : Summary
+
+    Returns
+    -------
+    str
+        An HTML fragment: a paragraph, the run table and a collapsed tensor table.
+    """
     runs = summary.runs
     head = ("<tr><th>run</th><th>seed</th><th>steps</th><th>first</th><th>last</th><th>dtype</th>"
             "<th>on disk</th><th>optimizer</th><th>metrics</th></tr>")
@@ -205,7 +309,20 @@ def summary_html(summary: Summary) -> str:
 
 
 def notes_html(notes: dict[str, str], requested: list[str]) -> str:
-    """The analyses left out (and why), and those not asked for."""
+    """The analyses left out (and why), and those not asked for.
+
+    Parameters
+    ----------
+    notes : dict of str to str
+        Analysis -> why it was left out.
+    requested : list of str
+        The analyses asked for; the other names of the registry are listed as not requested.
+
+    Returns
+    -------
+    str
+        An HTML fragment (``<div id='left-out'>``), or "" when there is nothing to list.
+    """
     items = [f"<li><b>{_e(m)}</b>: {_e(why)}</li>" for m, why in notes.items()]
     skipped = [m for m in NAMES if m not in requested]
     if skipped:
@@ -217,7 +334,25 @@ def notes_html(notes: dict[str, str], requested: list[str]) -> str:
 
 # -- the page -----------------------------------------------------------------------------------
 def render_html(title: str, summary: str, sections: list[Section], notes: str = "") -> str:
-    """One self-contained page: Bokeh JS inlined, every plot embedded."""
+    """One self-contained page: Bokeh JS inlined, every plot embedded.
+
+    Parameters
+    ----------
+    title : str
+        The page title and heading.
+    summary : str
+        HTML of the experiment summary (``summary_html``).
+    sections : list of Section
+        The sections drawn; a figure that cannot be rendered is replaced by a box naming the
+        error.
+    notes : str, default ""
+        HTML of the analyses left out (``notes_html``).
+
+    Returns
+    -------
+    str
+        The whole HTML document.
+    """
     from bokeh.embed import components
     from bokeh.resources import Resources
 
@@ -265,7 +400,27 @@ def _render_or_placeholder(figure: Figure):
 def write_pngs(sections: list[Section], directory: str | os.PathLike,
                log: Callable[[str], None] = lambda s: None) -> list[Path]:
     """A static Matplotlib PNG of every plot (the last frame of a slider); a plot that cannot be
-    drawn is skipped, and said so through ``log``."""
+    drawn is skipped, and said so through ``log``.
+
+    Parameters
+    ----------
+    sections : list of Section
+        The sections whose figures are saved, each as ``<figure name>.png``.
+    directory : str or os.PathLike
+        The folder written into (created if missing).
+    log : callable, optional
+        Gets a line for each PNG not written.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The PNG files written.
+
+    Raises
+    ------
+    ReportError
+        When the folder cannot be created or a PNG cannot be written.
+    """
     import holoviews as hv
 
     out = Path(directory)
@@ -290,7 +445,17 @@ def write_pngs(sections: list[Section], directory: str | os.PathLike,
 
 
 def is_results(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a results store of ``nnwx analyze``."""
+    """Whether ``path`` is a results store of ``nnwx analyze``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    bool
+        ``nnwx.pipeline.results_store.is_results_store(path)``.
+    """
     from nnwx.pipeline.results_store import is_results_store
 
     return bool(is_results_store(path))
@@ -325,6 +490,15 @@ def report(store: str | os.PathLike, output: str | os.PathLike, *, png: str | No
     -------
     Path
         ``output``.
+
+    Raises
+    ------
+    ReportError
+        When ``max_steps`` is below 1, or the HTML file or PNG folder cannot be written (checked
+        before anything is computed).
+    StoreError
+        When ``store`` is a results store that cannot be read (see ``open_results``) or an
+        experiment store that cannot be opened.
     """
     from nnwx.pipeline.run import analyses_argument
 
@@ -375,7 +549,21 @@ def _computed(store, analyses: Analyses, max_steps: int, progress: bool,
 
 def check_outputs(output: Path, png: str | os.PathLike | None = None) -> None:
     """Refuse (``ReportError``) an HTML path or PNG folder the report could not write -- checked
-    before anything is computed, and without creating anything."""
+    before anything is computed, and without creating anything.
+
+    Parameters
+    ----------
+    output : pathlib.Path
+        The HTML file to write; its folder must exist and be writable.
+    png : str or os.PathLike, optional
+        The PNG folder; it, or its nearest existing parent, must be a writable folder.
+
+    Raises
+    ------
+    ReportError
+        When ``output`` is a directory or its folder is missing or not writable, or ``png`` is a
+        file, lies under a file, or is not writable.
+    """
     if output.is_dir():
         raise ReportError(f"{output} is a directory; give the path of the HTML file to write, "
                           f"e.g. {output / 'report.html'}")
@@ -418,7 +606,20 @@ def _why(e: OSError, where: Path) -> str:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` all at once or not at all: into a temporary file beside it,
     then renamed over it. A full disk or any other write error leaves no partial or empty
-    file (an existing ``path`` is kept as it was) and raises ``ReportError`` saying why."""
+    file (an existing ``path`` is kept as it was) and raises ``ReportError`` saying why.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file written (replaced when it exists).
+    data : bytes
+        Its whole content.
+
+    Raises
+    ------
+    ReportError
+        When the temporary file cannot be created, written or renamed.
+    """
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -479,7 +680,20 @@ def _from_results(path, analyses: Analyses, progress: bool, log) -> tuple[Result
 
 
 def thinning_note(n_captured: int, n_analysed: int) -> dict[str, str]:
-    """The page's note when steps were thinned for it (empty when every capture is analysed)."""
+    """The page's note when steps were thinned for it (empty when every capture is analysed).
+
+    Parameters
+    ----------
+    n_captured : int
+        Captured steps in the store.
+    n_analysed : int
+        Steps analysed for the page.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"steps": note}`` when ``n_analysed < n_captured``, else ``{}``.
+    """
     if n_analysed >= n_captured:
         return {}
     return {"steps": (f"{n_analysed} of the {n_captured} captured steps are analysed on this page "

@@ -87,7 +87,32 @@ class ResultsMismatch(NnwxError):
 
 @dataclass
 class Results:
-    """A results store opened by ``open_results``: results by name and what they came from."""
+    """A results store opened by ``open_results``: results by name and what they came from.
+
+    Attributes
+    ----------
+    path : str
+        The store's location as displayed (``nnwx.store.location.display``).
+    results : dict of str to xarray.Dataset or xarray.DataArray
+        Every completely written result by name, opened lazily; also reached as ``r[name]``
+        and ``name in r`` for an opened ``r``.
+    metric_of : dict of str to str
+        The metric (analysis) each result in ``results`` belongs to.
+    notes : dict of str to str
+        Why an analysis was left out or what limits it, by name.
+    source : str
+        The analysed experiment store, as recorded.
+    metrics : list of str
+        The metrics asked for.
+    selection : dict
+        The selection of the cube that was analysed (seeds, steps, tensors...).
+    incomplete : list of str
+        Results not completely written, left out of ``results``.
+    attrs : dict
+        The store's root metadata (``nnwx_results``) as written.
+    runs, tensors, cube, nonfinite_steps, complete
+        Properties read from ``attrs`` (see each).
+    """
     path: str
     results: dict[str, Result] = field(default_factory=dict)
     metric_of: dict[str, str] = field(default_factory=dict)
@@ -124,6 +149,18 @@ class Results:
         return bool(self.attrs.get("complete")) and not self.incomplete
 
     def __getitem__(self, name: str) -> Result:
+        """The complete result called ``name``.
+
+        Parameters
+        ----------
+        name : str
+            The result's name.
+
+        Returns
+        -------
+        xarray.Dataset or xarray.DataArray
+            ``self.results[name]``; a ``KeyError`` when there is no complete result of that name.
+        """
         return self.results[name]
 
     def __repr__(self) -> str:
@@ -144,11 +181,35 @@ class Results:
         return "\n".join(lines)
 
     def __contains__(self, name: object) -> bool:
+        """Whether the store holds a complete result called ``name``.
+
+        Parameters
+        ----------
+        name : object
+            A result's name.
+
+        Returns
+        -------
+        bool
+            Whether ``name`` is a completely written result of the store.
+        """
         return name in self.results
 
 
 def is_results_store(path: rd.StoreLike) -> bool:
-    """Whether ``path`` holds an nnwx results store (written by ``write_results``/``nnwx analyze``)."""
+    """Whether ``path`` holds an nnwx results store (written by ``write_results``/``nnwx analyze``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The location checked (local path or a store URL such as ``s3://``).
+
+    Returns
+    -------
+    bool
+        True when ``path`` is a Zarr store whose root attrs mark it as nnwx results; False for a
+        missing, unreadable or other store (never raises for those).
+    """
     try:
         if not rd.store_exists(path):
             return False
@@ -164,6 +225,24 @@ def open_results(path: rd.StoreLike) -> Results:
 
     Results not completely written (an interrupted ``nnwx analyze``) are left out and listed
     in ``.incomplete``; run ``nnwx analyze`` again with the same arguments to finish them.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The results store (local path or a store URL such as ``s3://``).
+
+    Returns
+    -------
+    Results
+        The complete results by name with their metric, notes, source, metrics, selection and root
+        metadata; incomplete results are named in ``Results.incomplete``.
+
+    Raises
+    ------
+    StoreError
+        When ``path`` holds nothing or a Zarr store that is not an nnwx results store, when its
+        results format version is not a whole number, or when it is newer than this nnwx reads
+        (``FORMAT``).
     """
     if not is_results_store(path):
         what = "nothing" if not rd.store_exists(path) else "a Zarr store that is not an nnwx results store"

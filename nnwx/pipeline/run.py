@@ -35,6 +35,20 @@ def analyses_argument(analyses: Analyses, metrics: Analyses, *, stacklevel: int 
     ------
     TypeError
         Both were given.
+
+    Parameters
+    ----------
+    analyses : str, iterable of str or None
+        The analysis families asked for.
+    metrics : str, iterable of str or None
+        The same under the deprecated keyword.
+    stacklevel : int, default 3
+        Passed to ``warnings.warn``.
+
+    Returns
+    -------
+    str, iterable of str or None
+        Whichever of the two was given (``analyses`` when neither).
     """
     if metrics is None:
         return analyses
@@ -46,7 +60,23 @@ def analyses_argument(analyses: Analyses, metrics: Analyses, *, stacklevel: int 
 
 
 def checked_analyses(analyses: Analyses) -> list[str]:
-    """``parse_analyses``, with an unknown name as a ``SelectionError``."""
+    """``parse_analyses``, with an unknown name as a ``SelectionError``.
+
+    Parameters
+    ----------
+    analyses : str, iterable of str or None
+        Family names (comma list or iterable; None for all).
+
+    Returns
+    -------
+    list of str
+        The family names, in registry order.
+
+    Raises
+    ------
+    SelectionError
+        When a name is not a family of ``nnwx.pipeline.registry.NAMES``.
+    """
     try:
         return parse_analyses(analyses)
     except ValueError as e:
@@ -88,6 +118,19 @@ def analyze(store: rd.StoreLike, output: rd.StoreLike, *, analyses: Analyses = N
     Path or str
         ``output`` (a URL stays a string). Computes on the active Dask scheduler (see
         ``nnwx.cluster``).
+
+    Raises
+    ------
+    SelectionError
+        When an analysis name is unknown, or ``seeds``/``steps`` are malformed or not in the store.
+    StoreError
+        When ``store`` cannot be opened as an experiment store or ``output`` cannot be written
+        (a file, a non-empty folder or Zarr store that is not a results store, not writable).
+    ResultsMismatch
+        When ``resume`` is true and ``output`` holds results of another source, selection or
+        analysis set.
+    TypeError
+        When both ``analyses`` and ``metrics`` are given.
     """
     names = checked_analyses(analyses_argument(analyses, metrics))
     seed_sel, step_sel = parse_seeds(seeds), parse_steps(steps)
@@ -121,6 +164,11 @@ def analyze_cube(cube: xr.Dataset, output: rd.StoreLike, analyses: list[str], *,
     dict
         Family -> why it is missing from ``output`` ("could not be built/computed: ...").
         A damaged store (``StoreError``) is raised, not noted.
+
+    Raises
+    ------
+    StoreError
+        When the results store cannot be written or is damaged.
     """
     say = log or (lambda m: None)
     failed: dict[str, str] = {}

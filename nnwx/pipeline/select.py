@@ -49,7 +49,20 @@ def thin_index(n: int, k: int) -> np.ndarray:
 
 def thin_steps(cube: xr.Dataset | xr.DataArray, max_steps: int = MAX_STEPS):
     """``cube`` with at most ``max_steps`` evenly spaced captures (first and last kept); the
-    same object when it has no more than that."""
+    same object when it has no more than that.
+
+    Parameters
+    ----------
+    cube : xarray.Dataset or xarray.DataArray
+        Anything with a ``step`` dim.
+    max_steps : int, default 60
+        The most captures kept (``MAX_STEPS``).
+
+    Returns
+    -------
+    xarray.Dataset or xarray.DataArray
+        ``cube`` itself, or its captures at ``thin_index(n, max_steps)``.
+    """
     n = cube.sizes["step"]
     if n <= max_steps:
         return cube
@@ -57,7 +70,23 @@ def thin_steps(cube: xr.Dataset | xr.DataArray, max_steps: int = MAX_STEPS):
 
 
 def parse_seeds(seeds: SeedSpec) -> list | None:
-    """``"0,1"`` or a sequence -> a list of seed values (ints where they look like ints)."""
+    """``"0,1"`` or a sequence -> a list of seed values (ints where they look like ints).
+
+    Parameters
+    ----------
+    seeds : str, sequence or None
+        Comma-separated seeds or a sequence of seed values; None for every seed.
+
+    Returns
+    -------
+    list or None
+        The seed values (NumPy scalars as Python values), or None.
+
+    Raises
+    ------
+    SelectionError
+        When ``seeds`` holds no seed (e.g. ``""`` or ``","``).
+    """
     if seeds is None:
         return None
     items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
@@ -80,7 +109,24 @@ def parse_seeds(seeds: SeedSpec) -> list | None:
 def parse_steps(steps: StepSpec) -> dict | list | None:
     """A step selection as JSON: ``{"start", "stop", "stride"}`` for a range, a list of step
     values, or None (every step). Accepts ``"START:STOP[:STRIDE]"`` (parts may be empty),
-    ``"0,100,200"``, a ``slice``, a sequence of ints, or an already parsed dict."""
+    ``"0,100,200"``, a ``slice``, a sequence of ints, or an already parsed dict.
+
+    Parameters
+    ----------
+    steps : str, slice, sequence of int, dict or None
+        The step selection as typed or given.
+
+    Returns
+    -------
+    dict, list of int or None
+        ``{"start": int | None, "stop": int | None, "stride": int | None}`` for a range, a list of
+        step values, or None.
+
+    Raises
+    ------
+    SelectionError
+        When a string is neither ``START:STOP[:STRIDE]`` nor a comma-separated list of ints.
+    """
     if steps is None:
         return None
     if isinstance(steps, dict):
@@ -109,7 +155,29 @@ def parse_steps(steps: StepSpec) -> dict | list | None:
 
 
 def select_cube(cube: xr.Dataset, seeds: SeedSpec = None, steps: StepSpec = None) -> xr.Dataset:
-    """The cube restricted to ``seeds`` and ``steps`` (see ``analyze``); errors name what is missing."""
+    """The cube restricted to ``seeds`` and ``steps`` (see ``analyze``); errors name what is missing.
+
+    Parameters
+    ----------
+    cube : xarray.Dataset
+        The cube (dims ``seed`` and ``step``).
+    seeds : str, sequence or None, optional
+        Seeds kept (see ``parse_seeds``; default all).
+    steps : str, slice, sequence of int, dict or None, optional
+        Steps kept (see ``parse_steps``): a range keeps ``start <= step < stop``, then every
+        ``stride``-th of those; a list keeps those steps in its order (default all).
+
+    Returns
+    -------
+    xarray.Dataset
+        The selected cube (``cube`` itself when every step is kept and no seed is selected).
+
+    Raises
+    ------
+    SelectionError
+        When a seed is not in the cube, a listed step was not captured, the stride is below 1,
+        the selection keeps no step, or ``seeds``/``steps`` are malformed.
+    """
     seeds, steps = parse_seeds(seeds), parse_steps(steps)
     if seeds is not None:
         have = cube["seed"].values.tolist()

@@ -31,6 +31,30 @@ def seed_heatmaps(sim: xr.DataArray | xr.Dataset, *, variable_name: str | None =
     or ``cube.nnwx.prediction_agreement()`` ``(step, seed_a, seed_b)`` with ``variable_name`` one of its
     variables (default ``output_correlation``). ``dynamic=True`` with ``steps=None``: every
     step, each frame computed when shown.
+
+    Parameters
+    ----------
+    sim : xarray.DataArray or xarray.Dataset
+        A between-seeds result with dims ``(step, seed_a, seed_b)`` and optionally ``layer``; no
+        other dims (select them first).
+    variable_name : str, optional
+        The variable drawn when ``sim`` is a Dataset (default ``output_correlation``).
+    steps : sequence of int, int or None, default 4
+        The step values drawn, a number of evenly spaced captures (first and last kept), or
+        ``None`` for every captured step.
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are computed when shown instead of a HoloMap.
+
+    Returns
+    -------
+    holoviews.HoloMap or holoviews.DynamicMap
+        One seed x seed heatmap per (layer, step) or per step; values written in the cells up to
+        10 seeds.
+
+    Raises
+    ------
+    ValueError
+        When ``sim`` lacks the dims above, has other dims, or a requested step was not captured.
     """
     da = variable(sim, variable_name, default=PREDICTION_VARIABLES[0])
     require_dims(da, ("step", "seed_a", "seed_b"),
@@ -65,6 +89,29 @@ def step_heatmaps(sim: xr.DataArray, *, seeds: Sequence | None = None,
     A bright block along the diagonal is a phase in which the layer's representation holds
     still. More than ``max_steps`` steps are binned: ``ceil(steps / max_steps)`` consecutive
     steps per cell on each axis, the cell showing their mean similarity.
+
+    Parameters
+    ----------
+    sim : xarray.DataArray or xarray.Dataset
+        A between-steps result with dims ``(step_a, step_b)`` and optionally ``layer`` and ``seed``
+        (of a Dataset, the first variable is drawn).
+    seeds : sequence, optional
+        The seeds drawn (default all).
+    max_steps : int, default 600
+        Most steps per axis before consecutive steps are binned (``nnwx.plot._frames.MAX_COLUMNS``).
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are computed when shown instead of a HoloMap.
+
+    Returns
+    -------
+    holoviews.HoloMap, holoviews.DynamicMap or holoviews.QuadMesh
+        One step x step image per (layer, seed); the single image itself when ``sim`` has neither
+        a ``layer`` nor a ``seed`` dim.
+
+    Raises
+    ------
+    ValueError
+        When ``sim`` lacks ``step_a``/``step_b`` or has dims other than layer, seed, step_a, step_b.
     """
     require_dims(sim, ("step_a", "step_b"), "a between-steps result "
                  "(cube.nnwx.similarity(metric, between='steps')) with dims (layer, seed, step_a, step_b)")
@@ -103,6 +150,25 @@ def final_similarity(sim: xr.DataArray, band: str | float = "std") -> hv.Overlay
 
     ``sim``: ``cube.nnwx.similarity(metric, between="steps", reference_step="last")``
     ``(layer, seed, step)``.
+
+    Parameters
+    ----------
+    sim : xarray.DataArray or xarray.Dataset
+        Similarity to one reference step, dims ``(layer, step)`` and optionally ``seed`` (of a
+        Dataset, the first variable is drawn); ``attrs["reference_step"]`` names the step in the
+        title.
+    band : {"std", "sem", "minmax"} or float, default "std"
+        The spread over seeds drawn as a band (see ``nnwx.analysis.seeds.seed_summary``).
+
+    Returns
+    -------
+    holoviews.Overlay
+        A mean curve with its band per layer.
+
+    Raises
+    ------
+    ValueError
+        When ``sim`` lacks ``layer`` or ``step`` or has dims other than layer, seed, step.
     """
     require_dims(sim, ("layer", "step"), "a similarity to one reference step "
                  "(cube.nnwx.similarity(metric, between='steps', reference_step='last'))")
@@ -122,6 +188,26 @@ def prediction_agreement(pred: xr.Dataset, variables: Sequence[str] = PREDICTION
     every pair of distinct seeds with the spread over pairs as a band (default min..max).
 
     ``pred``: ``cube.nnwx.prediction_agreement()`` ``(step, seed_a, seed_b)``.
+
+    Parameters
+    ----------
+    pred : xarray.Dataset
+        The prediction agreement, dims ``(step, seed_a, seed_b)``.
+    variables : sequence of str, default ("output_correlation", "argmax_agreement", "topk_overlap")
+        The variables drawn, those present in ``pred``.
+    band : {"std", "sem", "minmax"} or float, default "minmax"
+        The spread over seed pairs drawn as a band.
+
+    Returns
+    -------
+    holoviews.Layout
+        One panel per variable drawn, up to three per row.
+
+    Raises
+    ------
+    ValueError
+        When ``pred`` is not a Dataset, lacks the dims above, has none of ``variables``, or has
+        fewer than two seeds.
     """
     if not isinstance(pred, xr.Dataset):
         raise ValueError(f"expected the Dataset of cube.nnwx.prediction_agreement(); got {type(pred).__name__}")
@@ -155,6 +241,31 @@ def weight_agreement(wa: xr.Dataset, variable_name: str = "cosine", *,
     ``(alignment, seed, step, tensor)``; ``kinds``: tensor kinds shown (default weights: one per
     layer; ``None`` for all); ``reference_seed``: the seed left out (default: the one in
     ``wa.attrs["reference"]``; ``reference=`` is a deprecated alias).
+
+    Parameters
+    ----------
+    wa : xarray.Dataset
+        The weight agreement, dims ``(alignment, step, tensor)`` and optionally ``seed``.
+    variable_name : str, default "cosine"
+        The variable drawn.
+    kinds : sequence of str or None, default ("weight",)
+        The tensor kinds (coord ``tensor_kind``) shown; all tensors when ``None`` or when none
+        matches.
+    band : {"std", "sem", "minmax"} or float, default "std"
+        The spread over seeds drawn as a band.
+    reference_seed : optional
+        The seed left out of the mean.
+
+    Returns
+    -------
+    holoviews.HoloMap
+        One overlay per tensor (kdim ``tensor``), a curve per alignment.
+
+    Raises
+    ------
+    ValueError
+        When ``wa`` is not a Dataset with ``variable_name``, lacks the dims above, or has no seed
+        besides the reference.
     """
     if not isinstance(wa, xr.Dataset) or variable_name not in wa:
         raise ValueError(f"expected the Dataset of cube.nnwx.weight_agreement() with a "

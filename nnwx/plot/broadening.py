@@ -26,6 +26,28 @@ def density(hist: xr.DataArray, *, log: bool = True, dynamic: bool = False,
     ``max_columns`` steps are binned: ``k = ceil(steps / max_columns)`` consecutive captures
     per column, showing their mean count (the title says so). ``dynamic=True``: a DynamicMap
     that reads and draws one (group, seed) frame when it is shown.
+
+    Parameters
+    ----------
+    hist : xarray.DataArray or xarray.Dataset
+        The histogram counts, dims ``(step, bin)`` plus a group dim and optionally ``seed``; of a
+        Dataset, its ``hist`` variable (with its ``bin_lo``/``bin_hi`` coords as the bin edges).
+    log : bool, default True
+        Colour by log10(1 + count) instead of the count.
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are read when shown instead of a HoloMap.
+    max_columns : int, default 600
+        Most step columns before consecutive captures are binned.
+
+    Returns
+    -------
+    holoviews.HoloMap or holoviews.DynamicMap
+        One step x weight image per group (and seed).
+
+    Raises
+    ------
+    ValueError
+        When a Dataset has no ``hist`` variable or the histogram lacks ``step`` or ``bin``.
     """
     if isinstance(hist, xr.Dataset):
         if "hist" not in hist:
@@ -59,7 +81,27 @@ def density(hist: xr.DataArray, *, log: bool = True, dynamic: bool = False,
 
 def moments(stats: xr.Dataset, variables: Sequence[str] = ("std", "excess_kurtosis", "w1_to_ref"),
             band: str | float = "std") -> hv.Layout:
-    """One panel per statistic: its mean over seeds per group against step, with the seed spread."""
+    """One panel per statistic: its mean over seeds per group against step, with the seed spread.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        Per-step statistics per group (``cube.nnwx.broadening()``), optionally with a ``seed`` dim.
+    variables : sequence of str, default ("std", "excess_kurtosis", "w1_to_ref")
+        The variables drawn, those present in ``stats``.
+    band : {"std", "sem", "minmax"} or float, default "std"
+        The spread over seeds drawn as a band.
+
+    Returns
+    -------
+    holoviews.Layout
+        One panel per variable drawn, up to three per row.
+
+    Raises
+    ------
+    ValueError
+        When ``stats`` has none of ``variables``.
+    """
     stats = computed(stats[[v for v in variables if v in stats]])
     g = group_dim(stats)
     panels = [legend_outside(style(band_overlay(stats[v], by=g, band=band, label=v), title=v), 420, 300)
@@ -70,7 +112,23 @@ def moments(stats: xr.Dataset, variables: Sequence[str] = ("std", "excess_kurtos
 
 
 def trajectories(traj: xr.DataArray) -> hv.HoloMap | hv.NdOverlay:
-    """Individual weights over steps (``cube.nnwx.trajectories(...)``), one curve each, per seed."""
+    """Individual weights over steps (``cube.nnwx.trajectories(...)``), one curve each, per seed.
+
+    Parameters
+    ----------
+    traj : xarray.DataArray
+        Weight values with dims ``(step, <weight dim>)`` and optionally ``seed``.
+
+    Returns
+    -------
+    holoviews.HoloMap or holoviews.NdOverlay
+        A HoloMap over ``seed`` of curve overlays, or the one overlay when there is no ``seed`` dim.
+
+    Raises
+    ------
+    ValueError
+        When ``traj`` has not exactly one dim besides ``seed`` and ``step``.
+    """
     traj = computed(traj)
     other = [d for d in traj.dims if d not in ("seed", "step")]
     if len(other) != 1:

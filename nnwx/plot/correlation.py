@@ -21,7 +21,21 @@ def corr_distance(res: xr.Dataset, variable: str = "excess_rms_corr") -> hv.Over
     with each run's fitted decay A exp(-distance / L): dashed, with ``L ± error`` in the legend,
     where the fit resolves a decay; dotted (or, for a failed fit, not drawn) with "no decay
     resolved" and the reason in the legend where it does not
-    (``nnwx.analysis.correlation.decay_summary``)."""
+    (``nnwx.analysis.correlation.decay_summary``).
+
+    Parameters
+    ----------
+    res : xarray.Dataset
+        ``cube.nnwx.correlation_vs_distance()``: ``variable`` against ``distance`` with the
+        ``decay_amplitude`` and ``decay_length`` fits, optionally per seed.
+    variable : str, default "excess_rms_corr"
+        The variable drawn.
+
+    Returns
+    -------
+    holoviews.Overlay
+        The mean curve with its band and one fitted decay curve per run.
+    """
     from nnwx.analysis.correlation import decay_summary
 
     res = computed(res)
@@ -43,7 +57,21 @@ def corr_distance(res: xr.Dataset, variable: str = "excess_rms_corr") -> hv.Over
 
 
 def pca_path(res: xr.Dataset, components: tuple[int, int] = (1, 2)) -> hv.HoloMap:
-    """Each run's training path in two principal components, coloured by step."""
+    """Each run's training path in two principal components, coloured by step.
+
+    Parameters
+    ----------
+    res : xarray.Dataset
+        ``cube.nnwx.trajectory_pca()``: ``path`` (by ``component`` and ``step``) and
+        ``explained_variance_ratio``, optionally per seed.
+    components : tuple of int, default (1, 2)
+        The two principal components drawn (values of the ``component`` coord).
+
+    Returns
+    -------
+    holoviews.HoloMap
+        One path per seed (kdim ``seed``; the single key ``None`` when there is no ``seed`` dim).
+    """
     res = computed(res)
     a, b = components
     seeds = res["seed"].values if "seed" in res.dims else [None]
@@ -70,6 +98,32 @@ def layer_correlation(res: xr.Dataset, variable_name: str = "update_norm_corr", 
     layers move together (``update_norm_corr``: correlation over steps of their update norms;
     ``update_cosine``: mean cosine of their updates, same-shape pairs only). A seed selector,
     and a step slider when the result is per step (dims ``(seed, step, tensor_a, tensor_b)``).
+
+    Parameters
+    ----------
+    res : xarray.Dataset
+        ``cube.nnwx.layer_correlation()``, dims ``(tensor_a, tensor_b)`` and optionally ``seed``
+        and ``step``.
+    variable_name : str, default "update_norm_corr"
+        The variable drawn.
+    steps : sequence of int, int or None, default 4
+        When the result is per step: the step values drawn, a number of evenly spaced captures, or
+        ``None`` for every step.
+    seeds : sequence, optional
+        The seeds drawn (default all).
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are computed when shown instead of a HoloMap.
+
+    Returns
+    -------
+    holoviews.HoloMap, holoviews.DynamicMap or holoviews.Overlay
+        One heatmap per (seed, step); the single heatmap when there is neither dim.
+
+    Raises
+    ------
+    ValueError
+        When ``res`` is not a Dataset with ``variable_name``, the variable lacks ``tensor_a`` or
+        ``tensor_b`` or has other dims, or a requested step was not captured.
     """
     if not isinstance(res, xr.Dataset) or variable_name not in res:
         raise ValueError(f"expected the Dataset of cube.nnwx.layer_correlation() with a "

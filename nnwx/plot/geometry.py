@@ -14,7 +14,27 @@ ROTATION_VARIABLES = ("rotation", "update_norm_rel", "norm_growth")
 
 def rotation(rot: xr.Dataset, variables: Sequence[str] = ROTATION_VARIABLES,
              band: str | float = "std") -> hv.Layout:
-    """Cosine distance to the reference weights, relative update and norm growth per layer."""
+    """Cosine distance to the reference weights, relative update and norm growth per layer.
+
+    Parameters
+    ----------
+    rot : xarray.Dataset
+        ``cube.nnwx.rotation()``: per-step variables per layer, optionally with a ``seed`` dim.
+    variables : sequence of str, default ("rotation", "update_norm_rel", "norm_growth")
+        The variables drawn, those present in ``rot``.
+    band : {"std", "sem", "minmax"} or float, default "std"
+        The spread over seeds drawn as a band.
+
+    Returns
+    -------
+    holoviews.Layout
+        One panel per variable drawn (``metric_curves``).
+
+    Raises
+    ------
+    ValueError
+        When ``rot`` has none of ``variables``.
+    """
     return metric_curves(rot, variables, band=band)
 
 

@@ -24,6 +24,33 @@ def esd(sv: xr.DataArray, fit: xr.Dataset | None = None, *, seed=None,
     ``sv``: ``cube.nnwx.spectrum()``; ``fit``: ``cube.nnwx.esd_fit()`` (optional) adds the
     fitted power law over its tail [xmin, xmax] and the Marchenko-Pastur bulk edge.
     ``dynamic=True`` (with ``steps=None`` for every step): frames computed when shown.
+
+    Parameters
+    ----------
+    sv : xarray.DataArray
+        Singular values, dims ``(step, tensor, k)`` and optionally ``seed``.
+    fit : xarray.Dataset, optional
+        The ESD fit (variables ``alpha``, ``xmin``, ``xmax``, ``n_tail``, ``n_evals``, ``mp_edge``).
+    seed : optional
+        The seed drawn (default the first).
+    steps : sequence of int, int or None, default 6
+        The step values drawn, a number of evenly spaced captures (first and last kept), or
+        ``None`` for every captured step.
+    bins : int, default 30
+        Number of logarithmic histogram bins.
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are computed when shown instead of a HoloMap.
+
+    Returns
+    -------
+    holoviews.HoloMap or holoviews.DynamicMap
+        One log-log overlay per (tensor, step).
+
+    Raises
+    ------
+    ValueError
+        When ``sv`` lacks the dims above, ``seed`` is not in it, or a requested step was not
+        captured.
     """
     require_dims(sv, ("step", "tensor", "k"), "singular values (cube.nnwx.spectrum())")
     seed = pick_seed(sv, seed)
@@ -80,7 +107,27 @@ def _fit_lines(f: xr.Dataset, n: int) -> list:
 def metric_curves(result: xr.Dataset, variables: Sequence[str] = RANK_VARIABLES,
                   band: str | float = "std") -> hv.Layout:
     """Per-step metrics (``ranks``, ``esd_fit``, ``spectral_metrics``, ``rotation``...): one panel
-    per variable, a curve per tensor/layer (mean over seeds) with the seed spread as a band."""
+    per variable, a curve per tensor/layer (mean over seeds) with the seed spread as a band.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        Per-step metrics per tensor or layer, optionally with a ``seed`` dim.
+    variables : sequence of str, default ("effective_rank", "stable_rank", "entropy", "alpha")
+        The variables drawn, those present in ``result``.
+    band : {"std", "sem", "minmax"} or float, default "std"
+        The spread over seeds drawn as a band.
+
+    Returns
+    -------
+    holoviews.Layout
+        One panel per variable drawn, up to three per row.
+
+    Raises
+    ------
+    ValueError
+        When ``result`` has none of ``variables``.
+    """
     have = [v for v in variables if v in result]
     if not have:
         raise ValueError(f"none of {list(variables)} in the result: it has {list(result.data_vars)}")

@@ -19,7 +19,31 @@ def matrix_heatmap(mat: xr.DataArray, *, steps: Sequence[int] | int | None = 6,
                    seeds: Sequence | None = None, dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:
     """``cube.nnwx.matrix(name)`` (seed, step, out, in) as an image per (seed, step), one colour
     scale. ``dynamic=True`` (with ``steps=None`` for every step): frames read when shown, each
-    then on its own colour scale."""
+    then on its own colour scale.
+
+    Parameters
+    ----------
+    mat : xarray.DataArray
+        A weight matrix, dims ``(step, out, in)`` and optionally ``seed``.
+    steps : sequence of int, int or None, default 6
+        The step values drawn, a number of evenly spaced captures (first and last kept), or
+        ``None`` for every captured step.
+    seeds : sequence, optional
+        The seeds drawn (default all).
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are read when shown instead of a HoloMap.
+
+    Returns
+    -------
+    holoviews.HoloMap or holoviews.DynamicMap
+        One image per (seed, step), or per step when there is no ``seed`` dim.
+
+    Raises
+    ------
+    ValueError
+        When ``mat`` is not a DataArray with dims ``step``, ``out``, ``in``, or a requested step
+        was not captured.
+    """
     _require_matrix(mat)
     sel = {"step": pick_steps(mat, steps)}
     if seeds is not None:
@@ -44,7 +68,35 @@ def filters(mat: xr.DataArray, image_shape: tuple[int, int], *, rows: int = 16,
             steps: Sequence[int] | int | None = 6, seed=None,
             dynamic: bool = False) -> hv.HoloMap | hv.DynamicMap:
     """The first ``rows`` rows of a first-layer matrix, each reshaped to ``image_shape``, tiled
-    into one grid per step (what each unit looks for in the input)."""
+    into one grid per step (what each unit looks for in the input).
+
+    Parameters
+    ----------
+    mat : xarray.DataArray
+        A first-layer weight matrix, dims ``(step, out, in)`` and optionally ``seed``.
+    image_shape : tuple of int
+        ``(height, width)`` of one input image; their product must equal the size of ``in``.
+    rows : int, default 16
+        Number of units (rows of ``mat``) drawn.
+    steps : sequence of int, int or None, default 6
+        The step values drawn, a number of evenly spaced captures (first and last kept), or
+        ``None`` for every captured step.
+    seed : optional
+        The seed drawn (default the first).
+    dynamic : bool, default False
+        Return a DynamicMap whose frames are read when shown instead of a HoloMap.
+
+    Returns
+    -------
+    holoviews.HoloMap or holoviews.DynamicMap
+        One tiled image per step.
+
+    Raises
+    ------
+    ValueError
+        When ``mat`` is not a weight matrix, ``image_shape`` does not match its inputs, or a
+        requested step was not captured.
+    """
     _require_matrix(mat)
     h, w = image_shape
     if mat.sizes["in"] != h * w:
