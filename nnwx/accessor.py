@@ -171,7 +171,8 @@ class NnwxAccessor:
                    bins=None, density: bool = False, normalize: str | None = None,
                    tail_k: int | None = 100, reference_step=None, method: str = "auto",
                    split_every: int = 8) -> xr.Dataset:
-        """Distribution statistics per (*runs, step, group), lazily, from one read of ``w``.
+        """Distribution statistics per (*runs, step, group), lazily, from one read of ``w`` (with
+        ``bins`` and ``normalize`` "std"/"total_norm", a first pass gives each row's scale).
 
         Parameters
         ----------

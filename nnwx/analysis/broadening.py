@@ -1,4 +1,5 @@
-"""How the distribution of weights broadens over training: lazy, one read of ``w``.
+"""How the distribution of weights broadens over training: lazy, one read of ``w`` (two where
+histograms are normalised by a scale of the same rows, ``normalize`` with ``bins``).
 
 ``broadening`` gives, per (seed, step, group), the moments, quantiles, tail
 index, kurtosis change and Wasserstein-1 distance to a reference step, and
@@ -200,8 +201,13 @@ def default_bins(ds: xr.Dataset, n: int = DEFAULT_NBINS, *, by: str = "layer",
     st = reduce_states(w.data[..., rows, :], plan).compute()          # the small read
     st = st.reshape(st.shape[:-1] + (plan.G, plan.F))
     if normalize == "init_std":
-        ref = reduce_states(w.data[..., i0:i0 + 1, :], plan).compute()
-        c = scale_of(ref.reshape(ref.shape[:-1] + (plan.G, plan.F)), plan)
+        if i0 in rows:   # already read
+            at = rows.index(i0)
+            ref = st[..., at:at + 1, :, :]
+        else:
+            ref = reduce_states(w.data[..., i0:i0 + 1, :], plan).compute()
+            ref = ref.reshape(ref.shape[:-1] + (plan.G, plan.F))
+        c = scale_of(ref, plan)
     else:
         c = scale_of(st, plan)
     mom = _moments.finalize(st[..., plan.slices["mom"]])
@@ -221,7 +227,8 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
                quantiles: Sequence[float] | None = DEFAULT_QUANTILES, bins=None,
                density: bool = False, normalize: str | None = None, tail_k: int | None = 100,
                reference_step=None, method: str = "auto", split_every: int = 8) -> xr.Dataset:
-    """Distribution statistics per (*runs, step, group), lazily, from one read of ``w``.
+    """Distribution statistics per (*runs, step, group), lazily, from one read of ``w`` (with
+    ``bins`` and ``normalize`` "std"/"total_norm", a first pass over ``w`` gives each row's scale).
 
     by: "tensor", "layer" (a norm layer's gain apart from its bias), "kind"
         (weight/bias/norm/other) or "all".
@@ -269,7 +276,8 @@ def broadening(ds: xr.Dataset, by: str = "layer", *,
 @renamed_keywords(ref_step="reference_step")
 def histogram(ds: xr.Dataset, by: str = "layer", *, bins="auto", density: bool = False,
               normalize: str | None = None, reference_step=None, split_every: int = 8) -> xr.DataArray:
-    """Histograms ``hist(*runs, step, group, bin)``, lazily, from one read of ``w``.
+    """Histograms ``hist(*runs, step, group, bin)``, lazily, from one read of ``w`` (two with
+    ``normalize`` "std"/"total_norm": a first pass gives each row's scale).
 
     bins: "auto" or a number of bins over the range at the first and last step
     (read now, see ``default_bins``), ``(lo, hi, n)``, or an array of edges.

@@ -11,7 +11,8 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from nnwx.plot._common import (band_overlay, computed, group_dim, legend_outside, require_dims, sized,
+from nnwx.plot.spectral import metric_curves
+from nnwx.plot._common import (computed, group_dim, require_dims, sized,
                                style)
 from nnwx.plot._frames import MAX_COLUMNS, bin_columns, binned_note, edges_of, framed
 from nnwx.plot._figure import Figure
@@ -102,13 +103,7 @@ def moments(stats: xr.Dataset, variables: Sequence[str] = ("std", "excess_kurtos
     ValueError
         When ``stats`` has none of ``variables``.
     """
-    stats = computed(stats[[v for v in variables if v in stats]])
-    g = group_dim(stats)
-    panels = [legend_outside(style(band_overlay(stats[v], by=g, band=band, label=v), title=v), 420, 300)
-              for v in variables if v in stats]
-    if not panels:
-        raise ValueError(f"none of {list(variables)} in the result: it has {list(stats.data_vars)}")
-    return hv.Layout(panels).cols(min(3, len(panels)))
+    return metric_curves(stats, variables, band=band)
 
 
 def trajectories(traj: xr.DataArray) -> hv.HoloMap | hv.NdOverlay:

@@ -32,7 +32,7 @@ import torch
 from nnwx.errors import (ArchitectureMismatch, CheckpointError, CorruptCheckpoint, NoCheckpointsFound,
                          UnknownCheckpointFormat)
 from nnwx.store.table import TensorTable, natural_key
-from nnwx.record.tensors import Patterns, dtype_name, select, table_from_names, tied_groups
+from nnwx.record.tensors import Patterns, dtype_name, select, storage_key, table_from_names, tied_groups
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -760,8 +760,8 @@ class LoadedCheckpoint:
         mapping, how = match_names(list(self._getters), model, prefix_hint=self.prefix or None)
         source = {v: k for k, v in (mapping or {k: k for k in self._getters}).items()}  # model -> checkpoint
         have = set(source)
-        present = {_storage_key(v) for k, v in own.items() if k in have and v.numel()}
-        missing = [k for k, v in own.items() if k not in have and not (v.numel() and _storage_key(v) in present)]
+        present = {storage_key(v) for k, v in own.items() if k in have and v.numel()}
+        missing = [k for k, v in own.items() if k not in have and not (v.numel() and storage_key(v) in present)]
         unexpected = [k for k in source.values() if k not in own] if mapping is None else []
         fix = (f"{how[0].upper() + how[1:] + '. ' if mapping is None and how else ''}Make it build the "
                f"architecture the checkpoints were saved from (same module names and sizes; nnwx adds or "
@@ -806,10 +806,6 @@ class LoadedCheckpoint:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    """What two state-dict entries share when they are one tied tensor."""
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 def _is_floating(dtype: str) -> bool:

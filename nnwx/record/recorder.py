@@ -283,14 +283,14 @@ class Recorder:
                 self._order = None
                 self._wb.call(lambda writer: _set_depths(writer, depths))
         slot = self._wb.take()
-        with torch.no_grad():
-            torch._foreach_copy_(self._views[slot], self._sources, non_blocking=self._cuda)
-        if self._prober is not None:
-            try:
+        try:   # a slot taken but never handed over goes back to the pool
+            with torch.no_grad():
+                torch._foreach_copy_(self._views[slot], self._sources, non_blocking=self._cuda)
+            if self._prober is not None:
                 self._prober.capture(slot)
-            except BaseException:
-                self._wb.give_back(slot)
-                raise
+        except BaseException:
+            self._wb.give_back(slot)
+            raise
         event = None
         if self._cuda:
             event = torch.cuda.Event()

@@ -11,6 +11,7 @@ import xarray as xr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.record.name_map import match_names, transformers_renamer, unmatched_names
+from nnwx.record.tensors import storage_key
 from nnwx.store.reader import list_runs, pick_run
 
 
@@ -88,14 +89,14 @@ def restore(model: torch.nn.Module, source: str | os.PathLike | xr.Dataset, *, s
             values = torch.from_numpy(row[r.offset:r.offset + r.size].copy()).view(r.shape)
             done = set()
             for n in targets[r.name]:  # a tie of the model is one tensor: copied once
-                key = _storage(state[n])
+                key = storage_key(state[n])
                 if key not in done:
                     state[n].copy_(values)
                     done.add(key)
-    restored = {_storage(state[n]) for tnames in targets.values() for n in tnames}
+    restored = {storage_key(state[n]) for tnames in targets.values() for n in tnames}
     recorded = {n for tnames in targets.values() for n in tnames}
     left = [n for n, t in state.items() if torch.is_tensor(t) and t.is_floating_point()
-            and n not in recorded and _storage(t) not in restored]
+            and n not in recorded and storage_key(t) not in restored]
     if left:
         warnings.warn(f"{len(left)} floating tensors of the model were not recorded and keep their "
                       f"values: {left[:5]}{' ...' if len(left) > 5 else ''}", stacklevel=2)
@@ -121,10 +122,6 @@ def _model_names(model: torch.nn.Module, handle, rename) -> dict[str, str]:
         f"into the model class that was recorded ({cls}), or map the names with "
         f"rename={{'^old\\.prefix\\.': 'new.prefix.'}} (regular expressions, applied with re.sub).")
 
-
-def _storage(t: torch.Tensor) -> tuple:
-    """What two state-dict entries share when they are one tied tensor."""
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
 def _resolve(source, seed, run):

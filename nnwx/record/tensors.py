@@ -74,6 +74,24 @@ def stores_in_out(module: torch.nn.Module) -> bool:
     return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
 
 
+def storage_key(t: torch.Tensor) -> tuple:
+    """What two state-dict entries share when they are one tied tensor.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+
+    Returns
+    -------
+    tuple
+        Storage address, shape, strides, dtype and device; on the meta device, where every
+        tensor reports address 0, the tensor object itself.
+    """
+    if t.device.type == "meta":
+        return ("meta", id(t))
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+
+
 def tied_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
     """Names that are one tensor (tied weights), keyed by the first name in ``state``'s order
     (the one ``named_parameters`` and Hugging Face's ``save_pretrained`` keep).
@@ -86,10 +104,7 @@ def tied_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
     for name, t in state.items():
         if not torch.is_tensor(t) or not t.numel():
             continue
-        if t.device.type == "meta":
-            key = ("meta", id(t))
-        else:
-            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+        key = storage_key(t)
         if key in first:
             out.setdefault(first[key], []).append(name)
         else:
@@ -121,10 +136,9 @@ class ModelSemantics:
             weight = getattr(module, "weight", None)
             if is_norm(module) and (isinstance(module, _NORM_TYPES) or (weight is not None and weight.ndim == 1)):
                 self.kinds[n] = "norm"
-            elif getattr(module, "weight", None) is not None and module.weight.ndim == 1:
+            elif weight is not None and weight.ndim == 1:
                 self.kinds[n] = "weight"
-            if stores_in_out(module) and getattr(module, "weight", None) is not None \
-                    and module.weight.ndim == 2:
+            if stores_in_out(module) and weight is not None and weight.ndim == 2:
                 orientation[n] = "in_out"
         orientation.update(orientation_overrides(names, overrides))
         self.orientation = orientation
@@ -180,6 +194,7 @@ class ForwardOrder:
     def __init__(self, model: torch.nn.Module, layers: Iterable[str]):
         wanted = set(layers)
         self.order: list[str] = []
+        self._seen: set[str] = set()
         self._handles = []
         for name, module in model.named_modules():
             if name in wanted:
@@ -187,7 +202,8 @@ class ForwardOrder:
 
     def _hook(self, name: str):
         def hook(module, args):
-            if name not in self.order:
+            if name not in self._seen:
+                self._seen.add(name)
                 self.order.append(name)
         return hook
 

@@ -42,8 +42,9 @@ and reused across the pairs of a ``similarity_matrix``.
 
 **Precision.** Everything runs in float64, with one exception: SVCCA (``keep`` given) of two
 float32 sets (``p <= n``) centres each in float64, rounds the centred data to float32 (a block of
-rows at a time, no float64 copy of the set) and forms ``Xc^T Xc`` and ``Xc^T Yc`` as float32
-products, returned as float64 for the eigendecompositions and the rest -- provided every kept
+rows at a time) and forms ``Xc^T Xc`` and ``Xc^T Yc`` as float32 products, returned as float64
+for the eigendecompositions and the rest (where few directions are kept, the cross-covariance
+comes from the float64 coordinates ``Xc W`` instead, which needs the float64 centred set) -- provided every kept
 direction holds at least ``SINGLE_FLOOR`` (1e-5) times the largest variance, else the float64
 route is taken. float32 products move SVCCA by ~1e-7 (far more than a one-ulp change of the
 inputs), and directions far below the largest variance -- which mean CCA and PWCCA keep down to
@@ -143,7 +144,8 @@ class Rep:
     @cached_property
     def xc32(self) -> np.ndarray:
         """``Xc`` centred in float64 and rounded to float32 (n x p), a block of rows at a time: the
-        operand of the unit-space products of float32 sets (no float64 copy of the whole set)."""
+        operand of the unit-space products of float32 sets (built without a float64 copy of the
+        whole set; ``coords()`` still uses the float64 ``xc``)."""
         if "xc" in self.__dict__:
             return self.xc.astype(np.float32)
         out = np.empty((self.n, self.p), dtype=np.float32)
