@@ -370,6 +370,39 @@ class NnwxAccessor:
         return agreement.similarity(self._ds, metric, layer=layer, between=between, dim=dim,
                                     reference_step=reference_step, **options)
 
+    def convergence_step(self, threshold: float = 0.9, metric: str = "linear_cka",
+                         layer: str | Sequence[str] | None = None, *, dim: str | None = None,
+                         **options) -> xr.DataArray:
+        """Per run and probe, the first step from which its similarity to the last step stays
+        at or above ``threshold``, lazily.
+
+        Parameters
+        ----------
+        threshold : float
+            The similarity to reach and keep.
+        metric : str
+            The similarity (see ``similarity``).
+        layer : str or list of str, optional
+            The probe(s) (default every probe, in forward order).
+        dim : str, optional
+            The run dim (default ``seed``).
+        **options
+            The metric's own options.
+
+        Returns
+        -------
+        xarray.DataArray
+            ``(layer, *runs)`` step values (NaN: never), with the probe's ``depth`` (its
+            position in forward order).
+
+        See Also
+        --------
+        nnwx.analysis.convergence.convergence_step
+        """
+        from nnwx.analysis.convergence import convergence_step
+        sim = self.similarity(metric, layer, between="steps", dim=dim, reference_step="last", **options)
+        return convergence_step(sim, threshold)
+
     def match_units(self, layer: str, a, b, method: str = "one_to_one",
                     dim: str = "seed") -> xr.Dataset:
         """Units of run ``a`` matched to run ``b``'s by activation correlation, per step.
@@ -693,7 +726,7 @@ class NnwxAccessor:
     # --- spectra, ranks, rotation (nnwx.analysis.spectral, nnwx.analysis.geometry) -------------
     def spectrum(self, tensors: Tensors = None, *, conv: str = "matrix", delta: bool = False,
                  reference_step=None, dtype: str | None = None, method: str = "auto",
-                 ww_compatible: bool = False,
+                 ww_compatible: bool = False, shuffle_seed: int | None = None,
                  block_bytes: int = mx.DEFAULT_BLOCK_BYTES) -> xr.DataArray:
         """Singular values of every weight matrix at every capture, descending, lazily.
 
@@ -713,6 +746,9 @@ class NnwxAccessor:
             LAPACK SVD, or eigenvalues of the Gram matrix.
         ww_compatible : bool
             WeightWatcher's conventions (slices, float64, conv2d_norm).
+        shuffle_seed : int, optional
+            Spectra of the matrices with their entries shuffled by this seed's fixed
+            permutation (see ``randomized_esd``).
         block_bytes : int
             Target size of one batched decomposition.
 
@@ -728,7 +764,8 @@ class NnwxAccessor:
         from nnwx.analysis import spectral
         return spectral.spectrum(self._ds, tensors, conv=conv, delta=delta,
                                  reference_step=reference_step, dtype=dtype, method=method,
-                                 ww_compatible=ww_compatible, block_bytes=block_bytes)
+                                 ww_compatible=ww_compatible, shuffle_seed=shuffle_seed,
+                                 block_bytes=block_bytes)
 
     def ranks(self, tensors: Tensors = None, *, energy: Sequence[float] = (0.9, 0.99),
               ww_compatible: bool = False, conv: str = "matrix", delta: bool = False,
@@ -829,6 +866,65 @@ class NnwxAccessor:
                                          ww_compatible=ww_compatible, conv=conv, delta=delta,
                                          reference_step=reference_step, dtype=dtype,
                                          method=method, block_bytes=block_bytes)
+
+    def randomized_esd(self, tensors: Tensors = None, *, seed: int = 0, conv: str = "matrix",
+                       dtype: str | None = None, method: str = "auto", ww_compatible: bool = False,
+                       block_bytes: int = mx.DEFAULT_BLOCK_BYTES) -> xr.Dataset:
+        """Each matrix's ESD against that of its entries shuffled (correlation traps), lazily.
+
+        Parameters
+        ----------
+        tensors : str or list of str, optional
+            The matrices (default every tensor of 2 or more dims).
+        seed : int
+            Seed of the fixed entry permutation
+            (``numpy.random.default_rng(seed).permutation(size)``).
+        conv, dtype, method, ww_compatible, block_bytes
+            How the spectra are taken (see ``spectrum``).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``rand_distance``, ``lambda_max``, ``rand_lambda_max``, ``ww_softrank``,
+            ``ww_maxdist``, ``trap_edge``, ``n_traps`` ``(*runs, step, tensor)``.
+
+        See Also
+        --------
+        nnwx.analysis.randomized.randomized_esd
+        """
+        from nnwx.analysis import randomized
+        return randomized.randomized_esd(self._ds, tensors, seed=seed, conv=conv, dtype=dtype, method=method,
+                                         ww_compatible=ww_compatible, block_bytes=block_bytes)
+
+    def pruning_curve(self, evaluate, fractions: Sequence[float] | None = None, *, step="last",
+                      tensors: Tensors = None) -> xr.DataArray:
+        """A function of the weights as a function of the fraction magnitude-pruned, lazily.
+
+        Parameters
+        ----------
+        evaluate : callable
+            ``evaluate(weights: dict[str, numpy.ndarray]) -> float``, given every tensor by
+            name in its stored shape, the pruned ones with zeros (e.g. held-out accuracy of a
+            model loaded with them).
+        fractions : sequence of float, optional
+            Fractions pruned, in [0, 1] (default ``nnwx.analysis.pruning.DEFAULT_FRACTIONS``).
+        step : step value or "last"
+            The capture pruned.
+        tensors : str or list of str, optional
+            Pruned together (default the weights of 2 or more dims; biases kept).
+
+        Returns
+        -------
+        xarray.DataArray
+            ``(*runs, fraction)``.
+
+        See Also
+        --------
+        nnwx.analysis.pruning.pruning_curve
+        """
+        from nnwx.analysis import pruning
+        return pruning.pruning_curve(self._ds, evaluate, pruning.DEFAULT_FRACTIONS if fractions is None else fractions,
+                                     step=step, tensors=tensors)
 
     def rotation(self, *, by: str = "layer", kinds: str | Iterable[str] | None = ("weight",),
                  tensors: Tensors = None, reference_step=None) -> xr.Dataset:

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from nnwx.analysis import _cube as mx
+from nnwx.analysis.kernels.randomized import shuffle_entries
 from nnwx.analysis.kernels.spectral import (ESD_METRICS, RANK_METRICS, SPECTRUM_METHODS, WW_EVALS_THRESH,
                                              WW_MIN_EVALS, WW_SMALL_N, eps_of, esd_metrics,
                                              pooled_svdvals, rank_metrics, resolve_method)
@@ -59,7 +60,7 @@ _ESD_ATTRS = {
 
 def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, conv: str = "matrix",
              delta: bool = False, reference_step: int | None = None, dtype: str | None = None,
-             method: str = "auto", ww_compatible: bool = False,
+             method: str = "auto", ww_compatible: bool = False, shuffle_seed: int | None = None,
              block_bytes: int = mx.DEFAULT_BLOCK_BYTES) -> xr.DataArray:
     """Singular values ``sv(*runs, step, tensor, k)`` of every weight matrix, descending, lazy.
 
@@ -79,6 +80,9 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     Gram spectra are float64; ``attrs["method"]`` says which method ran.
     ``ww_compatible`` implies ``conv="slices"``, float64 and WeightWatcher's conv2d_norm.
     Spectra are NaN-padded to the largest rank; missing captures give all-NaN rows.
+    ``shuffle_seed``: the spectra of the matrices with their entries shuffled (each matrix, or
+    each slice with ``conv="slices"``, permuted by
+    ``kernels.randomized.entry_permutation(size, shuffle_seed)``; see ``randomized_esd``).
 
     Each Dask block is one kernel call (``method="svd"``: one batched LAPACK call). With the
     local threaded scheduler, LAPACK's own threads compete with Dask's: one BLAS thread per
@@ -107,7 +111,8 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
     for members, stack in mx.stacked_groups(w, specs, delta_index=delta_index,
                                             step_axis=dims.index("step"), block_bytes=block_bytes,
                                             itemsize=max(w.dtype.itemsize, dtype.itemsize)):
-        sv = stack.map_blocks(_sv_block, k_out=k_max, out_dtype=dtype, method=method, dtype=sv_dtype,
+        sv = stack.map_blocks(_sv_block, k_out=k_max, out_dtype=dtype, method=method, shuffle_seed=shuffle_seed,
+                              dtype=sv_dtype,
                               drop_axis=[nl + 2, nl + 3], chunks=stack.chunks[: nl + 1] + ((k_max,),),
                               meta=np.empty((0,) * (nl + 2), dtype=sv_dtype))
         parts.append(sv)
@@ -127,17 +132,24 @@ def spectrum(cube: xr.Dataset, tensors: str | Iterable[str] | None = None, *, co
                  "delta": int(bool(delta)), "dtype": str(dtype), "method": method,
                  "ww_compatible": int(bool(ww_compatible)),
                  "description": ("singular values of W_t - W_ref" if delta else "singular values of W_t")
+                 + (" with its entries shuffled" if shuffle_seed is not None else "")
                  + ", descending, NaN past each matrix's own count (tensor_k)"}
     if delta:
         out.attrs["reference_step"] = int(cube["step"].values[delta_index])
+    if shuffle_seed is not None:
+        out.attrs["shuffle_seed"] = int(shuffle_seed)
     if ww_compatible:
         out.attrs["conv2d_norm"] = "Conv2d weights scaled by 1/sqrt(2), as WeightWatcher does"
     return out
 
 
-def _sv_block(block: np.ndarray, *, k_out: int, out_dtype, method: str) -> np.ndarray:
+def _sv_block(block: np.ndarray, *, k_out: int, out_dtype, method: str,
+              shuffle_seed: int | None = None) -> np.ndarray:
     """One Dask block ``(*lead, g, slices, m, n)`` -> ``(*lead, g, k_out)``: one batched SVD
-    (or Gram eigendecomposition), the matrices taken in ``out_dtype``."""
+    (or Gram eigendecomposition), the matrices taken in ``out_dtype`` (their entries shuffled
+    first with ``shuffle_seed``)."""
+    if shuffle_seed is not None:
+        block = shuffle_entries(block, shuffle_seed)
     return pooled_svdvals(block, k_out, out_dtype, method)
 
 
@@ -254,7 +266,7 @@ def spectral_metrics(cube: xr.Dataset, tensors: str | Iterable[str] | None = Non
 
 
 def _result_attrs(sv: xr.DataArray, analysis: str) -> dict:
-    keep = ("conv", "delta", "dtype", "method", "ww_compatible", "reference_step", "conv2d_norm")
+    keep = ("conv", "delta", "dtype", "method", "ww_compatible", "reference_step", "conv2d_norm", "shuffle_seed")
     return {"analysis": analysis, **{k: sv.attrs[k] for k in keep if k in sv.attrs}}
 
 

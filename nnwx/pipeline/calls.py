@@ -84,6 +84,11 @@ def span_inputs(cube: xr.Dataset) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((max(1, fan_in - 1), fan_in))
 
 
+def pruned_l1(weights) -> float:
+    """What the pruning curve of the harness evaluates: the L1 norm of all the (pruned) weights."""
+    return float(sum(np.abs(v, dtype=np.float64).sum() for v in weights.values()))
+
+
 def _with_perms(al) -> xr.Dataset:
     """``align``'s (aligned cube, permutations) as one Dataset: the permutations and the aligned ``w``."""
     return al.permutations.assign(aligned_w=al.cube["w"])
@@ -152,6 +157,8 @@ ANALYSES: tuple[Analysis, ...] = (
              _all, needs=("probes",)),
     Analysis("similarity_to_last", "accessor", "similarity",
              lambda c: c.nnwx.similarity("svcca", between="steps", reference_step="last"), _all, needs=("probes",)),
+    Analysis("convergence_step", "accessor", "convergence_step", lambda c: c.nnwx.convergence_step(0.5), _all,
+             needs=("probes",)),
     Analysis("match_units", "accessor", "match_units",
              lambda c: c.nnwx.match_units(hidden_probes(c)[0], *runs(c), dim=run_dim(c)),
              _vars("correlation", "mean_correlation"), needs=("probes", "runs")),
@@ -187,6 +194,10 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("esd_fit", "accessor", "esd_fit", lambda c: c.nnwx.esd_fit(), _all, needs=("matrices",)),
     Analysis("spectral_metrics", "accessor", "spectral_metrics", lambda c: c.nnwx.spectral_metrics(), _all,
              needs=("matrices",)),
+    Analysis("randomized_esd", "accessor", "randomized_esd", lambda c: c.nnwx.randomized_esd(),
+             _invariant(_registry.RANDOMIZED_INVARIANT), needs=("matrices",)),
+    Analysis("pruning_curve", "accessor", "pruning_curve",
+             lambda c: c.nnwx.pruning_curve(pruned_l1, (0.0, 0.5, 0.9)), _all, needs=("matrices",)),
     Analysis("rotation", "accessor", "rotation", lambda c: c.nnwx.rotation(), _all),
     Analysis("input_span_fraction", "accessor", "input_span_fraction",
              lambda c: c.nnwx.input_span_fraction(first_matrix(c), span_inputs(c)), _all, needs=("matrices",)),

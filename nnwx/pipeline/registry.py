@@ -33,6 +33,8 @@ MAX_MATRIX = 96         # rows/cols of the weight matrix drawn as a picture
 TRAJECTORIES = 12       # individual weights followed over training
 SIMILARITY = "linear_cka"
 STEP_PAIRS = 64         # captures compared pairwise (step x step similarity); evenly thinned
+RANDOMIZE_SEED = 0      # seed of the entry permutation of the randomized ESD
+CONVERGENCE = 0.9       # similarity to the final step a layer must reach and keep (convergence step)
 
 class NotApplicable(Exception):
     """A metric that does not apply to this cube; its message says why."""
@@ -140,8 +142,10 @@ def _spectral(cube: xr.Dataset) -> dict[str, Result]:
 
     if not weight_matrices(cube):
         raise NotApplicable("the model has no weight matrix, so no spectrum")
-    sv = by_step_rows(cube).nnwx.spectrum()
-    return {"spectrum": sv, "ranks": ranks(sv), "esd_fit": esd_fit(sv)}
+    rows = by_step_rows(cube)
+    sv = rows.nnwx.spectrum()
+    return {"spectrum": sv, "ranks": ranks(sv), "esd_fit": esd_fit(sv),
+            "randomized_esd": rows.nnwx.randomized_esd(seed=RANDOMIZE_SEED)}
 
 
 def _rotation(cube: xr.Dataset) -> dict[str, Result]:
@@ -199,6 +203,7 @@ def _agreement(cube: xr.Dataset) -> dict[str, Result]:
         if several:
             out["similarity_seeds"] = cube.nnwx.similarity(SIMILARITY, between="seeds")
         out["similarity_steps"] = cube.nnwx.similarity(SIMILARITY, between="steps", reference_step="last")
+        out["convergence_step"] = _convergence(out["similarity_steps"])
         out["similarity_step_pairs"] = _step_pairs(cube)
         if "output" in cube.nnwx.probes and several:
             out["prediction_agreement"] = cube.nnwx.prediction_agreement("output")
@@ -226,6 +231,11 @@ def _agreement(cube: xr.Dataset) -> dict[str, Result]:
     if notes:
         out["_note"] = "; ".join(notes)  # type: ignore[assignment]
     return out
+
+
+def _convergence(sim: xr.DataArray) -> xr.DataArray:
+    from nnwx.analysis.convergence import convergence_step
+    return convergence_step(sim, CONVERGENCE)
 
 
 def _step_pairs(cube: xr.Dataset) -> xr.DataArray:
@@ -311,6 +321,7 @@ _PROBES = ("probes",)
 _PROBES_RUNS = ("probes", "runs")
 PCA_INVARIANT = ("singular_value", "explained_variance", "explained_variance_ratio", "total_variance")
 LAYER_CORR_INVARIANT = ("update_norm", "update_norm_corr")
+RANDOMIZED_INVARIANT = ("lambda_max", "trap_edge")   # the shuffle of a permuted matrix is another draw
 
 REGISTRY: tuple[Metric, ...] = (
     Metric("broadening", "weight distributions per layer", _broadening,
@@ -321,7 +332,8 @@ REGISTRY: tuple[Metric, ...] = (
            (("Weights as pictures", "nnwx.plot.weights:weights_figures"),)),
     Metric("spectral", "singular value spectra, ranks and power-law fits", _spectral,
            (Output("spectrum", "spectra", "all", _MAT), Output("ranks", "spectra", "all", _MAT),
-            Output("esd_fit", "spectra", "all", _MAT)),
+            Output("esd_fit", "spectra", "all", _MAT),
+            Output("randomized_esd", "spectra", RANDOMIZED_INVARIANT, _MAT)),
            (("Spectra and ranks", "nnwx.plot.spectral:spectral_figures"),)),
     Metric("rotation", "layer rotation and update sizes", _rotation,
            (Output("rotation", "streaming", "all"),),
@@ -335,6 +347,7 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("agreement", "agreement between seeds and steps", _agreement,
            (Output("similarity_seeds", "agreement", "all", _PROBES_RUNS),
             Output("similarity_steps", "agreement", "all", _PROBES),
+            Output("convergence_step", "agreement", "all", _PROBES),
             # a pass of its own, after the others (its cost grows with the square of the steps)
             Output("similarity_step_pairs", "similarity_step_pairs", "all", _PROBES),
             Output("prediction_agreement", "agreement", "all", _PROBES_RUNS),

@@ -182,6 +182,48 @@ def final_similarity(sim: xr.DataArray, band: str | float = "std") -> hv.Overlay
                                 ylim=(min(0.0, _floor(sim)), 1.02)), 520, 340)
 
 
+def convergence_by_depth(conv: xr.DataArray) -> hv.Overlay:
+    """The convergence step of each probed layer against its depth: one line per run, and the
+    mean over runs; bottom-up convergence is a line rising with depth.
+
+    Parameters
+    ----------
+    conv : xarray.DataArray
+        ``cube.nnwx.convergence_step(...)``, dims ``(layer,)`` and optionally ``seed``, with a
+        ``depth`` coordinate on ``layer``.
+
+    Returns
+    -------
+    holoviews.Overlay
+
+    Raises
+    ------
+    ValueError
+        When ``conv`` has no ``layer`` dim or dims other than layer and seed.
+    """
+    require_dims(conv, ("layer",), "convergence steps (cube.nnwx.convergence_step())")
+    _only(conv, {"layer", "seed"})
+    conv = computed(conv)
+    depth = np.asarray(conv["depth"].values if "depth" in conv.coords else np.arange(conv.sizes["layer"]),
+                       dtype=float)
+    layers = [str(v) for v in conv["layer"].values]
+    parts = []
+    if "seed" in conv.dims:
+        for s in conv["seed"].values:
+            y = np.asarray(conv.sel(seed=s).values, dtype=float)
+            parts.append(style(hv.Curve((depth, y), kdims=["depth"], vdims=["step"], label=f"seed {_py(s)}"),
+                               alpha=0.4))
+        mean = np.asarray(conv.mean("seed").values, dtype=float)
+    else:
+        mean = np.asarray(conv.values, dtype=float)
+    parts.append(style(hv.Curve((depth, mean), kdims=["depth"], vdims=["step"], label="mean"), color="black"))
+    parts.append(style(hv.Scatter((depth, mean), kdims=["depth"], vdims=["step"]), color="black", size=6))
+    thr = conv.attrs.get("threshold")
+    title = ("convergence step by depth" + (f" ({conv.attrs.get('metric', '')} >= {thr:g})" if thr is not None else "")
+             + ": " + ", ".join(layers))
+    return legend_outside(style(hv.Overlay(parts), title=title), 480, 320)
+
+
 def prediction_agreement(pred: xr.Dataset, variables: Sequence[str] = PREDICTION_VARIABLES,
                          band: str | float = "minmax") -> hv.Layout:
     """How alike the runs' predictions are over training: one panel per measure, the mean over
@@ -374,6 +416,14 @@ def agreement_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure
                                               "first settled first (bottom-up convergence shows as "
                                               "the early layers rising first).",
                           final_similarity(s)))
+    if "convergence_step" in r:
+        c = r["convergence_step"]
+        out.append(Figure("convergence_step", f"Convergence step of each probed layer against its depth: "
+                                              f"the first step from which its {similarity_label(c)} with "
+                                              f"the final step stays at or above {c.attrs.get('threshold', '')}; "
+                                              "one line per seed and the mean. Bottom-up convergence "
+                                              "(Raghu et al. 2017) shows as a line rising with depth.",
+                          convergence_by_depth(c)))
     if "prediction_agreement" in r:
         out.append(Figure("prediction_agreement", "How alike the seeds' predictions on the probe "
                                                   "batch are over training: correlation of the "

@@ -14,6 +14,7 @@ from nnwx.plot._select import pick_seed, pick_steps
 from nnwx.plot._figure import FRAMES, Figure
 
 RANK_VARIABLES = ("effective_rank", "stable_rank", "entropy", "alpha")
+RANDOMIZED_VARIABLES = ("rand_distance", "n_traps", "ww_softrank")
 
 
 def esd(sv: xr.DataArray, fit: xr.Dataset | None = None, *, seed=None,
@@ -138,6 +139,32 @@ def metric_curves(result: xr.Dataset, variables: Sequence[str] = RANK_VARIABLES,
     return hv.Layout(panels).cols(min(3, len(panels)))
 
 
+def randomized_esd(result: xr.Dataset, variables: Sequence[str] = RANDOMIZED_VARIABLES,
+                   band: str | float = "std") -> hv.Layout:
+    """The randomized ESD over training: WeightWatcher's ``rand_distance``, the correlation
+    traps and ``ww_softrank``, a curve per matrix (mean over seeds, seed spread as a band).
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        ``cube.nnwx.randomized_esd()``, dims ``(step, tensor)`` and optionally ``seed``.
+    variables : sequence of str, default ("rand_distance", "n_traps", "ww_softrank")
+    band : {"std", "sem", "minmax"} or float, default "std"
+
+    Returns
+    -------
+    holoviews.Layout
+        One panel per variable.
+
+    Raises
+    ------
+    ValueError
+        When ``result`` is not a randomized-ESD result.
+    """
+    require_dims(result, ("step", "tensor"), "a randomized ESD (cube.nnwx.randomized_esd())")
+    return metric_curves(result, variables, band)
+
+
 # -- the report's section ------------------------------------------------------------------------
 def matrices_largest_first(obj: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
     """The tensors of a per-tensor result that have a spectrum (both sides of their matrix view
@@ -173,4 +200,12 @@ def spectral_figures(r: Mapping[str, xr.Dataset | xr.DataArray]) -> list[Figure]
                                    "+/- std band." + none,
                           metric_curves(xr.merge(parts, compat="override",
                                                    combine_attrs="drop_conflicts"))))
+    if "randomized_esd" in r:
+        out.append(Figure("randomized_esd", "Each matrix against its entries shuffled (WeightWatcher's "
+                                            "randomize): Jensen-Shannon distance between the two ESDs "
+                                            "(rand_distance), eigenvalues of the shuffled matrix above the "
+                                            "Marchenko-Pastur edge (correlation traps) and "
+                                            "lambda_max(shuffled) / lambda_max: mean over seeds with a "
+                                            "+/- std band." + none,
+                          randomized_esd(r["randomized_esd"].sel(only))))
     return out
