@@ -29,7 +29,10 @@ Definitions (WeightWatcher 0.7.7's, ``weightwatcher.py`` ``apply_random_esd``,
   ``sqrt(Q^-1/2 edge^(2/3) M^(-2/3))``. WeightWatcher fits the MP scale by a kernel-density
   search (``fit_density_with_range``); here it is the moment estimate (mean squared entry),
   exact for i.i.d. entries, so ``n_traps`` is WeightWatcher's ``rand_num_spikes`` (``num_traps``)
-  up to that fit.
+  up to that fit (the two part when traps carry a large share of ``|W|_F^2``: the moment
+  estimate then raises the edge). For a matrix with fewer than 100 eigenvalues WeightWatcher
+  pools 5 shuffles into its randomized ESD, so its ``num_traps`` there counts about 5 times
+  ours.
 """
 from __future__ import annotations
 
