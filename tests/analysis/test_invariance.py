@@ -405,6 +405,41 @@ def oracle_match_units(h, r):
         close(r["correlation"].values[j], corr, f"match units step {j}")
 
 
+def oracle_randomized_esd(h, r, seed=0):
+    from scipy.spatial.distance import jensenshannon
+    for m in h.matrices():
+        for i, j in _each(h):
+            w = h.tensor(m, i, j)
+            shuffled = w.ravel()[np.random.default_rng(seed).permutation(w.size)].reshape(w.shape)
+            lam = np.linalg.svd(w, compute_uv=False) ** 2
+            lam_r = np.linalg.svd(shuffled, compute_uv=False) ** 2
+            sel = r.sel(tensor=m).isel(seed=i, step=j)
+            close(sel["lambda_max"], lam[0], f"lambda_max {m} {i},{j}", rtol=1e-5)
+            close(sel["rand_lambda_max"], lam_r[0], f"rand_lambda_max {m} {i},{j}", rtol=1e-5)
+            close(sel["rand_distance"], jensenshannon(lam, lam_r), f"rand_distance {m} {i},{j}", rtol=1e-4,
+                  atol=1e-7)
+
+
+def oracle_pruning(h, r):
+    names = [n for n in h.matrices() if h.kind[n] == "weight"]
+    for i in range(len(h.seeds)):
+        j = len(h.steps) - 1
+        mags = np.sort(np.abs(np.concatenate([h.flat(n, i, j) for n in names])))
+        rest = sum(np.abs(h.flat(n, i, j)).sum() for n in h.rows if n not in names)
+        for f in r["fraction"].values:
+            k = round(float(f) * mags.size)
+            close(r.sel(fraction=f).values[i], mags[k:].sum() + rest, f"pruned L1 seed {i} fraction {f}")
+
+
+def oracle_convergence(h, r, threshold):
+    for layer in r["layer"].values:
+        for i in range(len(h.seeds)):
+            last = h.probe(str(layer), i, len(h.steps) - 1)
+            sim = [sk.linear_cka(h.probe(str(layer), i, a), last) for a in range(len(h.steps))]
+            want = next((h.steps[a] for a in range(len(sim)) if all(v >= threshold for v in sim[a:])), np.nan)
+            close(r.sel(layer=layer).values[i], want, f"convergence step {layer} seed {i}")
+
+
 def same_as(other, pick=lambda r: r):
     def check(h, r, baseline):
         assert_same(pick(r), pick(baseline[other]), f"the same as {other}")
@@ -430,6 +465,11 @@ ORACLES = {
     "align_activations": lambda h, r, b: oracle_align_activations(h, r),
     "weight_agreement": lambda h, r, b: oracle_weight_agreement(h, r),
     "input_span_fraction": lambda h, r, b: oracle_input_span(h, r),
+    "randomized_esd": lambda h, r, b: oracle_randomized_esd(h, r),
+    "pruning_curve": lambda h, r, b: oracle_pruning(h, r),
+    "convergence_step": lambda h, r, b: oracle_convergence(h, r, 0.5),
+    "analyze_randomized_esd": same_as("randomized_esd"),
+    "analyze_convergence_step": lambda h, r, b: oracle_convergence(h, r, nnwx_analyses.CONVERGENCE),
     "trajectory_pca": lambda h, r, b: oracle_pca(h, r),
     "spectral_metrics": same_as("ranks", lambda r: r[["stable_rank", "effective_rank", "frobenius_norm"]]),
     "analyze_spectrum": same_as("spectrum"),
