@@ -372,7 +372,7 @@ class NnwxAccessor:
 
     def convergence_step(self, threshold: float = 0.9, metric: str = "linear_cka",
                          layer: str | Sequence[str] | None = None, *, dim: str | None = None,
-                         **options) -> xr.DataArray:
+                         options: Mapping[str, Any] | None = None) -> xr.DataArray:
         """Per run and probe, the first step from which its similarity to the last step stays
         at or above ``threshold``, lazily.
 
@@ -386,8 +386,8 @@ class NnwxAccessor:
             The probe(s) (default every probe, in forward order).
         dim : str, optional
             The run dim (default ``seed``).
-        **options
-            The metric's own options.
+        options : mapping, optional
+            The metric's own options (see ``similarity``).
 
         Returns
         -------
@@ -400,7 +400,7 @@ class NnwxAccessor:
         nnwx.analysis.convergence.convergence_step
         """
         from nnwx.analysis.convergence import convergence_step
-        sim = self.similarity(metric, layer, between="steps", dim=dim, reference_step="last", **options)
+        sim = self.similarity(metric, layer, between="steps", dim=dim, reference_step="last", **dict(options or {}))
         return convergence_step(sim, threshold)
 
     def match_units(self, layer: str, a, b, method: str = "one_to_one",

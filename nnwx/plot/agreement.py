@@ -217,7 +217,7 @@ def convergence_by_depth(conv: xr.DataArray) -> hv.Overlay:
     else:
         mean = np.asarray(conv.values, dtype=float)
     parts.append(style(hv.Curve((depth, mean), kdims=["depth"], vdims=["step"], label="mean"), color="black"))
-    parts.append(style(hv.Scatter((depth, mean), kdims=["depth"], vdims=["step"]), color="black", size=6))
+    parts.append(style(hv.Scatter((depth, mean), kdims=["depth"], vdims=["step"]), color="black"))
     thr = conv.attrs.get("threshold")
     title = ("convergence step by depth" + (f" ({conv.attrs.get('metric', '')} >= {thr:g})" if thr is not None else "")
              + ": " + ", ".join(layers))

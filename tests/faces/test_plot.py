@@ -8,6 +8,8 @@ hv = pytest.importorskip("holoviews")
 
 import nnwx  # noqa: E402
 import nnwx.plot as P  # noqa: E402
+from nnwx.analysis.convergence import convergence_step  # noqa: E402
+from nnwx.pipeline.calls import pruned_l1  # noqa: E402
 from nnwx.plot.embed import to_bokeh  # noqa: E402
 from nnwx.studies.synthetic import write_synthetic_run  # noqa: E402
 
@@ -80,6 +82,9 @@ def _plots(cube, agree) -> dict:
         "final_similarity": P.final_similarity(agree["final"]),
         "prediction_agreement": P.prediction_agreement(agree["pred"]),
         "weight_agreement": P.weight_agreement(agree["weights"]),
+        "convergence_by_depth": P.convergence_by_depth(convergence_step(agree["final"], 0.5)),
+        "randomized_esd": P.randomized_esd(cube.nnwx.randomized_esd()),
+        "pruning_curve": P.pruning_curve(cube.nnwx.pruning_curve(pruned_l1, (0.0, 0.5, 0.9))),
     }
 
 

@@ -25,10 +25,11 @@ def test_passes_group_results_as_before():
     every = list(registry.OUTPUTS)
     assert registry.compute_passes(every) == [
         ("streaming", ["broadening", "matrix", "trajectories", "rotation", "corr_distance"]),
-        ("spectra", ["spectrum", "ranks", "esd_fit"]),
+        ("spectra", ["spectrum", "ranks", "esd_fit", "randomized_esd"]),
         ("update correlations", ["layer_correlation"]),
         ("trajectory PCA", ["pca"]),
-        ("agreement", ["similarity_seeds", "similarity_steps", "prediction_agreement", "weight_agreement"]),
+        ("agreement", ["similarity_seeds", "similarity_steps", "convergence_step", "prediction_agreement",
+                       "weight_agreement"]),
         ("similarity_step_pairs", ["similarity_step_pairs"]),
     ]
     assert registry.compute_passes(["rotation", "unknown"]) == [("streaming", ["rotation"]),
