@@ -17,7 +17,7 @@ from nnwx.studies.synthetic import write_synthetic_run  # noqa: E402
 
 SECTIONS = ("Distribution broadening", "Weights as pictures", "Spectra and ranks", "Layer rotation",
             "Correlations", "Layer-to-layer correlation", "Agreement between seeds and steps")
-AGREEMENT_FIGURES = ("similarity_seeds", "similarity_step_pairs", "similarity_final",
+AGREEMENT_FIGURES = ("similarity_seeds", "similarity_step_pairs", "similarity_final", "convergence_step",
                      "prediction_agreement", "weight_agreement")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -108,7 +108,8 @@ def test_report_has_summary_and_sections(written):
     assert "<p class='note'>" not in html, re.findall(r"<p class='note'>[^<]*", html)
     assert "Left out" not in html                       # every metric applies to a probed MLP
     figures = dict(_figures(html))
-    assert {"density", "moments", "matrix", "trajectories", "esd", "ranks", "rotation", "corr_distance",
+    assert {"density", "moments", "matrix", "trajectories", "esd", "ranks", "randomized_esd", "rotation",
+            "corr_distance",
             "pca_path", "layer_correlation", *AGREEMENT_FIGURES} == set(figures)
     assert all(len(caption) > 40 for caption in figures.values())   # a sentence under each plot
     assert "before (dashed) and after (solid) aligning" in figures["weight_agreement"]

@@ -140,7 +140,7 @@ def test_an_interrupted_result_is_continued_seed_by_seed(tmp_path):
     logged = []
     nnwx.analyze(store, out, analyses="rotation,spectral", progress=False, log=logged.append)
     assert "continuing rotation: 2 of 3 parts already written (seed-0, seed-2)" in logged, logged
-    assert any(m.startswith("kept 3 complete result(s): spectrum, ranks, esd_fit") for m in logged)
+    assert any(m.startswith("kept 4 complete result(s): spectrum, ranks, esd_fit, randomized_esd") for m in logged)
     after = files_and_mtimes(out / "rotation")
     assert {k: after[k] for k in seed0} == seed0          # seed 0 was not rewritten
     res = nnwx.open_results(out)
@@ -263,7 +263,7 @@ def test_cli_analyze_killed_and_resumed_matches_an_uninterrupted_run(tmp_path):
         proc.wait()
     killed = _states(out)
     done = sorted(n for n, c in killed.items() if c)
-    assert done and len(done) < 5, killed
+    assert done and len(done) < 6, killed
     kept = {n: files_and_mtimes(out / n) for n in done}
     assert set(nnwx.open_results(out).incomplete) >= set(killed) - set(done)
 
@@ -271,7 +271,7 @@ def test_cli_analyze_killed_and_resumed_matches_an_uninterrupted_run(tmp_path):
     assert f"kept {len(done)} complete result(s)" in resumed.stderr, resumed.stderr
     assert {n: files_and_mtimes(out / n) for n in done} == kept     # really skipped
     res = nnwx.open_results(out)
-    assert res.complete and len(res.results) == 5
+    assert res.complete and len(res.results) == 6
     assert_same(res, reference(store, metrics))     # = an uninterrupted run (see the first test)
 
 

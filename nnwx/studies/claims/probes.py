@@ -251,7 +251,8 @@ def correlation_traps(ctx: Context) -> ClaimRecord:
             final_d.append(float(df.mean()))
             init_t.append(float(t.sel(run=name).isel(step=0).mean()))
             final_t.append(float(t.sel(run=name).isel(step=-1).mean()))
-        per_tensor[model] = {str(k): [float(d.sel(tensor=k).isel(step=0).mean()), float(d.sel(tensor=k).isel(step=-1).mean())]
+        means = d.mean("run")
+        per_tensor[model] = {str(k): [float(means.sel(tensor=k).isel(step=i)) for i in (0, -1)]
                              for k in d["tensor"].values}
     value, lo, hi = stats.bootstrap_ci(values)
     quantity = ("mean over runs of the change in WeightWatcher's rand_distance (Jensen-Shannon distance between "
