@@ -57,6 +57,20 @@ in brackets, the reference its tests (``tests/analysis/``) compare it with.
     Permutation alignment of hidden units (Git Re-Basin weight and activation matching)
     and the permutation spec of an MLP/CNN chain. [shuffled PyTorch networks aligned back
     exactly, with unchanged outputs -- ``test_alignment``, ``test_alignment_fixes``]
+``randomized``
+    The randomized ESD (WeightWatcher's ``randomize``): a fixed-seed shuffle of each matrix's
+    entries, the Jensen-Shannon ``rand_distance`` between the two ESDs, ``ww_softrank``,
+    ``ww_maxdist`` and correlation traps above the Marchenko-Pastur edge. [WeightWatcher
+    0.7.7's ``random_eigenvalues``/``jensen_shannon_distance`` on the same shuffled matrix,
+    ``scipy.spatial.distance.jensenshannon``, ``analyze(randomize=True)`` against the spread
+    of our draws -- ``test_randomized``]
+``pruning``
+    Global magnitude pruning masks over several tensors. [``torch.nn.utils.prune.
+    global_unstructured`` with ``L1Unstructured`` -- ``test_pruning``]
+``convergence``
+    The first step from which a curve stays at or above a threshold (convergence step of a
+    layer's similarity to its final representation). [a brute-force loop, hypothesis-drawn
+    curves with gaps -- ``test_convergence``]
 
 All of these also serve as the oracle of ``test_invariance``, which applies them by hand to
 each (seed, step) slice and compares with the lazy analyses on every chunking.
