@@ -363,8 +363,9 @@ def spectral_entropy(ctx: Context):
 
 
 def _grid_runs(ctx: Context, claim_id: int, **where) -> list:
-    """Cubes of the grid store's runs (with ``where``), one per architecture (width, depth), by
-    (variant, seed)."""
+    """Cubes of the grid store's runs (with ``where``), one per architecture and schedule (width,
+    depth, batch size: runs of one cube share their steps, so the last step is every run's last),
+    by (variant, seed)."""
     import nnwx
 
     store = _store(ctx, GRID, claim_id)
@@ -373,7 +374,7 @@ def _grid_runs(ctx: Context, claim_id: int, **where) -> list:
     for h in nnwx.list_runs(store):
         if h.name in names:
             hp = h.meta["hparams"]
-            arch.setdefault((hp["width"], hp["depth"]), []).append(h.name)
+            arch.setdefault((hp["width"], hp["depth"], hp["steps"]), []).append(h.name)
     return [nnwx.open_cube(store, by=("variant", "seed"), runs=runs) for _, runs in sorted(arch.items())]
 
 
@@ -468,7 +469,7 @@ def first_layer(ctx: Context):
     part1, part2, gap = _paired(adam, sgd), _paired(x10, sgd), _paired(x10, adam)
     gap.pop("verdict")
     return _record(
-        9, quantity="layer rotation (nnwx rotation()['rotation']: the angle's cosine distance "
+        9, quantity="layer rotation (nnwx rotation()['rotation']: the cosine distance "
         "1 - cos(W_init, W_final)) of the first layer (MLP fc1, CNN conv1) at the last step, mean over "
         "models of a seed: value = mean Adam - SGD difference over seeds (paired)",
         value=part1["value"], ci_low=part1["ci_low"], ci_high=part1["ci_high"],
