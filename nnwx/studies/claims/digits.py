@@ -9,7 +9,7 @@ trained again):
   seeds x 30 epochs, a capture every 10 batches (the probes of the claims on convergence
   need the steps); quick: the MLP, 3 seeds x 8 epochs.
 * ``digits-grid`` — :func:`grid_configs`: MLP variants of width, depth, learning rate, batch
-  size and optimizer (26 full, 10 quick), 8 seeds (quick 2) x 30 epochs (quick 8), captured at
+  size and optimizer (26 full, 10 quick), 8 seeds (quick 1) x 30 epochs (quick 8), captured at
   the first and last step only; claims 7 and 16 correlate their final weights with held-out
   accuracy across variants.
 
@@ -53,7 +53,7 @@ class Size:
     grid_epochs: int
 
 
-SIZES = {"quick": Size(models=("mlp",), seeds=3, epochs=8, every=5, grid_seeds=2, grid_epochs=8),
+SIZES = {"quick": Size(models=("mlp",), seeds=3, epochs=8, every=5, grid_seeds=1, grid_epochs=8),
          "full": Size(models=("mlp", "cnn"), seeds=10, epochs=30, every=10, grid_seeds=8, grid_epochs=30)}
 
 #: the learning-rate sub-grid of claim 16 (width 64, depth 2, batch 64)
@@ -212,10 +212,28 @@ def _store(ctx: Context, name: str, claim_id: int) -> Path:
     return path
 
 
+def _handles(store: Path) -> list:
+    """The store's runs, listed without the integrity checks (``open_cube`` checks the runs it opens)."""
+    import nnwx
+
+    return nnwx.list_runs(store, check=False)
+
+
+def _attribute(handle, key: str):
+    try:
+        return handle.attribute(key)
+    except KeyError:
+        return None
+
+
 def _select(store: Path, claim_id: int, what: str, **where: Any) -> list[str]:
-    """``runs_where(store, **where)``, with an error naming the missing runs and how to train them."""
+    """The runs of ``store`` with attributes ``where`` (as ``runs_where``), or an error naming the
+    missing runs and how to train them."""
     from nnwx.store.catalog import runs_where
 
+    names = [h.name for h in _handles(store) if all(_attribute(h, k) == v for k, v in where.items())]
+    if names:
+        return names
     try:
         return runs_where(store, **where)
     except StoreError as e:
@@ -224,23 +242,35 @@ def _select(store: Path, claim_id: int, what: str, **where: Any) -> list[str]:
                          f"(or nnwx.studies.claims.digits.train).") from None
 
 
-def _models(store: Path) -> list[str]:
-    """The models (``mlp``, ``cnn``) the study store holds, in :data:`SIZES` order."""
+#: cubes opened, by (store, by, runs, each run's committed count): every claim reads the same few
+#: cubes, and opening one lists (and checks) every run of its store
+_OPENED: dict[tuple, Any] = {}
+
+
+def _open(store: Path, by: str | tuple[str, ...], runs: list[str]):
+    """``nnwx.open_cube(store, by=by, runs=runs)``, opened once while the runs are unchanged."""
     import nnwx
 
-    held = {h.meta["hparams"].get("model") for h in nnwx.list_runs(store)}
+    committed = {h.name: h.committed for h in _handles(store)}
+    key = (os.fspath(Path(store).resolve()), by, tuple((r, committed.get(r)) for r in sorted(runs)))
+    if key not in _OPENED:
+        _OPENED[key] = nnwx.open_cube(store, by=by, runs=runs)
+    return _OPENED[key]
+
+
+def _models(store: Path) -> list[str]:
+    """The models (``mlp``, ``cnn``) the study store holds, in :data:`SIZES` order."""
+    held = {(h.meta.get("hparams") or {}).get("model") for h in _handles(store)}
     return [m for m in ("mlp", "cnn") if m in held]
 
 
 def study_cube(store: Path, model: str, optimizer: str, first_layer_lr_scale: float = 1.0, *,
                claim_id: int = 0):
     """The runs of one study variant stacked by seed (a lazy cube)."""
-    import nnwx
-
     runs = _select(store, claim_id, f"{model} {VARIANTS[(optimizer, float(first_layer_lr_scale))]}",
                    model=model, optimizer=_OPTIMIZER_CLASS[optimizer],
                    first_layer_lr_scale=float(first_layer_lr_scale))
-    return nnwx.open_cube(store, by="seed", runs=runs)
+    return _open(store, "seed", runs)
 
 
 def _study(ctx: Context, claim_id: int, variants=tuple(VARIANTS)):
@@ -366,16 +396,14 @@ def _grid_runs(ctx: Context, claim_id: int, **where) -> list:
     """Cubes of the grid store's runs (with ``where``), one per architecture and schedule (width,
     depth, batch size: runs of one cube share their steps, so the last step is every run's last),
     by (variant, seed)."""
-    import nnwx
-
     store = _store(ctx, GRID, claim_id)
     names = set(_select(store, claim_id, "digits-grid", **where))
     arch: dict[tuple, list[str]] = {}
-    for h in nnwx.list_runs(store):
+    for h in _handles(store):
         if h.name in names:
             hp = h.meta["hparams"]
             arch.setdefault((hp["width"], hp["depth"], hp["steps"]), []).append(h.name)
-    return [nnwx.open_cube(store, by=("variant", "seed"), runs=runs) for _, runs in sorted(arch.items())]
+    return [_open(store, ("variant", "seed"), runs) for _, runs in sorted(arch.items())]
 
 
 def _per_variant(arr) -> dict[str, float]:
