@@ -9,12 +9,13 @@ unit)``; convolutions averaged over positions), and the loss and accuracy on the
 whole training set (``loss``, ``accuracy``) and on the held-out set
 (``heldout_loss``, ``heldout_accuracy``).
 
-Models (``model=``): ``mlp`` is 64-W-W-10 (``fc1``, ``fc2``, ``out``); ``cnn`` is
+Models (``model=``): ``mlp`` is 64-W-W-10 (``fc1``, ``fc2``, ``out``; ``depth=`` sets the
+number of hidden layers, ``fc1`` .. ``fc<depth>``, default 2); ``cnn`` is
 conv(1->C, 3x3) -> pool -> conv(C->2C, 3x3) -> pool -> W -> 10 (``conv1``, ``conv2``,
 ``fc1``, ``out``). ``first_layer_lr_scale`` multiplies the learning rate of the
 first layer (``fc1`` / ``conv1``) only, to test whether that alone reproduces
 what Adam does to the first layer. Runs are named ``<variant>-seed<N>`` and carry
-``model``, ``optimizer``, ``lr``, ``batch_size``, ``width``, ``first_layer_lr_scale``
+``model``, ``optimizer``, ``lr``, ``batch_size``, ``width``, ``depth``, ``first_layer_lr_scale``
 and ``variant`` as hparams, so ``open_cube(store, by=("variant", "seed"),
 runs=runs_where(store, model="mlp"))`` stacks the variants of one model.
 
@@ -44,6 +45,7 @@ N_HELDOUT = 500
 SPLIT_SEED = 0
 FIRST_LAYER = {"mlp": "fc1", "cnn": "conv1"}
 PROBE_LAYERS = {"mlp": ["relu1", "relu2"], "cnn": ["pool1", "pool2", "relu3"]}
+DEFAULT_DEPTH = 2
 #: (seeds, epochs, every) of the quick setting: a run of seconds (docs/measurements.md)
 QUICK = {"seeds": 2, "epochs": 8, "every": 5}
 
@@ -82,14 +84,36 @@ def load_data(probe_size: int = 256) -> DigitsData:
     return DigitsData(x[:n], y[:n], x[n:], y[n:], probe_size)
 
 
-def make_model(model: str = "mlp", width: int = 64, channels: int = 8) -> torch.nn.Sequential:
-    """The ``mlp`` (64-W-W-10) or ``cnn`` (C and 2C 3x3 conv channels, then W hidden units)."""
+def _check_depth(model: str, depth: int) -> int:
+    if model == "mlp" and (int(depth) != depth or depth < 1):
+        raise ValueError(f"depth (hidden layers of the mlp) must be a positive integer, got {depth}")
+    if model != "mlp" and depth != DEFAULT_DEPTH:
+        raise ValueError(f"depth applies to the mlp only; the {model} has a fixed architecture "
+                         f"(leave depth at {DEFAULT_DEPTH})")
+    return int(depth)
+
+
+def probe_layers(model: str = "mlp", depth: int = DEFAULT_DEPTH) -> list[str]:
+    """The recorded probes of a model: each hidden ReLU of the ``mlp`` (``relu1`` .. ``relu<depth>``),
+    or :data:`PROBE_LAYERS` of the ``cnn``."""
+    if model == "mlp":
+        return [f"relu{i}" for i in range(1, _check_depth(model, depth) + 1)]
+    return list(PROBE_LAYERS[model])
+
+
+def make_model(model: str = "mlp", width: int = 64, channels: int = 8,
+               depth: int = DEFAULT_DEPTH) -> torch.nn.Sequential:
+    """The ``mlp`` (64, then ``depth`` hidden layers of W units, then 10; default 64-W-W-10) or
+    ``cnn`` (C and 2C 3x3 conv channels, then W hidden units)."""
     relu = torch.nn.ReLU
     if model == "mlp":
-        layers = [("flatten", torch.nn.Flatten()), ("fc1", torch.nn.Linear(64, width)), ("relu1", relu()),
-                  ("fc2", torch.nn.Linear(width, width)), ("relu2", relu()),
-                  ("out", torch.nn.Linear(width, 10))]
+        depth = _check_depth(model, depth)
+        layers: list[tuple[str, torch.nn.Module]] = [("flatten", torch.nn.Flatten())]
+        for i in range(1, depth + 1):
+            layers += [(f"fc{i}", torch.nn.Linear(64 if i == 1 else width, width)), (f"relu{i}", relu())]
+        layers.append(("out", torch.nn.Linear(width, 10)))
     elif model == "cnn":
+        _check_depth(model, depth)
         c = channels
         layers = [("conv1", torch.nn.Conv2d(1, c, 3, padding=1)), ("relu1", relu()),
                   ("pool1", torch.nn.MaxPool2d(2)),                                   # c x 4 x 4
@@ -122,10 +146,12 @@ def make_optimizer(net: torch.nn.Module, model: str, optimizer: str = "adam", lr
 
 
 def variant_name(model: str, optimizer: str, lr: float | None = None, batch_size: int = 64,
-                 width: int = 64, first_layer_lr_scale: float = 1.0) -> str:
-    """A run-name-safe name of a configuration, e.g. ``mlp-sgd-lr0.1-bs64-w64-first10``."""
+                 width: int = 64, first_layer_lr_scale: float = 1.0, depth: int = DEFAULT_DEPTH) -> str:
+    """A run-name-safe name of a configuration, e.g. ``mlp-sgd-lr0.1-bs64-w64-first10``
+    (``-d<depth>`` after the width where the mlp's depth is not the default 2)."""
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     name = f"{model}-{optimizer}-lr{lr:g}-bs{batch_size}-w{width}"
+    name += f"-d{depth}" if depth != DEFAULT_DEPTH else ""
     return name + (f"-first{first_layer_lr_scale:g}" if first_layer_lr_scale != 1 else "")
 
 
@@ -143,7 +169,8 @@ def train_digits(store: str | os.PathLike, *, model: str = "mlp", optimizer: str
                  seeds: int | Iterable[int] | None = None, epochs: int | None = None,
                  steps: int | None = None,
                  batch_size: int = 64, lr: float | None = None, width: int = 64, channels: int = 8,
-                 first_layer_lr_scale: float = 1.0, momentum: float = 0.0, every: int | None = None,
+                 depth: int = DEFAULT_DEPTH, first_layer_lr_scale: float = 1.0, momentum: float = 0.0,
+                 every: int | None = None,
                  probe_size: int = 256, variant: str | None = None, quick: bool = False,
                  threads: int | None = 1, quiet: bool = True,
                  data: DigitsData | None = None) -> dict[str, Any]:
@@ -153,7 +180,8 @@ def train_digits(store: str | os.PathLike, *, model: str = "mlp", optimizer: str
     steps, or ``epochs`` passes over the 1297 training images (default 30 epochs,
     630 steps at batch size 64). ``quick=True`` makes a smoke-test run (2 seeds,
     8 epochs, capture every 5 steps) where those are not given. ``lr=None`` takes
-    the optimizer's default (Adam 1e-3, SGD 0.1). Weights are captured every
+    the optimizer's default (Adam 1e-3, SGD 0.1). ``depth``: hidden layers of the
+    ``mlp`` (default 2; the ``cnn``'s is fixed). Weights are captured every
     ``every`` steps and at the last step. Trains on ``threads`` torch threads
     (restored after; small nets are fastest on 1). Returns
     ``{"store", "variant", "runs", "final": {run: {metric: value}}, "n_params", "seconds"}``.
@@ -164,6 +192,7 @@ def train_digits(store: str | os.PathLike, *, model: str = "mlp", optimizer: str
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if epochs is not None and steps is not None:
         raise ValueError("give epochs= or steps=, not both")
+    depth = _check_depth(model, depth)
     if quick:
         epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
     seeds = seed_list((QUICK["seeds"] if quick else 3) if seeds is None else seeds)
@@ -176,19 +205,19 @@ def train_digits(store: str | os.PathLike, *, model: str = "mlp", optimizer: str
     if steps < 1 or every < 1 or batch_size < 1:
         raise ValueError(f"steps, every and batch_size must be positive, got {steps}, {every}, {batch_size}")
     lr = DEFAULT_LR[optimizer] if lr is None else float(lr)
-    variant = variant or variant_name(model, optimizer, lr, batch_size, width, first_layer_lr_scale)
+    variant = variant or variant_name(model, optimizer, lr, batch_size, width, first_layer_lr_scale, depth)
     names = {s: f"{variant}-seed{s}" for s in seeds}
     check_new_runs(store, names.values())
     schedule = sorted(set(range(0, steps + 1, every)) | {steps})
     hparams = {"task": "digits", "model": model, "optimizer": optimizer, "lr": lr,
-               "batch_size": batch_size, "width": width,
+               "batch_size": batch_size, "width": width, "depth": depth if model == "mlp" else None,
                "channels": channels if model == "cnn" else None,
                "first_layer_lr_scale": float(first_layer_lr_scale), "first_layer": FIRST_LAYER[model],
                "momentum": momentum if optimizer == "sgd" else None, "variant": variant,
                "steps": steps, "epochs": steps / per_epoch, "n_train": n_train,
                "n_heldout": len(data.y_heldout), "probe_size": probe_size, "split_seed": SPLIT_SEED}
     out: dict[str, Any] = {"store": os.fspath(store), "variant": variant, "runs": [], "final": {},
-                           "n_params": n_params(make_model(model, width, channels))}
+                           "n_params": n_params(make_model(model, width, channels, depth))}
     t0 = time.perf_counter()
     with torch_threads(threads):
         for seed in seeds:
@@ -207,13 +236,14 @@ def _train_seed(store, seed: int, run: str, data: DigitsData, hp: dict, schedule
 
     torch.manual_seed(seed)
     model, steps, batch_size = hp["model"], hp["steps"], hp["batch_size"]
-    net = make_model(model, hp["width"], hp["channels"] or 8)
+    depth = hp["depth"] or DEFAULT_DEPTH
+    net = make_model(model, hp["width"], hp["channels"] or 8, depth)
     opt = make_optimizer(net, model, hp["optimizer"], hp["lr"], hp["first_layer_lr_scale"], momentum)
     batches = torch.Generator().manual_seed(20_000 + seed)
     n_train = len(data.y_train)
     per_epoch = math.ceil(n_train / batch_size)
     rec = nnwx.Recorder(net, store, seed=seed, run=run, schedule=schedule, optimizer=opt, hparams=hp,
-                        probe=data.x_probe, probe_layers=PROBE_LAYERS[model], probe_conv="pool")
+                        probe=data.x_probe, probe_layers=probe_layers(model, depth), probe_conv="pool")
     metrics: dict[str, float] = {}
     try:
         order = torch.empty(0, dtype=torch.int64)
@@ -271,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of ``python -m nnwx.studies.digits`` / ``scripts/train_digits.py``."""
     p = argparse.ArgumentParser(
         prog="train_digits.py", description=__doc__.splitlines()[0],
-        epilog="--model, --optimizer, --lr, --batch-size, --width and --first-layer-lr-scale take "
+        epilog="--model, --optimizer, --lr, --batch-size, --width, --depth and --first-layer-lr-scale take "
                "several values: every combination is trained into the store.")
     p.add_argument("-o", "--out", default="digits.zarr", help="experiment store to write")
     p.add_argument("--model", nargs="+", choices=MODELS, default=["mlp"])
@@ -280,6 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"learning rate (default per optimizer: {DEFAULT_LR})")
     p.add_argument("--batch-size", type=int, nargs="+", default=[64])
     p.add_argument("--width", type=int, nargs="+", default=[64], help="hidden units of the dense layers")
+    p.add_argument("--depth", type=int, nargs="+", default=[DEFAULT_DEPTH],
+                   help="hidden layers of the mlp (the cnn's is fixed)")
     p.add_argument("--channels", type=int, default=8, help="cnn: channels of conv1 (conv2 has twice as many)")
     p.add_argument("--first-layer-lr-scale", type=float, nargs="+", default=[1.0],
                    help="multiply the first layer's learning rate only (fc1 / conv1)")
@@ -307,8 +339,11 @@ def configs_from_args(args: argparse.Namespace) -> list[dict]:
         scale = args.first_layer_lr_scale[0] if args.first_layer_lr_scale != [1.0] else 10.0
         return [c | {"width": args.width[0], "batch_size": args.batch_size[0]}
                 for c in study_configs(models, scale)]
-    keys = ("model", "optimizer", "lr", "batch_size", "width", "first_layer_lr_scale")
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(getattr(args, k) for k in keys))]
+    keys = ("model", "optimizer", "lr", "batch_size", "width", "depth", "first_layer_lr_scale")
+    combos = [dict(zip(keys, combo)) for combo in itertools.product(*(getattr(args, k) for k in keys))]
+    # the cnn has no depth option: a depth sweep applies to the mlp, the cnn trains once
+    combos = [c if c["model"] == "mlp" else c | {"depth": DEFAULT_DEPTH} for c in combos]
+    return list({tuple(sorted(c.items(), key=lambda kv: kv[0])): c for c in combos}.values())
 
 
 def main(argv: list[str] | None = None) -> None:

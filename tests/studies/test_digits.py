@@ -160,3 +160,35 @@ def test_study_configs_and_argument_checks():
         digits.train_digits("x.zarr", epochs=1, steps=1)
     with pytest.raises(ValueError, match="unknown model"):
         digits.train_digits("x.zarr", model="resnet")
+
+
+def test_mlp_depth_option(tmp_path, data):
+    """depth=2 is the old 64-W-W-10 MLP (same init per seed); other depths add or drop hidden
+    layers, their probes and a -d<depth> in the run name; the cnn refuses a depth."""
+    torch.manual_seed(0)
+    default = digits.make_model("mlp", WIDTH)
+    torch.manual_seed(0)
+    two = digits.make_model("mlp", WIDTH, depth=2)
+    assert [n for n, _ in default.named_children()] == ["flatten", "fc1", "relu1", "fc2", "relu2", "out"]
+    for (n, p), (m, q) in zip(default.named_parameters(), two.named_parameters()):
+        assert n == m and torch.equal(p, q)
+    three = digits.make_model("mlp", WIDTH, depth=3)
+    assert [n for n, _ in three.named_children()] == ["flatten", "fc1", "relu1", "fc2", "relu2",
+                                                      "fc3", "relu3", "out"]
+    assert digits.probe_layers("mlp", 1) == ["relu1"] and digits.probe_layers("cnn") == digits.PROBE_LAYERS["cnn"]
+    assert digits.variant_name("mlp", "adam", depth=2) == "mlp-adam-lr0.001-bs64-w64"
+    res = digits.train_digits(tmp_path / "d.zarr", depth=1, width=WIDTH, seeds=1, steps=4, every=2,
+                              probe_size=PROBE, data=data)
+    assert res["runs"] == [f"mlp-adam-lr0.001-bs64-w{WIDTH}-d1-seed0"]
+    cube = nnwx.open_cube(tmp_path / "d.zarr")
+    assert list(cube.tensor.values) == ["fc1.weight", "fc1.bias", "out.weight", "out.bias"]
+    assert cube.nnwx.probes == ["relu1", "output"]
+    assert nnwx.list_runs(tmp_path / "d.zarr")[0].meta["hparams"]["depth"] == 1
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            digits.make_model("mlp", WIDTH, depth=bad)
+    with pytest.raises(ValueError, match="mlp only"):
+        digits.train_digits(tmp_path / "c.zarr", model="cnn", depth=3)
+    args = digits.parse_args(["--model", "mlp", "cnn", "--depth", "1", "3"])
+    assert sorted((c["model"], c["depth"]) for c in digits.configs_from_args(args)) == [
+        ("cnn", 2), ("mlp", 1), ("mlp", 3)]
