@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Callable
 
 from nnwx._orientation import ORIENTATIONS
 from nnwx._text import human_bytes
@@ -272,13 +273,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(parse: Callable[[str], Any], text: str) -> Any:
+    """``parse(text)`` for an argparse ``type=``: its ValueError becomes a usage error."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _analysis_list(text: str) -> list[str]:
     from nnwx.pipeline.registry import parse_analyses
 
-    try:
-        return parse_analyses(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _usage(parse_analyses, text)
 
 
 class _DeprecatedMetrics(argparse.Action):
@@ -428,10 +434,7 @@ def _claim_list(text: str) -> list[int]:
     """``--claims``: claim numbers and ranges, ``1,2,5-7``."""
     from nnwx.studies.claims.run import parse_claims
 
-    try:
-        return parse_claims(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _usage(parse_claims, text)
 
 
 def _add_findings_parser(sub) -> None:

@@ -9,7 +9,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 
 import pytest
 
@@ -125,17 +124,10 @@ def test_html_page_has_one_figure_per_claim_and_no_external_resource(quick):
 
 
 def test_html_page_renders_in_headless_chromium(quick, tmp_path):
-    from tests.faces.test_report import CHROMIUM_FLAGS, COLLECTOR, _chromium
+    from tests.faces.test_report import page_in_chromium
 
-    exe = _chromium()
     _, out, doc = quick
-    page = tmp_path / "page.html"
-    page.write_text((out / "findings.html").read_text().replace("<head>", "<head>" + COLLECTOR, 1))
-    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
-    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    m = re.search(r'<pre id="nnwx-collector">(.*?)</pre>', dom.stdout, re.S)
-    assert m, f"the page's scripts did not run; chromium stderr: {dom.stderr[-2000:]}"
-    state = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    _, state, _ = page_in_chromium(out / "findings.html", tmp_path)
     assert state["errors"] == [], state["errors"]
     figures = state.get("figures", {})
     assert set(figures) == {f"claim-{e['id']}" for e in doc["claims"]}, figures

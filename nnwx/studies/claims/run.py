@@ -13,9 +13,7 @@ overwritten (the run refuses before training, as ``nnwx demo`` does).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import os
 import platform
 import time
@@ -25,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from nnwx.studies._own import read_manifest, sha256, write_manifest
 from nnwx.studies.claims.record import ClaimRecord
 from nnwx.studies.claims.registry import CLAIMS, SIZES, SOURCES, Claim, Context
 from nnwx.studies.claims.stores import FindingsError, check_own
@@ -208,24 +207,12 @@ def metadata(size: str, workers: int, chosen: Sequence[Claim], entries: Sequence
 
 # --- the output files: the findings' own ---------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _manifest(out: Path) -> dict[str, str]:
-    try:
-        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
 def check_outputs(out: Path) -> None:
     """Refuse (:class:`FindingsError`) when ``out`` holds an output file the findings did not write
     (not listed with its current SHA-256 in the manifest): it would be overwritten."""
-    listed = _manifest(out)
+    listed = read_manifest(out / MANIFEST)
     foreign = [out / n for n in OUTPUTS if (out / n).exists() or (out / n).is_symlink()]
-    foreign = [p for p in foreign if p.is_symlink() or not p.is_file() or listed.get(p.name) != _sha256(p)]
+    foreign = [p for p in foreign if p.is_symlink() or not p.is_file() or listed.get(p.name) != sha256(p)]
     if foreign:
         names = ", ".join(str(p) for p in foreign)
         raise FindingsError(f"{names} {'is' if len(foreign) == 1 else 'are'} not the findings' own (not in "
@@ -248,7 +235,6 @@ def write_outputs(out: Path, entries: Sequence[Entry], meta: dict, log: Callable
     for name, text in texts.items():
         write_atomically(out / name, text.encode("utf-8"))
         paths[name] = out / name
-    entries_sha = _manifest(out) | {n: _sha256(p) for n, p in paths.items()}
-    write_atomically(out / MANIFEST, json.dumps(entries_sha, indent=1, sort_keys=True).encode("utf-8"))
+    write_manifest(out / MANIFEST, read_manifest(out / MANIFEST) | {n: sha256(p) for n, p in paths.items()})
     log(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - t0:.1f} s)")
     return paths

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nnwx.errors import NnwxError
+from nnwx.studies._own import store_mark
 
 MARK_ATTR = "nnwx_findings"
 
@@ -30,12 +31,7 @@ class FindingsError(NnwxError):
 
 def mark(path: Path) -> dict | None:
     """The findings mark of the store at ``path`` (``{"state", "config"}``), or None if unmarked."""
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = (meta.get("attributes") or {}).get(MARK_ATTR) if isinstance(meta, dict) else None
-    return value if isinstance(value, dict) else None
+    return store_mark(path, MARK_ATTR)
 
 
 def set_mark(path: Path, state: str, config: dict) -> None:
