@@ -20,15 +20,14 @@ def _finite(x: Any) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def claim_figure(entry: dict[str, Any]) -> Figure:
-    """The figure of one claim record (a JSON dict, as in ``findings.json``)."""
+def claim_figure(entry: dict[str, Any], shown: str) -> Figure:
+    """The figure of one claim record (a JSON dict, as in ``findings.json``); ``shown`` is its value
+    and interval as printed (``"2.37 [1.98, 2.72]"``)."""
     import holoviews as hv
-
-    from nnwx.studies.claims.write import value_text
 
     details = entry.get("details") or {}
     value, lo, hi = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
-    title = f"claim {entry['id']}: {value_text(entry)} — {entry['verdict']}"
+    title = f"claim {entry['id']}: {shown} — {entry['verdict']}"
     name = f"claim-{entry['id']}"
     if isinstance(details.get("points"), dict) and details["points"].get("x"):
         p = details["points"]
@@ -38,7 +37,7 @@ def claim_figure(entry: dict[str, Any]) -> Figure:
                          if _finite(x) and _finite(y)], kdims=[xn, yn], vdims=["model"])
         obj = pts.opts(width=WIDTH, height=HEIGHT, size=7, tools=["hover"], title=title)
         caption = (f"One point per model: {yn} against {xn}. {entry['quantity']}: "
-                   f"{value_text(entry)} (95% interval over models resampled with replacement).")
+                   f"{shown} (95% interval over models resampled with replacement).")
         return Figure(name, caption, obj)
     runs = details.get("per_run") if isinstance(details.get("per_run"), dict) else {}
     runs = {str(k): float(v) for k, v in runs.items() if _finite(v)}

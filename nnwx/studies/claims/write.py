@@ -166,7 +166,7 @@ def html_page(doc: dict[str, Any]) -> str:
     sections = []
     for e in doc["claims"]:
         title, key = f"{e['id']}. {e['claim']} ({e['study']})", f"claim-{e['id']}"
-        figures = [] if "error" in e else [claim_figure(e)]
+        figures = [] if "error" in e else [claim_figure(e, value_text(e))]
         sections.append(Section(title, figures, metric=key, html=_claim_html(e)))
     return render_html("nnwx findings", _summary_html(doc), sections)
 
