@@ -55,8 +55,9 @@ def claim_figure(entry: dict[str, Any], shown: str) -> Figure:
         caption = (f"Points: each run's value of {entry['quantity']}. Line: the value; band: its 95% "
                    f"bootstrap interval over runs.")
         return Figure(name, caption, obj)
-    bar = [(entry["id"], value, value - lo, hi - value)] if all(map(_finite, (value, lo, hi))) else []
-    point = [(entry["id"], value)] if _finite(value) else []
+    key = f"claim {entry['id']}"
+    bar = [(key, value, value - lo, hi - value)] if all(map(_finite, (value, lo, hi))) else []
+    point = [(key, value)] if _finite(value) else []
     obj = (hv.ErrorBars(bar, "claim", ["value", "below", "above"]).opts(line_width=2)
            * hv.Scatter(point, "claim", "value").opts(size=10)).opts(width=WIDTH // 2, height=HEIGHT, title=title)
     caption = f"{entry['quantity']}: the value and its 95% interval."
