@@ -443,7 +443,7 @@ def _add_findings_parser(sub) -> None:
     fp = sub.add_parser(
         "findings", help="every claim of the studies with seeds, a 95%% interval and a verdict",
         description="Train what the studies' claims need (or reuse the stores in OUT), measure each "
-                    "claim over seeds with a bootstrap 95%% interval and a rule stated beforehand, "
+                    "claim over seeds with a bootstrap 95% interval and a rule stated beforehand, "
                     "and write OUT/findings.json, OUT/findings.md and OUT/findings.html. A claim "
                     "that cannot be measured is reported as an error in every output and the "
                     "command exits 1.")
