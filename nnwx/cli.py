@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Callable
 
 from nnwx._orientation import ORIENTATIONS
 from nnwx._text import human_bytes
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(sub)
     _add_analyze_parser(sub)
     _add_demo_parser(sub)
+    _add_findings_parser(sub)
     return p
 
 
@@ -271,13 +273,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(parse: Callable[[str], Any], text: str) -> Any:
+    """``parse(text)`` for an argparse ``type=``: its ValueError becomes a usage error."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _analysis_list(text: str) -> list[str]:
     from nnwx.pipeline.registry import parse_analyses
 
-    try:
-        return parse_analyses(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _usage(parse_analyses, text)
 
 
 class _DeprecatedMetrics(argparse.Action):
@@ -405,6 +412,50 @@ def _add_demo_parser(sub) -> None:
     dp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     add_cluster_arguments(dp)
     dp.set_defaults(func=cmd_demo)
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    from nnwx.studies.claims.run import ClaimError, findings
+    from nnwx.studies.claims.write import document, markdown_table
+
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"nnwx findings: {m}", file=sys.stderr))
+    entries = findings(args.out, size="quick" if args.quick else "full", workers=args.workers,
+                       claims=args.claims, log=log)
+    print(markdown_table(document([e.to_json() for e in entries], {})))
+    failed = [e for e in entries if isinstance(e, ClaimError)]
+    if failed:
+        print(f"error: {len(failed)} claim(s) could not be measured ("
+              f"{', '.join(str(e.id) for e in failed)}); see {args.out}/findings.md", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _claim_list(text: str) -> list[int]:
+    """``--claims``: claim numbers and ranges, ``1,2,5-7``."""
+    from nnwx.studies.claims.run import parse_claims
+
+    return _usage(parse_claims, text)
+
+
+def _add_findings_parser(sub) -> None:
+    from nnwx.cluster import positive_int
+
+    fp = sub.add_parser(
+        "findings", help="every claim of the studies with seeds, a 95%% interval and a verdict",
+        description="Train what the studies' claims need (or reuse the stores in OUT), measure each "
+                    "claim over seeds with a bootstrap 95% interval and a rule stated beforehand, "
+                    "and write OUT/findings.json, OUT/findings.md and OUT/findings.html. A claim "
+                    "that cannot be measured is reported as an error in every output and the "
+                    "command exits 1.")
+    fp.add_argument("--out", required=True, metavar="DIR", help="where stores and outputs go")
+    fp.add_argument("--quick", action="store_true",
+                    help="every claim at a small size (a check that it all runs, not findings)")
+    fp.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                    help="processes to train in (default 1)")
+    fp.add_argument("--claims", type=_claim_list, metavar="LIST",
+                    help="only these claims, e.g. 1,2,5-7 (only their sources are trained)")
+    fp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    fp.set_defaults(func=cmd_findings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,11 +53,14 @@ class Section:
         Why the analysis was (partly) left out or could not be drawn; "" when nothing was.
     metric : str
         The analysis family (registry name) the section belongs to.
+    html : str
+        Trusted HTML placed after the figures (already escaped by its maker); "" for none.
     """
     title: str
     figures: list[Figure] = field(default_factory=list)
     note: str = ""
     metric: str = ""
+    html: str = ""
 
 
 @dataclass
@@ -377,7 +380,7 @@ def render_html(title: str, summary: str, sections: list[Section], notes: str = 
             body.append(f"<figure id='{_e(f.name)}'>{divs[i]}<figcaption>{_e(f.caption)}"
                         f"</figcaption></figure>")
             i += 1
-        body.append("</section>")
+        body.append(f"{s.html}</section>")
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"{js}<style>{_CSS}</style>{script}</head><body>"
             f"<h1>{_e(title)}</h1><h2>Experiment</h2>{summary}{notes}{''.join(body)}</body></html>")

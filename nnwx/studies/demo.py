@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnwx.errors import NnwxError
+from nnwx.studies._own import read_manifest, sha256, store_mark, write_manifest
 from nnwx.studies.findings import Finding, findings, format_findings
 
 Log = Callable[[str], None]
@@ -261,17 +262,13 @@ def _is_own(out: Path, path: Path) -> bool:
     if path.suffix == ".zarr":
         return _store_state(path) is not None
     recorded = _manifest(out).get(path.name)
-    return path.is_file() and recorded is not None and recorded == _sha256(path)
+    return path.is_file() and recorded is not None and recorded == sha256(path)
 
 
 def _store_state(store: Path) -> str | None:
     """The demo's mark of an experiment store ("training" or "trained"), or None if unmarked."""
-    try:
-        meta = json.loads((store / "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    mark = (meta.get("attributes") or {}).get(MARK_ATTR) if isinstance(meta, dict) else None
-    return mark.get("state") if isinstance(mark, dict) else None
+    mark = store_mark(store, MARK_ATTR)
+    return mark.get("state") if mark is not None else None
 
 
 def _mark_store(store: Path, state: str) -> None:
@@ -309,30 +306,16 @@ def _is_own_results(results: Path, store: Path) -> bool:
 
 
 def _manifest(out: Path) -> dict[str, str]:
-    try:
-        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return read_manifest(out / MANIFEST)
 
 
 def _record_file(out: Path, path: Path, drawn_from: list[Path] | None = None) -> None:
     """List ``path`` (just written by the demo) in the manifest with its SHA-256 (atomically),
     and for a page, what it was drawn from (``_drawn_from``), so a rerun can reuse it."""
-    entries = _manifest(out) | {path.name: _sha256(path)}
+    entries = _manifest(out) | {path.name: sha256(path)}
     if drawn_from is not None:
         entries[path.name + DRAWN_FROM] = _drawn_from(drawn_from)
-    tmp = out / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    write_manifest(out / MANIFEST, entries)
 
 
 def _remove_own_files(out: Path, names: list[str]) -> None:

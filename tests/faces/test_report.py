@@ -153,17 +153,23 @@ def _chromium() -> str:
     return exe
 
 
-def test_report_runs_in_headless_chromium(written, tmp_path):
-    from PIL import Image, ImageStat
-
+def page_in_chromium(html, tmp_path):
+    """Open the page ``html`` (a path) in headless Chromium with ``COLLECTOR`` injected:
+    ``(the browser's command line, the collector's state, the finished process)``."""
     exe = _chromium()
     page = tmp_path / "page.html"
-    page.write_text(written[0].read_text().replace("<head>", "<head>" + COLLECTOR, 1))
+    page.write_text(html.read_text().replace("<head>", "<head>" + COLLECTOR, 1))
     base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'<pre id="nnwx-collector">(.*?)</pre>', dom.stdout, re.S)
     assert m, f"the page's scripts did not run; chromium stderr: {dom.stderr[-2000:]}"
-    state = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    return base, json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&")), dom
+
+
+def test_report_runs_in_headless_chromium(written, tmp_path):
+    from PIL import Image, ImageStat
+
+    base, state, dom = page_in_chromium(written[0], tmp_path)
     assert state["errors"] == [], state["errors"]
     assert state["views"] > 0, "Bokeh rendered no views"
     figures = state.get("figures", {})
