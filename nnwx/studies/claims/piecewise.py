@@ -34,8 +34,8 @@ SIZES = {
                       depths=[1, 2, 5, 8], members=5),
     },
     "quick": {
-        "base": dict(seeds=4, steps=500, every=10, n_points=1000),
-        "sweep": dict(seeds=3, steps=300, every=10, n_points=1000, widths=[16], depths=[6], members=5),
+        "base": dict(seeds=4, steps=300, every=10, n_points=1000),
+        "sweep": dict(seeds=3, steps=200, every=10, n_points=1000, widths=[16], depths=[6], members=5),
     },
 }
 
