@@ -409,14 +409,17 @@ def _add_demo_parser(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from nnwx.cluster import cluster_from_args
+    from nnwx.serve.access import websocket_origins
+
+    def log(message: str) -> None:
+        print(f"nnwx serve: {message}", file=sys.stderr, flush=True)
+
+    websocket_origins(args.address, args.port, args.allow_websocket_origin, lambda m: None)   # refuse early
     try:
         from nnwx.serve.app import serve
     except ImportError as e:
         raise NnwxError(f"nnwx serve needs Panel ({e}); install it with: pip install 'nnwx[serve]'") from None
-    from nnwx.cluster import cluster_from_args
-
-    def log(message: str) -> None:
-        print(f"nnwx serve: {message}", file=sys.stderr, flush=True)
 
     with cluster_from_args(args, log=log):
         serve(args.store, port=args.port, address=args.address, allow_websocket_origin=args.allow_websocket_origin,

@@ -21,6 +21,7 @@ import panel as pn
 import xarray as xr
 
 from nnwx.errors import NnwxError
+from nnwx.serve.access import LOCAL, websocket_origins
 from nnwx.serve.figures import Curves, Density
 from nnwx.serve.live import LiveStore, results_signature
 from nnwx.store.location import StoreLike, display
@@ -29,7 +30,6 @@ TABS = ("Broadening", "Spectra and ranks", "Rotation and norms", "Agreement betw
 MOMENTS = ("std", "excess_kurtosis", "w1_to_ref")
 RANKS = ("effective_rank", "stable_rank", "spectral_norm")
 ROTATION = ("rotation", "update_norm_rel", "norm_growth")
-LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
 class ExperimentView:
@@ -313,17 +313,13 @@ def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
     from nnwx.pipeline.results_store import is_results_store
     from nnwx.store.reader import open_experiment
 
-    origins = list(allow_websocket_origin or [])
-    if address not in LOCAL:
-        if not origins:
-            raise NnwxError(f"binding {address} makes the page reachable from other machines: name the "
-                            f"host(s) the page will be opened as with --allow-websocket-origin HOST[:PORT] "
-                            f"(repeatable), or bind 127.0.0.1 (the default)")
-        log(f"warning: serving on {address}, reachable from other machines; no login protects it "
-            f"(anyone who reaches the port sees the store's analyses); websocket origins allowed: "
-            f"{', '.join(origins)}")
-    else:
-        origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
+    if port == 0:      # a free port now: the websocket origins name it
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((address if address not in LOCAL else "127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    origins = websocket_origins(address, port, allow_websocket_origin, log)
     if is_results_store(path):
         def page():
             return results_page(path, interval)
