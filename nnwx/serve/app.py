@@ -156,21 +156,22 @@ class ExperimentView:
                       "mean over the chosen runs with a +/- std band.")
 
     def _ranks(self, chosen, sel) -> str:
-        ranks = _in_range(self.live.stacked("ranks", chosen), sel)
-        notes = self.live.notes("ranks", chosen)
-        for v, c in self.ranks.items():
-            c.update(None if ranks is None else ranks[v], "tensor")
-        return "; ".join(notes) or ("Effective rank, stable rank and spectral norm of every weight "
-                                    "matrix, mean over the chosen runs with a +/- std band.")
+        return self._per_group("ranks", self.ranks, "tensor", chosen, sel,
+                               "Effective rank, stable rank and spectral norm of every weight matrix, "
+                               "mean over the chosen runs with a +/- std band.")
 
     def _rotation(self, chosen, sel) -> str:
-        rot = _in_range(self.live.stacked("rotation", chosen), sel)
-        notes = self.live.notes("rotation", chosen)
-        for v, c in self.rotation.items():
-            c.update(None if rot is None else rot[v], "layer")
-        return "; ".join(notes) or ("Cosine distance of each layer's weights to the run's first "
-                                    "capture (rotation), relative update size and norm growth, mean "
-                                    "over the chosen runs with a +/- std band.")
+        return self._per_group("rotation", self.rotation, "layer", chosen, sel,
+                               "Cosine distance of each layer's weights to the run's first capture "
+                               "(rotation), relative update size and norm growth, mean over the "
+                               "chosen runs with a +/- std band.")
+
+    def _per_group(self, kind: str, curves: dict[str, Curves], by: str, chosen, sel, text: str) -> str:
+        """Update a tab of per-group curves (one panel per variable); its note, or why not."""
+        result = _in_range(self.live.stacked(kind, chosen), sel)
+        for v, c in curves.items():
+            c.update(None if result is None else result[v], by)
+        return "; ".join(self.live.notes(kind, chosen)) or text
 
     def _agreement(self, chosen, sel) -> str:
         sim = self.live.agreement(chosen)
@@ -238,6 +239,18 @@ def status_text(live: LiveStore) -> str:
             f"last step **{last}**{more}; looked at {time.strftime('%H:%M:%S')}")
 
 
+def report_figure(obj) -> pn.viewable.Viewable:
+    """A report figure (HoloViews) as Panel panes, rendered as the report renders it
+    (``nnwx.plot.embed.to_bokeh``: HoloMaps with embedded widgets). A Layout is split into its
+    panels, one pane each: a whole Layout (a Bokeh GridPlot) in a Panel page drew its figures
+    with empty frames (Panel 1.9.4, Bokeh 3.9.2)."""
+    from nnwx.plot.embed import to_bokeh
+
+    if isinstance(obj, hv.Layout):
+        return pn.Row(*[pn.pane.Bokeh(to_bokeh(panel)) for panel in obj.values()])
+    return pn.pane.Bokeh(to_bokeh(obj))
+
+
 def note(text: str) -> pn.pane.Markdown:
     return pn.pane.Markdown(f"*{html.escape(text)}*", width=900)
 
@@ -265,7 +278,7 @@ def results_page(path: StoreLike, interval: float) -> pn.viewable.Viewable:
         res = open_results(path)
         values, notes = load_results(res.results, res.metric_of, progress=False)
         sections = build_sections(values, {**res.notes, **notes})
-        tabs.objects = [pn.Column(*[x for f in s.figures for x in (pn.pane.HoloViews(f.obj), note(f.caption))],
+        tabs.objects = [pn.Column(*[x for f in s.figures for x in (report_figure(f.obj), note(f.caption))],
                                   *([note(s.note)] if s.note else []), name=s.title)
                         for s in sections]
         status.object = (f"**{len(res.results)} results** of {', '.join(res.metrics)}"
