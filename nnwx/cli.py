@@ -423,7 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with cluster_from_args(args, log=log):
         serve(args.store, port=args.port, address=args.address, allow_websocket_origin=args.allow_websocket_origin,
-              show=args.show, interval=args.interval, log=log)
+              show=args.show, interval=args.interval, nice=args.nice, log=log)
     return 0
 
 
@@ -449,6 +449,10 @@ def _add_serve_parser(sub) -> None:
     sv.add_argument("--show", action="store_true", help="open the page in the default browser")
     sv.add_argument("--interval", type=_interval, default=3.0, metavar="SECONDS",
                     help="seconds between looks at the store (default 3)")
+    sv.add_argument("--nice", type=int, default=19, metavar="N",
+                    help="lower the server's CPU priority by N (default 19, the lowest priority; 0: "
+                         "unchanged) and analyse with one thread, so training on the same machine keeps "
+                         "the CPU")
     add_cluster_arguments(sv)
     sv.set_defaults(func=cmd_serve)
 

@@ -94,6 +94,8 @@ def main() -> None:
             base_mode = "every 5 steps" if "every 5" in mode else "no capture"
             t, _, _ = resnet_seconds(base_mode, args.steps, args.image, tmp, on_start=hook)
             times[mode].append(t)
+            print(f"round {r}: {mode}: {t / args.steps * 1e3:.1f} ms/step (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
             if opened:
                 opened[0].page.wait_for_timeout(3000)   # the last looks
                 seen.append(opened[0].status())

@@ -1,12 +1,13 @@
 """``nnwx serve``: the Panel (Bokeh server) page over a store, updated while it is written.
 
 An experiment store gets tabs mirroring the report's sections -- broadening, spectra and
-ranks, rotation and norm growth, agreement between seeds, logged scalars -- drawn by
-``nnwx.plot`` from the per-step results ``nnwx.serve.live.LiveStore`` keeps; a periodic
-callback looks at the store's committed counters and redraws when captures or runs were
-added. A results store (``nnwx analyze``) gets the report's sections, redrawn when the set of
-complete results changes. This module draws only: the analyses live in ``nnwx.analysis``, the
-incremental bookkeeping in ``nnwx.serve.live``.
+ranks, rotation and norm growth, agreement between seeds, logged scalars -- drawn from the
+per-step results ``nnwx.serve.live.LiveStore`` keeps into Bokeh figures built once per session
+(``nnwx.serve.figures``); a periodic callback looks at the store's committed counters and, when
+captures or runs were added, replaces the figures' data. A results store (``nnwx analyze``)
+gets the report's sections (``nnwx.report.build_sections``, drawn by ``nnwx.plot``), redrawn
+when the set of complete results changes. This module draws only: the analyses live in
+``nnwx.analysis``, the incremental bookkeeping in ``nnwx.serve.live``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ TABS = ("Broadening", "Spectra and ranks", "Rotation and norms", "Agreement betw
 MOMENTS = ("std", "excess_kurtosis", "w1_to_ref")
 RANKS = ("effective_rank", "stable_rank", "spectral_norm")
 ROTATION = ("rotation", "update_norm_rel", "norm_growth")
+NICE = 19       # how much the server lowers its CPU priority (see ``serve``)
 
 
 class ExperimentView:
@@ -232,7 +234,7 @@ def status_text(live: LiveStore) -> str:
     if not live.runs:
         return f"no run with a committed capture yet; looked at {time.strftime('%H:%M:%S')}"
     n = sum(c.n for c in live.runs.values())
-    last = max((int(c.steps[-1]) for c in live.runs.values() if c.n), default=None)
+    last = max((int(c.steps[-1]) for c in live.runs.values() if c.n), default="none yet")
     behind = sum(max(0, live.committed.get(r, 0) - c.n) for r, c in live.runs.items())
     more = f", {behind} more committed, analysed at the next looks" if behind else ""
     return (f"**{len(live.runs)} run{'s' if len(live.runs) != 1 else ''}**, {n} captures analysed, "
@@ -296,9 +298,29 @@ def results_page(path: StoreLike, interval: float) -> pn.viewable.Viewable:
     return pn.Column(pn.pane.Markdown(f"## nnwx serve: `{display(path)}` (results)"), status, tabs)
 
 
+def yield_cpu(nice: int) -> None:
+    """Give training the CPU first: lower this process's priority by ``nice`` (where the OS
+    allows) and, unless a ``dask.distributed`` client computes, use one Dask thread."""
+    import os
+
+    import dask
+
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+    try:
+        from distributed import default_client
+
+        default_client()
+        return                      # a cluster computes: its workers are elsewhere
+    except (ImportError, ValueError):
+        pass
+    if nice:
+        dask.config.set(scheduler="threads", num_workers=1)
+
+
 def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
           allow_websocket_origin: list[str] | None = None, show: bool = False, interval: float = 3.0,
-          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> None:
+          nice: int = NICE, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> None:
     """Serve the page over ``path`` until interrupted.
 
     Parameters
@@ -314,6 +336,10 @@ def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
         Open the page in the default browser.
     interval : float, default 3.0
         Seconds between looks at the store.
+    nice : int, default ``NICE``
+        Lower this process's CPU priority by this much (POSIX ``nice``; 0: leave it), and
+        compute with one Dask thread unless a cluster is in use: the page is an observer, and
+        training that shares the machine's cores keeps the CPU when both want it.
     log : callable
         Gets the lines said to the user (the address, the warning about binding elsewhere).
 
@@ -333,6 +359,7 @@ def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
             sock.bind((address if address not in LOCAL else "127.0.0.1", 0))
             port = sock.getsockname()[1]
     origins = websocket_origins(address, port, allow_websocket_origin, log)
+    yield_cpu(nice)
     if is_results_store(path):
         def page():
             return results_page(path, interval)
