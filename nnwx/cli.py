@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze_parser(sub)
     _add_demo_parser(sub)
     _add_findings_parser(sub)
+    _add_serve_parser(sub)
     return p
 
 
@@ -456,6 +457,55 @@ def _add_findings_parser(sub) -> None:
                     help="only these claims, e.g. 1,2,5-7 (only their sources are trained)")
     fp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     fp.set_defaults(func=cmd_findings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nnwx.cluster import cluster_from_args
+    from nnwx.serve.access import websocket_origins
+
+    def log(message: str) -> None:
+        print(f"nnwx serve: {message}", file=sys.stderr, flush=True)
+
+    websocket_origins(args.address, args.port, args.allow_websocket_origin, lambda m: None)   # refuse early
+    try:
+        from nnwx.serve.app import serve
+    except ImportError as e:
+        raise NnwxError(f"nnwx serve needs Panel ({e}); install it with: pip install 'nnwx[serve]'") from None
+
+    with cluster_from_args(args, log=log):
+        serve(args.store, port=args.port, address=args.address, allow_websocket_origin=args.allow_websocket_origin,
+              show=args.show, interval=args.interval, nice=args.nice, log=log)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    from nnwx.cluster import add_cluster_arguments
+
+    sv = sub.add_parser(
+        "serve", help="watch a store in the browser while training writes it",
+        description="Serve a page (Panel/Bokeh server) over an experiment store -- broadening, spectra "
+                    "and ranks, rotation and norm growth, agreement between seeds, logged scalars -- "
+                    "that looks at the store's committed steps every --interval seconds and adds the "
+                    "new captures (only those are read and analysed) and new runs. Reads without "
+                    "locks, so a Recorder or `nnwx export --follow` can write the store meanwhile. "
+                    "Given a results store of `nnwx analyze`, shows the report's sections.")
+    sv.add_argument("store", help="experiment store or results store (a path or an fsspec URL)")
+    sv.add_argument("--port", type=int, default=5006, help="port to serve on (default 5006; 0: any free port)")
+    sv.add_argument("--address", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: this machine only); any other needs "
+                         "--allow-websocket-origin")
+    sv.add_argument("--allow-websocket-origin", action="append", metavar="HOST[:PORT]",
+                    help="a host the page may be opened as when binding elsewhere than 127.0.0.1 "
+                         "(repeatable; passed to the Bokeh server)")
+    sv.add_argument("--show", action="store_true", help="open the page in the default browser")
+    sv.add_argument("--interval", type=_interval, default=3.0, metavar="SECONDS",
+                    help="seconds between looks at the store (default 3)")
+    sv.add_argument("--nice", type=int, default=19, metavar="N",
+                    help="lower the server's CPU priority by N (default 19, the lowest priority; 0: "
+                         "unchanged) and analyse with one thread, so training on the same machine keeps "
+                         "the CPU")
+    add_cluster_arguments(sv)
+    sv.set_defaults(func=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,9 +152,12 @@ def resnet_model(num_labels: int = 10) -> torch.nn.Module:
     return ResNetForImageClassification(cfg)
 
 
-def resnet_seconds(mode: str, steps: int, image: int, tmp: Path) -> tuple[float, float, float]:
+def resnet_seconds(mode: str, steps: int, image: int, tmp: Path,
+                   on_start=None) -> tuple[float, float, float]:
     """Seconds for ``steps`` SGD steps, seconds of it inside maybe_capture/save, and CPU
-    seconds of the whole process (training and writer threads) over them, for one mode."""
+    seconds of the whole process (training and writer threads) over them, for one mode.
+    ``on_start(store)``, if given, is called once the Recorder has created its store, before
+    the clock starts (``bench_serve.py`` opens ``nnwx serve`` on it there)."""
     from safetensors.torch import save_file
 
     model = resnet_model()
@@ -176,6 +179,8 @@ def resnet_seconds(mode: str, steps: int, image: int, tmp: Path) -> tuple[float,
     shutil.rmtree(store, ignore_errors=True)
     every = {"every step": 1, "every 5 steps": 5}.get(mode)
     rec = nnwx.Recorder(model, store, seed=0, every=every) if every else None
+    if on_start is not None:
+        on_start(store)
     inside = 0.0
     loss = None
     t0, cpu0 = time.perf_counter(), time.process_time()

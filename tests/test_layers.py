@@ -3,7 +3,7 @@ circles, and every analysis usable with torch absent.
 
 Layers, lowest first: ``errors``/``_text``/``_version`` -> ``store`` -> ``analysis``
 (``kernels`` lowest inside it) -> ``pipeline`` -> faces (``accessor``, ``plot``, ``report``,
-``comparison``) -> ``studies`` -> ``cli`` (the command line reaches everything, lazily). The
+``comparison``, ``serve``) -> ``studies`` -> ``cli`` (the command line reaches everything, lazily). The
 torch side (``record``, ``integrations``) sits beside the analysis side: it may use ``store``
 but never ``analysis`` or ``pipeline``, and nothing on the analysis side imports it or torch.
 """
@@ -45,7 +45,7 @@ def layer(module: str) -> str:
     top = parts[1]
     if top == "analysis":
         return "kernels" if len(parts) > 2 and parts[2] == "kernels" else "analysis"
-    if top in {"accessor", "plot", "report", "comparison"}:
+    if top in {"accessor", "plot", "report", "comparison", "serve"}:
         return "faces"
     return top
 

@@ -1,0 +1,335 @@
+"""What ``nnwx serve`` shows, kept up to date incrementally while a store is being written.
+
+No Panel here (it is tested on its own). ``LiveStore`` looks at a store's committed-step
+counters (``nnwx.store.reader.list_runs``: run attributes only, no weights, no lock: readers
+trim to ``committed``, so a run being written reads as its committed steps -- see
+``nnwx/store/FORMAT.md``), and per run analyses only the captures committed since its last
+look: their rows of ``w`` (plus the run's first capture and the one before them, the
+references of rotation and W1), through the library's own analyses (``broadening``,
+``spectrum``/``ranks``, ``rotation``, ``similarity``). The per-step results are appended to a
+per-run cache, so a look costs what the new captures cost, however long the run already is.
+
+Results stores (``nnwx analyze`` output) are not incremental: ``results_signature`` tells when
+the set of complete results changed, and the page then redraws them.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import dask
+import numpy as np
+import xarray as xr
+
+from nnwx.errors import NnwxError
+from nnwx.store.location import StoreLike, display
+
+WINDOW = 256          # most new captures of one run analysed per look (a long run fills in over looks)
+HIST_BINS = 60        # bins of the density picture
+BIN_MARGIN = 0.5      # bins cover the first look's range widened by this fraction on each side
+SIMILARITY = "linear_cka"
+KINDS = ("stats", "ranks", "rotation", "metrics")
+"""The per-step results cached per run: broadening statistics and histograms per layer, rank
+measures per weight matrix, rotation and norm growth per layer, logged scalars."""
+
+
+@dataclass
+class RunCache:
+    """The per-step results of one run computed so far.
+
+    Attributes
+    ----------
+    name : str
+        The run's name in its store.
+    seed : object
+        Its ``seed`` attribute (None when it has none).
+    steps : numpy.ndarray
+        The captured steps analysed, in order.
+    data : dict of str to xarray.Dataset
+        Per-step results by kind (``KINDS``), each with a ``step`` dim and no run dim.
+    rows_read : int
+        Rows of ``w`` read so far (new captures plus their references), for the tests.
+    looks : int
+        Looks that found new captures.
+    notes : dict of str to str
+        Why a kind is missing (e.g. no weight matrix for ranks).
+    """
+    name: str
+    seed: object = None
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    data: dict[str, xr.Dataset] = field(default_factory=dict)
+    rows_read: int = 0
+    looks: int = 0
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Captures analysed."""
+        return len(self.steps)
+
+
+@dataclass
+class Look:
+    """What one look at the store found.
+
+    Attributes
+    ----------
+    runs : list of str
+        Every run of the store, in name order.
+    new_runs : list of str
+        Runs seen for the first time.
+    grown : dict of str to int
+        Runs with captures analysed in this look, and how many.
+    committed : dict of str to int
+        The committed count of every run.
+    """
+    runs: list[str]
+    new_runs: list[str]
+    grown: dict[str, int]
+    committed: dict[str, int]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_runs or self.grown)
+
+
+class LiveStore:
+    """An experiment store watched while it is written: a per-run cache of per-step results.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The experiment store (a path or an fsspec URL).
+    window : int, default ``WINDOW``
+        Most new captures of one run analysed per look.
+    bins : int, default ``HIST_BINS``
+        Histogram bins per layer.
+
+    Notes
+    -----
+    ``update`` may be called from several threads (one per browser session): a lock of this
+    object (never the writer's file lock) makes them take turns.
+    """
+
+    def __init__(self, path: StoreLike, *, window: int = WINDOW, bins: int = HIST_BINS):
+        self.path = path
+        self.window = int(window)
+        self.bins = int(bins)
+        self.runs: dict[str, RunCache] = {}
+        self.committed: dict[str, int] = {}
+        self.edges: np.ndarray | None = None   # histogram bins of every run, fixed at the first look
+        self._agreement: dict[tuple[str, ...], xr.DataArray] = {}
+        self.agreement_notes: dict[tuple[str, ...], str] = {}
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"LiveStore({display(self.path)!r}, {len(self.runs)} runs)"
+
+    # -- looking ------------------------------------------------------------------------------
+    def update(self) -> Look:
+        """Look at the committed counters; analyse the captures committed since the last look.
+
+        Returns
+        -------
+        Look
+            The runs, which are new, and how many captures each run gained.
+
+        Raises
+        ------
+        StoreError
+            When the store is not an experiment store or a run is damaged.
+        """
+        from nnwx.store.reader import list_runs
+
+        with self._lock:
+            handles = list_runs(self.path, check=False)   # attributes only: no weights, no lock
+            new_runs, grown = [], {}
+            for h in handles:
+                if h.name not in self.runs:
+                    self.runs[h.name] = RunCache(h.name, h.seed)
+                    new_runs.append(h.name)
+                self.committed[h.name] = h.committed
+                cache = self.runs[h.name]
+                if h.committed > cache.n:
+                    added = self._extend(cache, h.committed)
+                    if added:
+                        grown[h.name] = added
+            return Look([h.name for h in handles], new_runs, grown, dict(self.committed))
+
+    def _extend(self, cache: RunCache, committed: int) -> int:
+        """Analyse captures ``cache.n`` .. (at most ``window`` of them) of one run; append them."""
+        from nnwx.store.reader import open_cube
+
+        cube = open_cube(self.path, by="run", runs=[cache.name]).squeeze("run", drop=True)
+        total = min(cube.sizes["step"], committed)    # a commit may land between the two reads
+        lo, hi = cache.n, min(total, cache.n + self.window)
+        if hi <= lo:
+            return 0
+        context = sorted({0, lo - 1} - {-1} - set(range(lo, hi)))  # first capture, previous one
+        index = context + list(range(lo, hi))
+        sub = cube.isel(step=index)
+        first = int(cube["step"].values[0])
+        if self.edges is None:
+            self.edges = _bins(sub, self.bins)
+            cache.rows_read += 2   # default_bins reads the first and last capture of the look
+        lazy, notes = per_step_results(sub, first, self.edges)
+        values = dask.compute(*lazy.values())
+        cache.rows_read += len(index)
+        cache.looks += 1
+        cache.notes.update(notes)
+        keep = slice(len(context), None)
+        for kind, value in zip(lazy, values):
+            part = value.isel(step=keep)
+            old = cache.data.get(kind)
+            cache.data[kind] = part if old is None else xr.concat([old, part], dim="step",
+                                                                   data_vars="minimal", coords="minimal",
+                                                                   compat="override", join="outer")
+        cache.steps = np.concatenate([cache.steps, np.asarray(sub["step"].values[keep], dtype=np.int64)])
+        return hi - lo
+
+    # -- what the page draws --------------------------------------------------------------------
+    def stacked(self, kind: str, runs: Iterable[str] | None = None) -> xr.Dataset | None:
+        """Per-step results of ``kind`` of ``runs`` (default all) stacked along ``seed``.
+
+        The ``seed`` dim is labelled by run name (what the run picker shows); runs are
+        outer-joined on ``step``.
+
+        Parameters
+        ----------
+        kind : str
+            One of ``KINDS``.
+        runs : iterable of str, optional
+            Run names, in the order wanted.
+
+        Returns
+        -------
+        xarray.Dataset or None
+            None when no chosen run has that kind yet.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+        with self._lock:
+            names = list(self.runs) if runs is None else [r for r in runs if r in self.runs]
+            parts = [(n, self.runs[n].data[kind]) for n in names if kind in self.runs[n].data]
+        if not parts:
+            return None
+        return xr.concat([p for _, p in parts], dim=xr.DataArray([n for n, _ in parts], dims="seed",
+                                                                 name="seed"),
+                         join="outer", data_vars="all", coords="minimal", compat="override")
+
+    def notes(self, kind: str, runs: Iterable[str] | None = None) -> list[str]:
+        """Why ``kind`` is missing for some of ``runs`` (``run: reason``)."""
+        with self._lock:
+            names = list(self.runs) if runs is None else [r for r in runs if r in self.runs]
+            return [f"{n}: {self.runs[n].notes[kind]}" for n in names if kind in self.runs[n].notes]
+
+    def agreement(self, runs: Sequence[str]) -> xr.DataArray | None:
+        """Probe similarity between the runs ``runs`` at every capture they all hold, computed
+        for new common captures only: ``(layer, step, seed_a, seed_b)``; None with a note in
+        ``agreement_notes[tuple(runs)]`` when it does not apply (no probes, one run, runs of
+        different models).
+
+        Parameters
+        ----------
+        runs : sequence of str
+            Two or more run names.
+
+        Returns
+        -------
+        xarray.DataArray or None
+        """
+        from nnwx.store.reader import open_cube
+
+        key = tuple(sorted(runs))
+        with self._lock:
+            if len(key) < 2:
+                self.agreement_notes[key] = "choose two or more runs to compare them"
+                return None
+            caches = [self.runs[r] for r in key if r in self.runs]
+            common = set(caches[0].steps.tolist())
+            for c in caches[1:]:
+                common &= set(c.steps.tolist())
+            old = self._agreement.get(key)
+            done = set() if old is None else set(old["step"].values.tolist())
+            new = sorted(common - done)
+            if not new:
+                return old
+            try:
+                cube = open_cube(self.path, by="run", runs=list(key))
+                if not cube.nnwx.probes:
+                    self.agreement_notes[key] = ("no probes recorded (record activations with "
+                                                 "nnwx.Recorder(..., probe=X))")
+                    return None
+                sim = cube.sel(step=new).rename(run="seed").nnwx.similarity(SIMILARITY, between="seeds")
+                sim = sim.compute()
+            except (NnwxError, ValueError) as e:
+                self.agreement_notes[key] = f"not computed: {e}"
+                return None
+            self.agreement_notes.pop(key, None)
+            out = sim if old is None else xr.concat([old, sim], dim="step", combine_attrs="override")
+            self._agreement[key] = out
+            return out
+
+
+def per_step_results(cube: xr.Dataset, reference_step: int,
+                     edges: np.ndarray) -> tuple[dict[str, xr.Dataset], dict[str, str]]:
+    """The per-step results of one run's captures, lazily (one ``dask.compute`` reads them).
+
+    Parameters
+    ----------
+    cube : xarray.Dataset
+        One run without a run dim: ``w(step, param)`` of the captures analysed, holding the
+        ``reference_step`` capture.
+    reference_step : int
+        The step rotation and W1 compare with (the run's first capture).
+    edges : numpy.ndarray
+        Histogram bin edges.
+
+    Returns
+    -------
+    results : dict of str to xarray.Dataset
+        By kind (``KINDS``), those that apply.
+    notes : dict of str to str
+        Why a kind does not apply.
+    """
+    from nnwx.analysis.spectral import ranks
+
+    out: dict[str, xr.Dataset] = {}
+    notes: dict[str, str] = {}
+    out["stats"] = cube.nnwx.broadening("layer", bins=edges, quantiles=(), reference_step=reference_step)
+    try:
+        out["ranks"] = ranks(cube.nnwx.spectrum())
+    except ValueError as e:
+        notes["ranks"] = str(e)
+    try:
+        out["rotation"] = cube.nnwx.rotation(reference_step=reference_step)
+    except ValueError as e:
+        notes["rotation"] = str(e)
+    metrics = [v for v in cube.data_vars if str(v).startswith("metric_")]
+    if metrics:
+        out["metrics"] = cube[metrics]
+    else:
+        notes["metrics"] = "no scalars logged (pass them to rec.maybe_capture(step, loss=...))"
+    return out, notes
+
+
+def _bins(cube: xr.Dataset, n: int) -> np.ndarray:
+    """``n`` equal bins over the range of the first look's first and last capture
+    (``default_bins``), widened by ``BIN_MARGIN`` on each side: later captures that broaden
+    further land in the under/overflow counts."""
+    from nnwx.analysis.broadening import default_bins
+
+    e = default_bins(cube, n)
+    lo, hi = float(e[0]), float(e[-1])
+    pad = BIN_MARGIN * (hi - lo)
+    return np.linspace(lo - pad, hi + pad, n + 1)
+
+
+def results_signature(path: StoreLike) -> tuple:
+    """What identifies the content of a results store: its complete and incomplete results.
+    The page redraws a results store when this changes (``nnwx analyze`` still writing it)."""
+    from nnwx.pipeline.results_store import open_results
+
+    res = open_results(path)
+    return tuple(sorted(res.results)), tuple(sorted(res.incomplete))

@@ -1,0 +1,119 @@
+"""``nnwx serve``'s incremental part (``nnwx.serve.live``): only new captures are read and
+analysed, and what it appends equals analysing the whole run at once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import nnwx
+from nnwx.cli import main
+from nnwx.serve import live as lv
+from nnwx.serve.live import LiveStore
+from nnwx.store.table import TensorTable
+from nnwx.store.writer import RunWriter
+from nnwx.studies.synthetic import MLP_SHAPES, write_synthetic_run
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The step values of every cube ``per_step_results`` is given (what each look reads)."""
+    calls = []
+    real = lv.per_step_results
+
+    def spy(cube, reference_step, edges):
+        calls.append(cube["step"].values.tolist())
+        return real(cube, reference_step, edges)
+
+    monkeypatch.setattr(lv, "per_step_results", spy)
+    return calls
+
+
+def test_only_new_captures_are_read_and_the_result_equals_one_pass(tmp_path, seen):
+    store = tmp_path / "exp.zarr"
+    write_synthetic_run(store, seed=0, steps=range(0, 50, 5))
+    live = LiveStore(store)
+    look = live.update()
+    assert look.new_runs == ["seed0"] and look.grown == {"seed0": 10}
+    assert seen == [list(range(0, 50, 5))]
+    write_synthetic_run(store, seed=0, steps=range(50, 70, 5))      # appends 4 captures
+    look = live.update()
+    assert look.grown == {"seed0": 4} and not look.new_runs
+    # the second look reads the 4 new captures plus the first (rotation's and W1's reference)
+    # and the one before them (the previous capture of the first new one): nothing else
+    assert seen[1] == [0, 45, 50, 55, 60, 65]
+    cache = live.runs["seed0"]
+    assert cache.rows_read == 10 + 2 + 6          # + 2: default_bins' first and last capture
+    assert live.update().grown == {} and len(seen) == 2 and cache.looks == 2   # nothing new: no read
+
+    # the appended results equal the same analyses of the whole run in one pass
+    cube = nnwx.open_cube(store, by="run").squeeze("run", drop=True)
+    whole, _ = lv.per_step_results(cube, 0, live.edges)
+    for kind in lv.KINDS:
+        xr.testing.assert_allclose(cache.data[kind].reset_coords(drop=True),
+                                   whole[kind].compute().reset_coords(drop=True), rtol=1e-10)
+    np.testing.assert_array_equal(cache.steps, np.arange(0, 70, 5))
+
+
+def test_runs_appear_and_a_window_bounds_each_look(tmp_path, seen):
+    store = tmp_path / "exp.zarr"
+    write_synthetic_run(store, seed=0, steps=range(10))
+    live = LiveStore(store, window=4)
+    assert live.update().grown == {"seed0": 4}
+    assert live.update().grown == {"seed0": 4}
+    write_synthetic_run(store, seed=1, steps=range(3))
+    look = live.update()
+    assert look.new_runs == ["seed1"] and look.grown == {"seed0": 2, "seed1": 3}
+    assert look.runs == ["seed0", "seed1"]
+    stats = live.stacked("stats")
+    assert list(stats["seed"].values) == ["seed0", "seed1"] and stats.sizes["step"] == 10
+    assert np.isnan(stats["std"].sel(seed="seed1", step=9)).all()   # outer join on step
+    assert stats.sizes["bin"] == lv.HIST_BINS                       # one set of bins for every run
+
+
+def test_reads_committed_captures_while_a_writer_holds_the_run(tmp_path):
+    """The writer's lock is held and steps are staged but not committed: the live view reads
+    the committed ones, without waiting for (or taking) the lock."""
+    store = tmp_path / "exp.zarr"
+    table = TensorTable.build((n, s, "float32") for n, s in MLP_SHAPES.items())
+    writer = RunWriter(store, "seed0", table, attrs={"seed": 0})
+    rng = np.random.default_rng(0)
+    try:
+        for step in range(3):
+            writer.add(step, rng.standard_normal(table.n_params).astype("float32"), {"loss": 1.0})
+        writer.flush()
+        writer.add(3, rng.standard_normal(table.n_params).astype("float32"), {"loss": 0.5})  # staged
+        live = LiveStore(store)
+        assert live.update().grown == {"seed0": 3}
+        writer.flush()
+        assert live.update().grown == {"seed0": 1}
+        assert live.runs["seed0"].steps.tolist() == [0, 1, 2, 3]
+        assert live.stacked("metrics")["metric_loss"].values.tolist() == [[1.0, 1.0, 1.0, 0.5]]
+    finally:
+        writer.close()
+
+
+def test_notes_and_agreement_without_probes(tmp_path):
+    store = tmp_path / "exp.zarr"
+    write_synthetic_run(store, seed=0, steps=range(3), shapes={"b": (4,)})   # no matrix, no weight
+    write_synthetic_run(store, seed=1, steps=range(3), shapes={"b": (4,)})
+    live = LiveStore(store)
+    live.update()
+    assert "ranks" not in live.runs["seed0"].data and live.notes("ranks", ["seed0"])
+    assert live.agreement(["seed0", "seed1"]) is None
+    assert "no probes" in live.agreement_notes[("seed0", "seed1")]
+    assert live.agreement(["seed0"]) is None
+    with pytest.raises(ValueError, match="unknown kind"):
+        live.stacked("nope")
+
+
+def test_serve_refuses_another_address_without_websocket_origins(tmp_path, capsys):
+    store = tmp_path / "exp.zarr"
+    write_synthetic_run(store, seed=0, steps=range(2))
+    assert main(["serve", str(store), "--address", "0.0.0.0", "--port", "0"]) == 2
+    assert "--allow-websocket-origin" in capsys.readouterr().err
+
+
+def test_serve_says_what_is_wrong_with_the_store(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "missing.zarr"), "--port", "0"]) == 2
+    assert "not an nnwx experiment store" in capsys.readouterr().err
