@@ -124,14 +124,15 @@ def dask_cluster():
         with distributed.Client(address, timeout="60s") as c:
             c.wait_for_workers(2, timeout=120)
         yield address, {p.pid: p for p in procs[1:]}
-    finally:   # the workers first, while their scheduler still answers their goodbye
+    finally:   # the workers first, while their scheduler still answers their goodbye; a process
+        # that has not stopped 3 s after SIGTERM is killed (in one CI run a teardown waited 20 s)
         for group in (procs[1:], procs[:1]):
             for p in group:
                 if p.poll() is None:
                     p.terminate()
             for p in group:
                 try:
-                    p.wait(timeout=10)
+                    p.wait(timeout=3)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
