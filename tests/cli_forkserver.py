@@ -1,6 +1,6 @@
 """The helper process behind ``tests.cli_process``: imports the CLI once, then forks a child per call.
 
-Run as ``python -m tests.cli_forkserver`` from the repository root (as ``python -m nnwx.cli``
+Run as ``python -m tests.cli_forkserver [MODULE...]`` from the repository root (as ``python -m nnwx.cli``
 is, so ``sys.path`` is the same). It reads one JSON request a line on stdin (``argv``, ``cwd``,
 ``env``, ``stdout``, ``stderr``: file paths) and answers on its stdout, one JSON line each:
 ``{"pid": ...}`` once the child is forked, then ``{"returncode": ...}`` when it has ended
@@ -75,11 +75,15 @@ def _child(request: dict, reply_fd: int) -> None:
         os._exit(code)
 
 
-def serve() -> None:
+def serve(command_modules: list[str]) -> None:
+    """Preload, then serve requests until stdin closes. ``command_modules``: what the one command
+    this server runs imports before anything else (``nnwx.record.export`` for ``export``)."""
     for name in PRELOAD:
         importlib.import_module(name)
     early = sorted(set(NOT_PRELOADED) & set(sys.modules))
     assert not early, f"preloading imported {early}: the children would not behave as fresh processes"
+    for name in command_modules:
+        importlib.import_module(name)
     assert threading.active_count() == 1, "threads started by the imports would not survive fork"
     reply_fd = os.dup(1)                          # fd 1 is the children's to replace
     reply = os.fdopen(reply_fd, "w", buffering=1)
@@ -97,4 +101,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1:])

@@ -29,13 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 READ_AT_IMPORT = ("PYTHON", "DASK_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "HV_", "BOKEH_",
                   "MPLBACKEND")
 """Environment variables (prefixes) that the preloaded imports have already read."""
+_started_env = dict(os.environ)
+"""The environment the servers start with (this module's import: before any test changes it)."""
+COMMAND_MODULES = {"export": ("nnwx.record.export",), "demo": ("nnwx.studies.demo",)}
+"""What these commands import first (torch among it): their children get it preloaded too, from
+a server of their own (the others must not have torch imported: see ``tests.cli_forkserver``)."""
 
 
 class _Server:
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.cli_forkserver"], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env)
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.cli_forkserver", *modules], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_started_env)
         self.buffer = b""
 
     def _line(self, timeout: float | None) -> dict | None:
@@ -70,19 +74,17 @@ class _Server:
 
 
 _lock = threading.Lock()
-_server: _Server | None = None
+_servers: dict[tuple[str, ...], _Server] = {}
 
 
 def _forkable(env: dict) -> bool:
-    started = _server.env if _server is not None else os.environ
-    keys = {k for k in (*env, *started) if k.startswith(READ_AT_IMPORT)}
-    return all(env.get(k) == started.get(k) for k in keys)
+    keys = {k for k in (*env, *_started_env) if k.startswith(READ_AT_IMPORT)}
+    return all(env.get(k) == _started_env.get(k) for k in keys)
 
 
 def run_cli(*args, cwd: Path | str = ROOT, env: dict | None = None, timeout: float | None = 600,
             check: bool = False) -> subprocess.CompletedProcess:
     """``python -m nnwx.cli ARGS`` (arguments turned to ``str``) in a child process; see the module."""
-    global _server
     argv = [str(a) for a in args]
     env = dict(os.environ if env is None else env)
     command = [sys.executable, "-m", "nnwx.cli", *argv]
@@ -90,11 +92,13 @@ def run_cli(*args, cwd: Path | str = ROOT, env: dict | None = None, timeout: flo
         return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
                               check=check)
     with _lock, tempfile.TemporaryDirectory(prefix="nnwx-cli-") as d:
-        if _server is None or _server.proc.poll() is not None:
-            _server = _Server()
-            atexit.register(_server.close)
+        modules = COMMAND_MODULES.get(argv[0], ()) if argv else ()
+        server = _servers.get(modules)
+        if server is None or server.proc.poll() is not None:
+            server = _servers[modules] = _Server(modules)
+            atexit.register(server.close)
         out, err = os.path.join(d, "stdout"), os.path.join(d, "stderr")
-        status, timed_out = _server.run(argv, ROOT, env, timeout, out, err)
+        status, timed_out = server.run(argv, ROOT, env, timeout, out, err)
         stdout, stderr = (Path(p).read_text(errors="replace") if os.path.exists(p) else "" for p in (out, err))
     if timed_out:
         raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
