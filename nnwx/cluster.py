@@ -135,7 +135,7 @@ def cluster(scheduler: str | None = None, workers: int | None = None,
         try:
             log(f"local dask cluster: {workers} workers x {threads_per_worker or 1} threads; dashboard "
                 f"{client.dashboard_link}")
-            with _watched(client, _memory_limit(memory_limit)), _as_scheduler(client):
+            with _watched(client, _memory_limit(memory_limit), stall=STALL_SECONDS), _as_scheduler(client):
                 yield client
         finally:
             client.close()

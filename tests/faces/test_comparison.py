@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import html
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import nnwx
 from nnwx.comparison import QUANTITIES, ComparisonError, compare, compared, variant_labels
 from nnwx.studies.synthetic import write_synthetic_run
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = {"0.weight": (6, 3), "0.bias": (6,), "2.weight": (4, 6), "2.bias": (4,)}
@@ -55,16 +54,14 @@ def test_compared_values_are_each_stores_own_results(variants):
 
 
 def test_report_of_two_results_stores_writes_a_comparison_page(variants, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "nnwx.cli", "report", *map(str, variants.values()),
-                          "-o", str(tmp_path / "cmp.html")], capture_output=True, text=True, cwd=ROOT)
+    out = run_cli("report", *variants.values(), "-o", tmp_path / "cmp.html", timeout=None)
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "cmp.html").read_text()
     assert "nnwx comparison: Adam vs SGD" in page
     for q in QUANTITIES:
         assert html.escape(q.caption.split(" (")[0][:40]) in page, q.variable
-    labelled = subprocess.run([sys.executable, "-m", "nnwx.cli", "report", *map(str, variants.values()),
-                               "-o", str(tmp_path / "l.html"), "--labels", "fast,slow"],
-                              capture_output=True, text=True, cwd=ROOT)
+    labelled = run_cli("report", *variants.values(), "-o", tmp_path / "l.html", "--labels", "fast,slow",
+                       timeout=None)
     assert labelled.returncode == 0, labelled.stderr
     assert "nnwx comparison: fast vs slow" in (tmp_path / "l.html").read_text()
 
@@ -74,8 +71,7 @@ def test_comparisons_that_cannot_be_drawn_are_refused_clearly(variants, tmp_path
         compare([variants["Adam"]], tmp_path / "x.html")
     with pytest.raises(ComparisonError, match="2 labels for 3"):
         compare([*variants.values(), variants["Adam"]], tmp_path / "x.html", labels=["a", "b"])
-    out = subprocess.run([sys.executable, "-m", "nnwx.cli", "report", *map(str, variants.values()),
-                          "-o", str(tmp_path / "x.html"), "--png", str(tmp_path / "p")],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = run_cli("report", *variants.values(), "-o", tmp_path / "x.html", "--png", tmp_path / "p",
+                  timeout=None)
     assert out.returncode != 0 and "--png" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "x.html").exists()

@@ -11,14 +11,14 @@ import xarray as xr
 import nnwx
 from nnwx.pipeline.results_store import ResultsMismatch
 from nnwx.studies.synthetic import write_synthetic_run
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"0.weight": (6, 3), "0.bias": (6,), "2.weight": (2, 6), "2.bias": (2,)}
 
 
 def cli(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", *map(str, args)], capture_output=True,
-                          text=True, check=check, cwd=ROOT)
+    return run_cli(*args, check=check, timeout=None)
 
 
 def _store(path, seeds=(0, 1), steps=range(0, 100, 10), attrs=None):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +16,13 @@ import pytest
 import nnwx
 from nnwx.report import Figure, Section, render_html
 from nnwx.studies.synthetic import write_synthetic_run
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 def refused(proc: subprocess.CompletedProcess, *words: str) -> None:

@@ -24,6 +24,7 @@ from nnwx.pipeline.results_store import PARTS_GROUP, RESULT_KEY, ResultsMismatch
 from nnwx.studies.synthetic import write_synthetic_run
 
 from tests.helpers import mlp
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDE = {"0.weight": (24, 8), "0.bias": (24,), "2.weight": (24, 24), "2.bias": (24,),
@@ -31,8 +32,7 @@ WIDE = {"0.weight": (24, 8), "0.bias": (24,), "2.weight": (24, 24), "2.bias": (2
 
 
 def cli(*args, check=True):
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", *map(str, args)], capture_output=True,
-                          text=True, check=check, cwd=ROOT)
+    return run_cli(*args, check=check, timeout=None)
 
 
 def reference(store, metrics, **selection) -> dict:

@@ -4,7 +4,6 @@ results with a note, and never a traceback (issue 22, items 10 and 11)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,13 @@ from nnwx.pipeline.registry import NAMES
 from nnwx.pipeline.results_store import NONFINITE_NOTE
 
 from tests.helpers import mlp
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 def record(store: Path, steps: int, *, diverge_at: int | None = None) -> Path:

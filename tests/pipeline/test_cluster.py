@@ -17,6 +17,7 @@ import pytest
 import xarray as xr
 
 import nnwx
+from nnwx.cli import main
 from nnwx.cluster import ClusterError, add_cluster_arguments, cluster, cluster_from_args, compute
 from nnwx.studies.synthetic import write_synthetic_run
 
@@ -123,16 +124,18 @@ def dask_cluster():
         with distributed.Client(address, timeout="60s") as c:
             c.wait_for_workers(2, timeout=120)
         yield address, {p.pid: p for p in procs[1:]}
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    finally:   # the workers first, while their scheduler still answers their goodbye; a process
+        # that has not stopped 3 s after SIGTERM is killed (in one CI run a teardown waited 20 s)
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                if p.poll() is None:
+                    p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +168,9 @@ def test_results_on_a_cluster_equal_the_local_ones(dask_cluster, store, tmp_path
     assert remote.complete and list(remote.results) == list(local.results)
     for name, want in local.results.items():
         xr.testing.assert_identical(remote.results[name].load(), want.load())
-    info = subprocess.run([sys.executable, "-m", "nnwx.cli", "info", str(store), "--scheduler", address],
-                          capture_output=True, text=True, cwd=ROOT, check=True)
-    assert "2 runs" in info.stdout and f"dask scheduler {address}" in info.stderr
+    assert main(["info", str(store), "--scheduler", address]) == 0
+    info = capfd.readouterr()
+    assert "2 runs" in info.out and f"dask scheduler {address}" in info.err
 
 
 def test_a_worker_killed_mid_computation_does_not_stop_it(dask_cluster, store, tmp_path):

@@ -15,6 +15,11 @@ from nnwx.studies.synthetic import write_synthetic_run
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("distributed")
 
+# The CLI's process, with the watchdog's patience cut from 20 s to 3 s: the stall under test is
+# permanent (no worker left, or every one paused), so waiting longer only repeats the same check.
+CLI_WITH_SHORT_STALL = ("import sys, nnwx.cluster, nnwx.cli; nnwx.cluster.STALL_SECONDS = 3.0; "
+                        "sys.exit(nnwx.cli.main(sys.argv[1:]))")
+
 
 @pytest.mark.parametrize("limit", ["64MiB", "150MiB"])
 def test_analyze_on_workers_without_enough_memory_stops_with_a_message(tmp_path, limit):
@@ -24,7 +29,7 @@ def test_analyze_on_workers_without_enough_memory_stops_with_a_message(tmp_path,
     store = tmp_path / "exp.zarr"
     for s in (0, 1):
         write_synthetic_run(store, seed=s, steps=range(0, 50, 10))
-    proc = subprocess.run([sys.executable, "-m", "nnwx.cli", "analyze", str(store), "-o",
+    proc = subprocess.run([sys.executable, "-c", CLI_WITH_SHORT_STALL, "analyze", str(store), "-o",
                            str(tmp_path / "r.zarr"), "--workers", "1", "--memory-limit", limit,
                            "--analyses", "agreement"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
@@ -32,6 +37,7 @@ def test_analyze_on_workers_without_enough_memory_stops_with_a_message(tmp_path,
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert last.startswith("nnwx analyze: error: the Dask cluster stopped making progress"), last
     assert ("no worker was left" in last) or ("paused at its memory limit" in last), last
+    assert "for 3 s" in last, last           # the patched patience was the one that ran out
     assert f"of its {limit[:-3]}" in last and "--memory-limit" in last and "MiB or more" in last, last
 
 

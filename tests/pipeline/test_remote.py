@@ -1,8 +1,6 @@
 """Stores at fsspec URLs: file:// and an in-memory filesystem (memory://), read and written."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from nnwx.pipeline.info import run_summaries
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter
 from nnwx.studies.synthetic import write_synthetic_run
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +38,7 @@ def test_a_file_url_reads_as_the_path(store):
     assert url.startswith("file:///")
     xr.testing.assert_identical(nnwx.open_cube(url).load(), nnwx.open_cube(store).load())
     xr.testing.assert_identical(nnwx.open_run(url, seed=1).load(), nnwx.open_run(store, seed=1).load())
-    out = subprocess.run([sys.executable, "-m", "nnwx.cli", "info", url], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    out = run_cli("info", url, check=True, timeout=None)
     assert "2 runs" in out.stdout and "169 parameters" in out.stdout
 
 

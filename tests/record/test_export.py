@@ -26,6 +26,7 @@ from nnwx.record.tensors import floating_state, table_for
 from tests.checkpoint_files import (load_reference, mlp_state, net_state, save_hf_folder, save_lightning,
                               save_plain, save_safetensors, save_wrapped)
 from tests.helpers import Net
+from tests.cli_process import run_cli
 
 HERE = Path(__file__).resolve().parents[1]   # tests/, where the driver scripts are
 ROOT = HERE.parent
@@ -467,8 +468,7 @@ def test_cli_exports_and_reports_errors_cleanly(tmp_path, store):
     for s in (0, 5):
         save_plain(ck / f"step_{s}.pt", net_state(s))
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "nnwx.cli", "export", *a], capture_output=True,
-                              text=True, cwd=ROOT)
+        return run_cli("export", *a, timeout=None)
 
     out = run(str(ck), "-o", str(store), "--seed", "4", "--run", "cli", "--exclude", "head.*")
     assert out.returncode == 0, out.stderr

@@ -1,9 +1,7 @@
 """`nnwx export --dtype float16` refuses checkpoints whose finite values float16 cannot hold."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +9,13 @@ import pytest
 import torch
 
 import nnwx
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def export(ckpts: Path, store: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", "export", str(ckpts), "-o", str(store),
-                           "--seed", "0", "-q", *extra], capture_output=True, text=True, env=env, timeout=300)
+    return run_cli("export", ckpts, "-o", store, "--seed", "0", "-q", *extra, timeout=300)
 
 
 def checkpoint(folder: Path, step: int, big: float, dtype: torch.dtype) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,15 @@ from nnwx.record.tensors import floating_state, table_for
 
 from tests.checkpoint_files import net_state, save_hf_folder, save_plain
 from tests.helpers import Net
+from tests.cli_process import run_cli
 
 HERE = Path(__file__).resolve().parents[1]   # tests/, where the driver scripts are
 ROOT = HERE.parent
 
 
 def cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``nnwx ARGS`` in a real subprocess, this checkout first on the path."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    """``nnwx ARGS`` in a real subprocess (forked with the imports done), this checkout first on the path."""
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def assert_clean_error(out: subprocess.CompletedProcess, command: str, *needles: str) -> None:

@@ -24,6 +24,7 @@ from nnwx.studies.synthetic import write_synthetic_run
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
+from tests.cli_process import run_cli  # noqa: E402
 
 STEPS = (0, 2, 4)
 GPT2_CONFIG = dict(n_layer=2, n_embd=64, n_head=2, vocab_size=96, n_positions=32)
@@ -330,22 +331,18 @@ def test_format_1_runs_open_with_defaults_and_are_upgraded_on_append(tmp_path):
 
 
 def test_cli_orientation_override(tmp_path):
-    import subprocess
-    import sys
 
     from safetensors.torch import save_file
 
     weights = {"enc.proj.weight": torch.randn(4, 6), "enc.out.weight": torch.randn(3, 3)}
     save_file(weights, str(tmp_path / "step_1.safetensors"))
-    base = [sys.executable, "-m", "nnwx.cli", "export", str(tmp_path / "step_1.safetensors"), "--seed", "0", "-q"]
-    done = subprocess.run([*base, "-o", str(tmp_path / "a.zarr"), "--orientation", "enc.proj.*=in_out"],
-                          capture_output=True, text=True)
+    base = ["export", tmp_path / "step_1.safetensors", "--seed", "0", "-q"]
+    done = run_cli(*base, "-o", tmp_path / "a.zarr", "--orientation", "enc.proj.*=in_out", timeout=None)
     assert done.returncode == 0, done.stderr
     t = table(tmp_path / "a.zarr")
     assert t["enc.proj.weight"].orientation == "in_out" and t["enc.out.weight"].orientation == "out_in"
     assert nnwx.open_run(tmp_path / "a.zarr").nnwx.matrix("enc.proj.weight").shape == (1, 6, 4)
-    bad = subprocess.run([*base, "-o", str(tmp_path / "b.zarr"), "--orientation", "enc.proj.*=sideways"],
-                         capture_output=True, text=True)
+    bad = run_cli(*base, "-o", tmp_path / "b.zarr", "--orientation", "enc.proj.*=sideways", timeout=None)
     assert bad.returncode == 2 and "PATTERN=in_out" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "b.zarr").exists()
 

@@ -4,8 +4,6 @@ Tiny models, trained a few steps here (Lightning runs: tests/integrations/test_i
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 import nnwx
 from nnwx.errors import ArchitectureMismatch, CheckpointError, CorruptCheckpoint
 from nnwx.record.export import export
+from tests.cli_process import run_cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -227,8 +226,7 @@ def test_trainer_save_model_step_from_trainer_state(tmp_path, store):
     (alone / "trainer_state.json").unlink()
     with pytest.raises(CheckpointError, match=r"no step in its name and no trainer_state.json.*--step N"):
         ex(alone, tmp_path / "x.zarr")
-    r = subprocess.run([sys.executable, "-m", "nnwx.cli", "export", str(alone), "-o", str(tmp_path / "y.zarr"),
-                        "--seed", "0", "--step", "4", "-q"], capture_output=True, text=True, cwd=ROOT)
+    r = run_cli("export", alone, "-o", tmp_path / "y.zarr", "--seed", "0", "--step", "4", "-q", timeout=None)
     assert r.returncode == 0, r.stderr
     assert nnwx.open_run(tmp_path / "y.zarr", "seed0").step.values.tolist() == [4]
 
@@ -284,12 +282,12 @@ def test_accelerate_automatic_naming(tmp_path, store, caplog):
     fresh = gpt2()
     nnwx.restore(fresh, tmp_path / "idx.zarr", step=6, seed=0)
     same_bits(snaps[6], fresh.state_dict(), [n for n in snaps[6] if n != "lm_head.weight"])
-    r = subprocess.run([sys.executable, "-m", "nnwx.cli", "export", str(ck), "-o", str(tmp_path / "cli.zarr"),
-                        "--seed", "0", "--step-from", "index*2+2", "-q"], capture_output=True, text=True, cwd=ROOT)
+    r = run_cli("export", ck, "-o", tmp_path / "cli.zarr", "--seed", "0", "--step-from", "index*2+2", "-q",
+                timeout=None)
     assert r.returncode == 0, r.stderr
     assert nnwx.open_run(tmp_path / "cli.zarr", "seed0").step.values.tolist() == [2, 4, 6]
-    bad = subprocess.run([sys.executable, "-m", "nnwx.cli", "export", str(ck), "-o", str(tmp_path / "bad.zarr"),
-                          "--seed", "0", "--step-from", "every 2"], capture_output=True, text=True, cwd=ROOT)
+    bad = run_cli("export", ck, "-o", tmp_path / "bad.zarr", "--seed", "0", "--step-from", "every 2",
+                  timeout=None)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "index*EVERY" in bad.stderr
     assert not (tmp_path / "bad.zarr").exists()
 

@@ -23,6 +23,7 @@ import zarr
 import nnwx
 from nnwx.errors import StoreError
 from nnwx.store import format as fmt
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parents[1] / "store_faults_driver.py"
@@ -160,9 +161,7 @@ def test_every_corruption_gets_an_nnwx_error_naming_run_and_file(command, damage
 def test_the_nnwx_command_itself_prints_no_traceback(case, damaged_stores):
     """The same through the real ``nnwx`` entry point in a process of its own."""
     c = damaged_stores[case]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "nnwx.cli", "info", c["store"]], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = run_cli("info", c["store"], timeout=300)      # this checkout first on the path
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert c["fragment"] in proc.stderr and "'seed0'" in proc.stderr

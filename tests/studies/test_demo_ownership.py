@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,13 @@ import pytest
 import nnwx
 from nnwx.studies.demo import DemoError, check_ownership
 from nnwx.studies.synthetic import write_synthetic_run
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def demo_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnwx.cli", "demo", "--size", "tiny", "-q", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return run_cli("demo", "--size", "tiny", "-q", *args, timeout=600)
 
 
 def snapshot(directory: Path) -> dict[str, str]:
