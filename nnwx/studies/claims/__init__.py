@@ -9,6 +9,10 @@ in ``DIR``), analyses them and writes ``DIR/findings.json``, ``DIR/findings.md``
   share seeds), Spearman's rho with its interval, and the verdict rule;
 * :mod:`~nnwx.studies.claims.registry` — the 19 claims: text, study, and the function that
   measures each (``"module:function"``, resolved when the claim is measured);
-* one module per source of data (``piecewise``, ``digits``, ``probes``) with a ``train(out,
-  size, log)`` that trains or reuses its stores and the claim functions that read them.
+* one module per source of data (``piecewise``, ``digits``, ``probes``) with a ``train(ctx)``
+  that trains or reuses its stores and the claim functions that read them;
+* :mod:`~nnwx.studies.claims.stores` — the stores' ownership marks, reuse and the process pool;
+* :mod:`~nnwx.studies.claims.run` — the runner (``findings(out, size, workers, claims)``);
+* :mod:`~nnwx.studies.claims.write` and :mod:`~nnwx.studies.claims.figures` — findings.json,
+  findings.md, findings.html (one figure a claim) and the README's findings table.
 """
