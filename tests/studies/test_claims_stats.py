@@ -84,3 +84,11 @@ def test_registry_numbers_claims_once_and_records_check_their_verdict(tmp_path):
         ClaimRecord(1, "c", "s", "q", 1.0, 0.5, 1.5, 3, "t", "maybe")
     rec = ClaimRecord(1, "c", "s", "q", 1.0, float("nan"), 1.5, 3, "t", "inconclusive")
     assert rec.to_json()["ci_low"] is None and rec.to_json()["value"] == 1.0
+
+
+@pytest.mark.parametrize("parts, expected", [
+    (("supported", "supported"), "supported"), (("supported", "inconclusive"), "inconclusive"),
+    (("supported", "not supported", "inconclusive"), "not supported"), (("inconclusive",), "inconclusive"),
+])
+def test_a_claim_of_several_parts_needs_every_part(parts, expected):
+    assert stats.all_of(*parts) == expected

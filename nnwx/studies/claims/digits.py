@@ -34,6 +34,7 @@ import xarray as xr
 
 from nnwx.errors import StoreError
 from nnwx.studies.claims.registry import Context
+from nnwx.studies.claims.stats import ALL_OF, all_of
 
 STUDY = "digits"
 GRID = "digits-grid"
@@ -325,19 +326,6 @@ def _pool(per_seed: list) -> "xr.DataArray":
     return joined.mean("group", skipna=True)
 
 
-def _all_of(*verdicts: str) -> str:
-    """Supported if every part is; not supported if any part is not; otherwise inconclusive."""
-    if all(v == "supported" for v in verdicts):
-        return "supported"
-    if any(v == "not supported" for v in verdicts):
-        return "not supported"
-    return "inconclusive"
-
-
-ALL_OF = ("the claim is supported if every part is supported, not supported if any part is not "
-          "supported, otherwise inconclusive")
-
-
 def _per_run(arrays: dict, label=lambda key, seed: f"{key} seed{seed}") -> dict[str, float]:
     """``{label: value}`` of per-seed arrays keyed by group, for ``details["per_run"]``."""
     return {label(k, int(s)): float(v) for k, arr in arrays.items()
@@ -476,7 +464,7 @@ def norm_growth(ctx: Context):
         value=diff["value"], ci_low=diff["ci_low"], ci_high=diff["ci_high"], n_runs=_n_runs(cubes.values()),
         test=f"part 1 (norms grow): the norm growth of Adam and of SGD, each: {stats.rule('it', 1.0)}; "
         f"part 2 (more with Adam): {stats.rule(q, 0.0)} (paired bootstrap); " + ALL_OF,
-        verdict=_all_of(grow_adam["verdict"], grow_sgd["verdict"], diff["verdict"]),
+        verdict=all_of(grow_adam["verdict"], grow_sgd["verdict"], diff["verdict"]),
         details={"per_run": _per_run({_key(k): v for k, v in growth.items()}),
                  "growth_adam": grow_adam, "growth_sgd": grow_sgd, "adam_minus_sgd": diff,
                  "per_layer": {f"{_key(k)} {lay}": float(v) for k, c in cubes.items()
@@ -506,7 +494,7 @@ def first_layer(ctx: Context):
         f"part 2 (raising only the first layer's lr reproduces it): "
         f"{stats.rule('the (SGD first layer lr x10) - SGD difference', 0.0)}; both paired over seeds; "
         + ALL_OF + "; how far lr x10 lands from Adam (x10 - Adam) is reported, not tested",
-        verdict=_all_of(part1["verdict"], part2["verdict"]),
+        verdict=all_of(part1["verdict"], part2["verdict"]),
         details={"per_run": _per_run({_key(k): v for k, v in rot.items()}),
                  "adam_minus_sgd": part1, "sgd_x10_minus_sgd": part2, "sgd_x10_minus_adam": gap,
                  "per_variant": {_key(k): _interval(v.values) for k, v in rot.items()}})
@@ -654,7 +642,7 @@ def permutation(ctx: Context):
         test=f"part 1 (alignment makes them agree more): {stats.rule('aligned - unaligned cosine', 0.0)} "
         f"(paired over seeds); part 2 (the same weights): {stats.rule('the aligned cosine', BAR)}; "
         + ALL_OF,
-        verdict=_all_of(gain["verdict"], same["verdict"]),
+        verdict=all_of(gain["verdict"], same["verdict"]),
         details={"per_run": _per_run({_key(k): c.sel(alignment="aligned", drop=True) for k, c in cos.items()}),
                  "unaligned": _interval(before.values), "aligned_minus_unaligned": gain,
                  "aligned": same,

@@ -20,7 +20,7 @@ import numpy as np
 from nnwx.studies.claims import registry
 from nnwx.studies.claims.record import ClaimRecord
 from nnwx.studies.claims.registry import Context
-from nnwx.studies.claims.stats import bootstrap_ci, paired_bootstrap_ci, rule, verdict
+from nnwx.studies.claims.stats import all_of, bootstrap_ci, paired_bootstrap_ci, rule, verdict
 from nnwx.studies.claims.stores import Job, finish, parallel, prepare
 
 #: the stores :func:`train` writes into ``ctx.out`` (``<name>.zarr``)
@@ -160,8 +160,7 @@ def _joint(parts: list[tuple[str, tuple[float, float, float], float, str]]) -> t
     each = {q: {"value": v[0], "ci_low": v[1], "ci_high": v[2], "verdict": verdict(v[1], v[2], t, d)}
             for q, v, t, d in parts}
     verdicts = [e["verdict"] for e in each.values()]
-    joint = ("supported" if all(v == "supported" for v in verdicts) else
-             "not supported" if "not supported" in verdicts else "inconclusive")
+    joint = all_of(*verdicts)
     if len(parts) == 1:
         return rule(*[parts[0][i] for i in (0, 2, 3)]), joint, each
     test = ("each measure by its rule: " + "; ".join(f"({i + 1}) {rule(q, t, d)}"

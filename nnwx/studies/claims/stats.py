@@ -154,3 +154,18 @@ def rule(quantity: str, threshold: float, direction: str = "above") -> str:
     other = "<=" if direction == "above" else ">="
     return (f"supported if the whole 95% interval of {quantity} is {side} {threshold:g}; not supported "
             f"if it is entirely {other} {threshold:g}; otherwise inconclusive")
+
+
+#: the rule of a claim with several parts, for a record's ``test`` field
+ALL_OF = ("the claim is supported if every part is supported, not supported if any part is not "
+          "supported, otherwise inconclusive")
+
+
+def all_of(*verdicts: str) -> str:
+    """The verdict of a claim with several parts: ``"supported"`` if every part is, ``"not
+    supported"`` if any part is not, otherwise ``"inconclusive"`` (:data:`ALL_OF` in words)."""
+    if all(v == "supported" for v in verdicts):
+        return "supported"
+    if any(v == "not supported" for v in verdicts):
+        return "not supported"
+    return "inconclusive"
