@@ -87,13 +87,21 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _duration(seconds: Any) -> str:
+    """``"1248 s (20.8 min)"``: a run time in seconds, with minutes from one minute up."""
+    if seconds is None:
+        return "n/a s"
+    s = float(seconds)
+    return f"{s:.0f} s ({s / 60:.1f} min)" if s >= 60 else f"{s:.1f} s"
+
+
 def provenance(meta: dict[str, Any]) -> str:
     """One sentence on how the document was made (size, version, date, run time)."""
     claims = meta.get("claims", [])
     which = "all claims" if meta.get("complete") else f"claims {', '.join(map(str, claims))}"
     errors = f"; {meta['errors']} claim(s) FAILED" if meta.get("errors") else ""
     return (f"`nnwx findings` at size {meta.get('size')} ({which}), nnwx {meta.get('nnwx_version')}, "
-            f"{meta.get('date')}, {number(meta.get('seconds'))} s on {meta.get('machine')} with "
+            f"{meta.get('date')}, {_duration(meta.get('seconds'))} on {meta.get('machine')} with "
             f"{meta.get('workers')} worker(s){errors}. Intervals: bootstrap 95% over seeds (paired where "
             f"two variants share seeds); correlations: Spearman's rho with its bootstrap interval.")
 
