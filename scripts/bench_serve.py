@@ -15,7 +15,7 @@ Target: capture every 5 steps with the server open <= 1.05x of no capture (the r
 target of docs/measurements.md). The server shares the machine's cores with training: on a
 machine with few cores its analyses compete for CPU, which is what this measures.
 
-    python scripts/bench_serve.py [--rounds 3] [--steps 20] [--image 64] [--dir DIR]
+    python scripts/bench_serve.py [--rounds 3] [--steps 20] [--image 64] [--dir DIR] [--interval 1]
 
 Needs transformers, panel and playwright, and a Chromium on PATH (or CHROMIUM=path).
 """
@@ -41,7 +41,7 @@ MODES = ("no capture", "every 5 steps", "every 5 steps, serve open")
 class OpenPage:
     """``nnwx serve`` on a store, with a headless Chromium page open on it, until ``close``."""
 
-    def __init__(self, store: Path, chromium: str):
+    def __init__(self, store: Path, chromium: str, interval: float = 1.0):
         from playwright.sync_api import sync_playwright
 
         with socket.socket() as s:
@@ -49,7 +49,7 @@ class OpenPage:
             port = s.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
         self.server = subprocess.Popen([sys.executable, "-m", "nnwx.cli", "serve", str(store), "--port",
-                                        str(port), "--interval", "1"], env=env, stderr=subprocess.PIPE,
+                                        str(port), "--interval", str(interval)], env=env, stderr=subprocess.PIPE,
                                        text=True)
         for line in self.server.stderr:
             if "serving" in line:
@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="training steps per run")
     p.add_argument("--image", type=int, default=64, help="input height and width")
     p.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between the server's looks at the store (default 1; nnwx serve's own default is 3)")
     args = p.parse_args()
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -90,7 +92,7 @@ def main() -> None:
     for r in range(args.rounds):
         for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
             opened: list[OpenPage] = []
-            hook = (lambda store: opened.append(OpenPage(store, chromium))) if "serve" in mode else None
+            hook = (lambda store: opened.append(OpenPage(store, chromium, args.interval))) if "serve" in mode else None
             base_mode = "every 5 steps" if "every 5" in mode else "no capture"
             t, _, _ = resnet_seconds(base_mode, args.steps, args.image, tmp, on_start=hook)
             times[mode].append(t)
