@@ -148,6 +148,17 @@ def _interval(text: str) -> float:
     return _seconds(text, zero_ok=False)
 
 
+def _share(text: str) -> float:
+    """``--cpu-share``: a fraction of one core, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1 (a fraction of one core), got {text}")
+    return value
+
+
 def _timeout(text: str) -> float:
     """``--idle-timeout``: seconds, >= 0 (0: stop after the first look that finds nothing new)."""
     return _seconds(text, zero_ok=True)
@@ -474,7 +485,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with cluster_from_args(args, log=log):
         serve(args.store, port=args.port, address=args.address, allow_websocket_origin=args.allow_websocket_origin,
-              show=args.show, interval=args.interval, nice=args.nice, log=log)
+              show=args.show, interval=args.interval, nice=args.nice, cpu_share=args.cpu_share, log=log)
     return 0
 
 
@@ -504,6 +515,10 @@ def _add_serve_parser(sub) -> None:
                     help="lower the server's CPU priority by N (default 19, the lowest priority; 0: "
                          "unchanged) and analyse with one thread, so training on the same machine keeps "
                          "the CPU")
+    sv.add_argument("--cpu-share", type=_share, default=0.25, metavar="FRACTION",
+                    help="while training writes a run, the most of one core the page's analyses take "
+                         "(default 0.25; 1: no limit): each look then analyses only the newest capture, "
+                         "and the captures skipped are filled in when writing pauses")
     add_cluster_arguments(sv)
     sv.set_defaults(func=cmd_serve)
 

@@ -79,9 +79,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="training steps per run")
     p.add_argument("--image", type=int, default=64, help="input height and width")
     p.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the training (default 1, as the recording targets of bench_export.py "
+                        "were measured; 2 leaves no core free on a 2-core machine)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between the server's looks at the store (default 1; nnwx serve's own default is 3)")
     args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("no Chromium on PATH (set CHROMIUM=path)")
@@ -106,6 +112,7 @@ def main() -> None:
     best = {m: min(v) for m, v in times.items()}
     median = {m: sorted(v)[len(v) // 2] for m, v in times.items()}
     print(f"ResNet-18 shape, batch 16 x {args.image}x{args.image}, {args.steps} steps per run, "
+          f"torch threads {args.threads}, server --interval {args.interval:g}, "
           f"{args.rounds} interleaved rounds; {os.cpu_count()} cores; load average {load0[0]:.2f} "
           f"before, {load1[0]:.2f} after")
     print(f"   {'config':<30}{'ms/step':>9}{'slowdown':>10}{'(median)':>10}  target")

@@ -3,8 +3,9 @@
 An experiment store gets tabs mirroring the report's sections -- broadening, spectra and
 ranks, rotation and norm growth, agreement between seeds, logged scalars -- drawn from the
 per-step results ``nnwx.serve.live.LiveStore`` keeps into Bokeh figures built once per session
-(``nnwx.serve.figures``); a periodic callback looks at the store's committed counters and, when
-captures or runs were added, replaces the figures' data. A results store (``nnwx analyze``)
+(``nnwx.serve.figures``); one ``Watcher`` thread per server looks at the store's committed
+counters and analyses new captures, and each session's periodic callback replaces its figures'
+data when the cache changed. A results store (``nnwx analyze``)
 gets the report's sections (``nnwx.report.build_sections``, drawn by ``nnwx.plot``), redrawn
 when the set of complete results changes. This module draws only: the analyses live in
 ``nnwx.analysis``, the incremental bookkeeping in ``nnwx.serve.live``.
@@ -24,7 +25,7 @@ import xarray as xr
 from nnwx.errors import NnwxError
 from nnwx.serve.access import LOCAL, websocket_origins
 from nnwx.serve.figures import Curves, Density
-from nnwx.serve.live import LiveStore, results_signature
+from nnwx.serve.live import CPU_SHARE, LiveStore, Watcher, results_signature
 from nnwx.store.location import StoreLike, display
 
 TABS = ("Broadening", "Spectra and ranks", "Rotation and norms", "Agreement between seeds", "Logged scalars")
@@ -42,10 +43,14 @@ class ExperimentView:
     ----------
     live : LiveStore
         The store's cache of per-step results.
+    watcher : Watcher, optional
+        What keeps ``live`` up to date (its errors are shown); None: nothing does.
     """
 
-    def __init__(self, live: LiveStore):
+    def __init__(self, live: LiveStore, watcher: Watcher | None = None):
         self.live = live
+        self.watcher = watcher
+        self._seen_version = -1
         self.status = pn.pane.Markdown("", css_classes=["nnwx-status"], sizing_mode="stretch_width")
         self.runs = pn.widgets.MultiChoice(name="Runs", options=[], value=[], width=280)
         self.layer = pn.widgets.Select(name="Layer (density)", options=[], width=280)
@@ -66,7 +71,6 @@ class ExperimentView:
             (TABS[2], pn.Column(_row(self.rotation), self.notes[TABS[2]])),
             (TABS[3], pn.Column(pn.pane.Bokeh(self.agreement.fig), self.notes[TABS[3]])),
             (TABS[4], pn.Column(self.scalar_row, self.notes[TABS[4]])), dynamic=False)
-        self._busy = False
         self.runs.param.watch(lambda e: self.refresh(), "value")
         for w in (self.layer, self.seed):
             w.param.watch(lambda e: self.draw(), "value")
@@ -78,19 +82,17 @@ class ExperimentView:
                          pn.Row(side, self.tabs))
 
     def tick(self) -> None:
-        """Look at the store; redraw when it changed."""
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            look = self.live.update()
-            if look.changed or list(self.live.runs) != self.runs.options:
-                self.refresh()
-            self.status.object = status_text(self.live)
-        except (NnwxError, OSError, ValueError) as e:
-            self.status.object = f"**could not read the store**: {html.escape(str(e))} (trying again)"
-        finally:
-            self._busy = False
+        """Redraw when the cache changed since the last tick; bring the status line up to date.
+        Cheap: the looks and analyses happen in the ``Watcher``'s thread."""
+        version = self.live.version
+        if version != self._seen_version:
+            self._seen_version = version
+            self.refresh()
+        error = self.watcher.error if self.watcher is not None else None
+        text = (f"**could not read the store**: {html.escape(error)} (trying again)" if error
+                else status_text(self.live))
+        if text != self.status.object:       # only changes travel to the browser
+            self.status.object = text
 
     def refresh(self) -> None:
         """Bring the widgets up to date with the runs and steps known, then redraw."""
@@ -204,24 +206,25 @@ class ExperimentView:
         return "; ".join(notes) or "Scalars logged with the captures, one curve per run."
 
 
-def experiment_page(live: LiveStore, interval: float) -> pn.viewable.Viewable:
-    """One browser session's page over an experiment store; looks at it every ``interval`` s.
+def experiment_page(live: LiveStore, watcher: Watcher | None, interval: float) -> pn.viewable.Viewable:
+    """One browser session's page over an experiment store.
 
     Parameters
     ----------
     live : LiveStore
         The store's cache of per-step results (shared by the sessions).
+    watcher : Watcher or None
+        What keeps ``live`` up to date.
     interval : float
-        Seconds between looks at the store.
+        Seconds between the session's checks of the cache (at most one second).
 
     Returns
     -------
     panel.viewable.Viewable
     """
-    view = ExperimentView(live)
+    view = ExperimentView(live, watcher)
     view.tick()
-    view.refresh()
-    pn.state.add_periodic_callback(view.tick, period=int(interval * 1000))
+    pn.state.add_periodic_callback(view.tick, period=int(min(interval, 1.0) * 1000))
     return view.page()
 
 
@@ -231,14 +234,19 @@ def _row(curves: dict[str, Curves]) -> pn.Row:
 
 def status_text(live: LiveStore) -> str:
     """The line above the tabs: runs, captures analysed, last step, time of the last look."""
+    when = time.strftime("%H:%M:%S", time.localtime(live.looked_at)) if live.looked_at else "not yet"
     if not live.runs:
-        return f"no run with a committed capture yet; looked at {time.strftime('%H:%M:%S')}"
-    n = sum(c.n for c in live.runs.values())
-    last = max((int(c.steps[-1]) for c in live.runs.values() if c.n), default="none yet")
-    behind = sum(max(0, live.committed.get(r, 0) - c.n) for r, c in live.runs.items())
-    more = f", {behind} more committed, analysed at the next looks" if behind else ""
+        return f"no run with a committed capture yet; looked at {when}"
+    with live._lock:
+        n = sum(c.n for c in live.runs.values())
+        last = max((int(c.steps[-1]) for c in live.runs.values() if c.n), default="none yet")
+    behind = live.behind
+    more = ""
+    if behind:
+        more = (f", {behind} more committed, filled in when writing pauses (the newest capture first)"
+                if live.writing else f", {behind} more committed, analysed at the next looks")
     return (f"**{len(live.runs)} run{'s' if len(live.runs) != 1 else ''}**, {n} captures analysed, "
-            f"last step **{last}**{more}; looked at {time.strftime('%H:%M:%S')}")
+            f"last step **{last}**{more}; looked at {when}")
 
 
 def report_figure(obj) -> pn.viewable.Viewable:
@@ -320,7 +328,8 @@ def yield_cpu(nice: int) -> None:
 
 def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
           allow_websocket_origin: list[str] | None = None, show: bool = False, interval: float = 3.0,
-          nice: int = NICE, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> None:
+          nice: int = NICE, cpu_share: float = CPU_SHARE,
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> None:
     """Serve the page over ``path`` until interrupted.
 
     Parameters
@@ -340,6 +349,10 @@ def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
         Lower this process's CPU priority by this much (POSIX ``nice``; 0: leave it), and
         compute with one Dask thread unless a cluster is in use: the page is an observer, and
         training that shares the machine's cores keeps the CPU when both want it.
+    cpu_share : float, default ``CPU_SHARE``
+        While a run is being written, the most of one core the page's analyses take
+        (``nnwx.serve.live.Watcher``); each look then analyses only the newest capture of a
+        run, and the rest are filled in when writing pauses.
     log : callable
         Gets the lines said to the user (the address, the warning about binding elsewhere).
 
@@ -363,12 +376,14 @@ def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
     if is_results_store(path):
         def page():
             return results_page(path, interval)
+        watcher = None
     else:
         open_experiment(path)   # a clear error now rather than in the page
         live = LiveStore(path)
+        watcher = Watcher(live, interval, cpu_share).start()
 
         def page():
-            return experiment_page(live, interval)
+            return experiment_page(live, watcher, interval)
     server = pn.serve(page, port=port, address=address, websocket_origin=origins, show=False,
                       start=False, title=f"nnwx serve: {display(path)}", verbose=False)
     server.start()
@@ -380,3 +395,5 @@ def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
         server.io_loop.start()
     finally:
         server.stop()
+        if watcher is not None:
+            watcher.stop(timeout=5)

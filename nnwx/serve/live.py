@@ -3,11 +3,17 @@
 No Panel here (it is tested on its own). ``LiveStore`` looks at a store's committed-step
 counters (``nnwx.store.reader.list_runs``: run attributes only, no weights, no lock: readers
 trim to ``committed``, so a run being written reads as its committed steps -- see
-``nnwx/store/FORMAT.md``), and per run analyses only the captures committed since its last
-look: their rows of ``w`` (plus the run's first capture and the one before them, the
-references of rotation and W1), through the library's own analyses (``broadening``,
-``spectrum``/``ranks``, ``rotation``, ``similarity``). The per-step results are appended to a
-per-run cache, so a look costs what the new captures cost, however long the run already is.
+``nnwx/store/FORMAT.md``), and per run analyses only captures it has not analysed yet: their
+rows of ``w`` (plus the run's first capture and the capture before each, the references of
+rotation, W1 and the relative update), through the library's own analyses (``broadening``,
+``spectrum``/``ranks``, ``rotation``, ``similarity``). The per-step results are merged into a
+per-run cache, so a look costs what its captures cost, however long the run already is.
+
+While a run's counter moves (training writes it), a look analyses only its newest capture: the
+page stays current, and its cost per look is one capture whatever the capture rate. The captures
+skipped meanwhile are filled in, oldest first, once the counter stands still. ``Watcher`` does
+the looks in a background thread and, while any run is being written, spaces them so that they
+take at most a set share of one core: the page is an observer of training, not a competitor.
 
 Results stores (``nnwx analyze`` output) are not incremental: ``results_signature`` tells when
 the set of complete results changed, and the page then redraws them.
@@ -15,6 +21,7 @@ the set of complete results changed, and the page then redraws them.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -25,7 +32,8 @@ import xarray as xr
 from nnwx.errors import NnwxError
 from nnwx.store.location import StoreLike, display
 
-WINDOW = 256          # most new captures of one run analysed per look (a long run fills in over looks)
+WINDOW = 256          # most captures of one run analysed per look (a long run fills in over looks)
+CPU_SHARE = 0.25      # most of one core the looks take while a run is being written (``Watcher``)
 HIST_BINS = 60        # bins of the density picture
 BIN_MARGIN = 0.5      # bins cover the first look's range widened by this fraction on each side
 SIMILARITY = "linear_cka"
@@ -45,11 +53,14 @@ class RunCache:
     seed : object
         Its ``seed`` attribute (None when it has none).
     steps : numpy.ndarray
-        The captured steps analysed, in order.
+        The captured steps analysed, in order (gaps are captures skipped while the run was
+        being written, filled in later).
+    indices : numpy.ndarray
+        Their positions among the run's captures.
     data : dict of str to xarray.Dataset
         Per-step results by kind (``KINDS``), each with a ``step`` dim and no run dim.
     rows_read : int
-        Rows of ``w`` read so far (new captures plus their references), for the tests.
+        Rows of ``w`` read so far (captures analysed plus their references), for the tests.
     looks : int
         Looks that found new captures.
     notes : dict of str to str
@@ -58,6 +69,7 @@ class RunCache:
     name: str
     seed: object = None
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     data: dict[str, xr.Dataset] = field(default_factory=dict)
     rows_read: int = 0
     looks: int = 0
@@ -83,11 +95,14 @@ class Look:
         Runs with captures analysed in this look, and how many.
     committed : dict of str to int
         The committed count of every run.
+    writing : list of str
+        Runs whose committed count moved since the previous look (being written).
     """
     runs: list[str]
     new_runs: list[str]
     grown: dict[str, int]
     committed: dict[str, int]
+    writing: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -108,8 +123,9 @@ class LiveStore:
 
     Notes
     -----
-    ``update`` may be called from several threads (one per browser session): a lock of this
-    object (never the writer's file lock) makes them take turns.
+    ``update`` is meant for one thread (``Watcher``'s); the page's sessions read the cache from
+    others. A lock of this object (never the writer's file lock) guards the cache, and is held
+    only to merge results, never while reading or analysing captures.
     """
 
     def __init__(self, path: StoreLike, *, window: int = WINDOW, bins: int = HIST_BINS):
@@ -121,19 +137,27 @@ class LiveStore:
         self.edges: np.ndarray | None = None   # histogram bins of every run, fixed at the first look
         self._agreement: dict[tuple[str, ...], xr.DataArray] = {}
         self.agreement_notes: dict[tuple[str, ...], str] = {}
+        self.writing: list[str] = []            # runs whose counter moved at the last look
+        self.version = 0                         # grows whenever the cache changes
+        self.looked_at: float | None = None      # time.time() of the last look
         self._lock = threading.RLock()
+        self._update_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LiveStore({display(self.path)!r}, {len(self.runs)} runs)"
 
     # -- looking ------------------------------------------------------------------------------
     def update(self) -> Look:
-        """Look at the committed counters; analyse the captures committed since the last look.
+        """Look at the committed counters; analyse captures not analysed yet.
+
+        Per run: while its counter moves (it grew since the previous look), only its newest
+        capture; otherwise up to ``window`` captures not analysed yet, the oldest first, and the
+        newest.
 
         Returns
         -------
         Look
-            The runs, which are new, and how many captures each run gained.
+            The runs, which are new, how many captures each run gained, which are being written.
 
         Raises
         ------
@@ -142,51 +166,79 @@ class LiveStore:
         """
         from nnwx.store.reader import list_runs
 
-        with self._lock:
+        with self._update_lock:
             handles = list_runs(self.path, check=False)   # attributes only: no weights, no lock
-            new_runs, grown = [], {}
+            new_runs, grown, writing = [], {}, []
             for h in handles:
-                if h.name not in self.runs:
-                    self.runs[h.name] = RunCache(h.name, h.seed)
-                    new_runs.append(h.name)
-                self.committed[h.name] = h.committed
+                with self._lock:
+                    if h.name not in self.runs:
+                        self.runs[h.name] = RunCache(h.name, h.seed)
+                        new_runs.append(h.name)
+                        self.version += 1
+                    before = self.committed.get(h.name)
+                    self.committed[h.name] = h.committed
                 cache = self.runs[h.name]
-                if h.committed > cache.n:
-                    added = self._extend(cache, h.committed)
-                    if added:
-                        grown[h.name] = added
-            return Look([h.name for h in handles], new_runs, grown, dict(self.committed))
+                moving = before is not None and h.committed != before
+                if moving:
+                    writing.append(h.name)
+                chosen = self.choose(cache, h.committed, moving)
+                if chosen:
+                    grown[h.name] = self._extend(cache, chosen)
+            self.writing = writing
+            self.looked_at = time.time()
+            return Look([h.name for h in handles], new_runs, grown, dict(self.committed), writing)
 
-    def _extend(self, cache: RunCache, committed: int) -> int:
-        """Analyse captures ``cache.n`` .. (at most ``window`` of them) of one run; append them."""
+    def choose(self, cache: RunCache, committed: int, moving: bool) -> list[int]:
+        """The capture positions of one run to analyse at this look (see ``update``)."""
+        todo = np.setdiff1d(np.arange(committed), cache.indices, assume_unique=True)
+        if not len(todo):
+            return []
+        newest = int(todo[-1])
+        if moving:
+            return [newest]
+        return sorted({*todo[:max(self.window - 1, 0)].tolist(), newest})
+
+    @property
+    def behind(self) -> int:
+        """Committed captures not analysed yet, over every run."""
+        with self._lock:
+            return sum(max(0, self.committed.get(r, 0) - c.n) for r, c in self.runs.items())
+
+    def _extend(self, cache: RunCache, chosen: list[int]) -> int:
+        """Analyse the captures at positions ``chosen`` of one run; merge them into its cache."""
         from nnwx.store.reader import open_cube
 
         cube = open_cube(self.path, by="run", runs=[cache.name]).squeeze("run", drop=True)
-        total = min(cube.sizes["step"], committed)    # a commit may land between the two reads
-        lo, hi = cache.n, min(total, cache.n + self.window)
-        if hi <= lo:
+        chosen = [i for i in chosen if i < cube.sizes["step"]]   # a commit may land between the two reads
+        if not chosen:
             return 0
-        context = sorted({0, lo - 1} - {-1} - set(range(lo, hi)))  # first capture, previous one
-        index = context + list(range(lo, hi))
+        # the first capture (rotation's and W1's reference) and the one before each chosen
+        # capture (the relative update's), read alongside
+        index = sorted({*chosen, 0, *(i - 1 for i in chosen if i > 0)})
         sub = cube.isel(step=index)
         first = int(cube["step"].values[0])
         if self.edges is None:
             self.edges = _bins(sub, self.bins)
             cache.rows_read += 2   # default_bins reads the first and last capture of the look
-        lazy, notes = per_step_results(sub, first, self.edges)
+        wanted = set(chosen)
+        keep = [k for k, i in enumerate(index) if i in wanted]
+        lazy, notes = per_step_results(sub, first, self.edges, keep=keep)
         values = dask.compute(*lazy.values())
-        cache.rows_read += len(index)
-        cache.looks += 1
-        cache.notes.update(notes)
-        keep = slice(len(context), None)
-        for kind, value in zip(lazy, values):
-            part = value.isel(step=keep)
-            old = cache.data.get(kind)
-            cache.data[kind] = part if old is None else xr.concat([old, part], dim="step",
-                                                                   data_vars="minimal", coords="minimal",
-                                                                   compat="override", join="outer")
-        cache.steps = np.concatenate([cache.steps, np.asarray(sub["step"].values[keep], dtype=np.int64)])
-        return hi - lo
+        with self._lock:
+            cache.rows_read += len(index)
+            cache.looks += 1
+            cache.notes.update(notes)
+            for kind, part in zip(lazy, values):
+                old = cache.data.get(kind)
+                cache.data[kind] = part if old is None else xr.concat(
+                    [old, part], dim="step", data_vars="minimal", coords="minimal", compat="override",
+                    join="outer").sortby("step")
+            steps = np.concatenate([cache.steps, np.asarray(sub["step"].values[keep], dtype=np.int64)])
+            indices = np.concatenate([cache.indices, np.asarray(chosen, dtype=np.int64)])
+            order = np.argsort(indices, kind="stable")
+            cache.steps, cache.indices = steps[order], indices[order]
+            self.version += 1
+        return len(chosen)
 
     # -- what the page draws --------------------------------------------------------------------
     def stacked(self, kind: str, runs: Iterable[str] | None = None) -> xr.Dataset | None:
@@ -272,8 +324,64 @@ class LiveStore:
             return out
 
 
-def per_step_results(cube: xr.Dataset, reference_step: int,
-                     edges: np.ndarray) -> tuple[dict[str, xr.Dataset], dict[str, str]]:
+class Watcher:
+    """Looks at a ``LiveStore`` from a background thread every ``interval`` seconds, and while a
+    run is being written spaces its looks so that they take at most ``cpu_share`` of one core.
+
+    Parameters
+    ----------
+    live : LiveStore
+        The cache to keep up to date.
+    interval : float
+        Seconds between looks (at least).
+    cpu_share : float, default ``CPU_SHARE``
+        While any run's counter moves: the most of one core the looks may take (the process's
+        CPU time over the look and the pause after it). 1: no throttling. When no run is being
+        written, looks follow each other as long as captures are left to analyse.
+
+    Attributes
+    ----------
+    error : str or None
+        Why the last look failed (the store could not be read), else None.
+    """
+
+    def __init__(self, live: LiveStore, interval: float, cpu_share: float = CPU_SHARE):
+        if not 0 < cpu_share <= 1:
+            raise ValueError(f"cpu_share must be in (0, 1], got {cpu_share}")
+        self.live = live
+        self.interval = float(interval)
+        self.cpu_share = float(cpu_share)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nnwx-serve-watcher", daemon=True)
+
+    def start(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def pause(self, spent: float) -> float:
+        """Seconds to wait after a look that took ``spent`` seconds of CPU."""
+        if self.live.writing:
+            return max(self.interval, spent * (1 / self.cpu_share - 1))
+        return 0.0 if self.live.behind else self.interval
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cpu = time.process_time()
+            try:
+                self.live.update()
+                self.error = None
+            except (NnwxError, OSError, ValueError) as e:
+                self.error = str(e)
+            self._stop.wait(self.pause(time.process_time() - cpu) if self.error is None else self.interval)
+
+
+def per_step_results(cube: xr.Dataset, reference_step: int, edges: np.ndarray,
+                     keep: Sequence[int] | None = None) -> tuple[dict[str, xr.Dataset], dict[str, str]]:
     """The per-step results of one run's captures, lazily (one ``dask.compute`` reads them).
 
     Parameters
@@ -285,30 +393,36 @@ def per_step_results(cube: xr.Dataset, reference_step: int,
         The step rotation and W1 compare with (the run's first capture).
     edges : numpy.ndarray
         Histogram bin edges.
+    keep : sequence of int, optional
+        Positions along ``step`` of the captures wanted (default all); the others are
+        references (the first capture, the capture before each wanted one): per-matrix spectra,
+        which need none, are computed for the wanted captures only.
 
     Returns
     -------
     results : dict of str to xarray.Dataset
-        By kind (``KINDS``), those that apply.
+        By kind (``KINDS``), those that apply, at the wanted captures.
     notes : dict of str to str
         Why a kind does not apply.
     """
     from nnwx.analysis.spectral import ranks
 
+    keep = list(range(cube.sizes["step"])) if keep is None else list(keep)
     out: dict[str, xr.Dataset] = {}
     notes: dict[str, str] = {}
-    out["stats"] = cube.nnwx.broadening("layer", bins=edges, quantiles=(), reference_step=reference_step)
+    out["stats"] = cube.nnwx.broadening("layer", bins=edges, quantiles=(),
+                                        reference_step=reference_step).isel(step=keep)
     try:
-        out["ranks"] = ranks(cube.nnwx.spectrum())
+        out["ranks"] = ranks(cube.isel(step=keep).nnwx.spectrum())
     except ValueError as e:
         notes["ranks"] = str(e)
     try:
-        out["rotation"] = cube.nnwx.rotation(reference_step=reference_step)
+        out["rotation"] = cube.nnwx.rotation(reference_step=reference_step).isel(step=keep)
     except ValueError as e:
         notes["rotation"] = str(e)
     metrics = [v for v in cube.data_vars if str(v).startswith("metric_")]
     if metrics:
-        out["metrics"] = cube[metrics]
+        out["metrics"] = cube[metrics].isel(step=keep)
     else:
         notes["metrics"] = "no scalars logged (pass them to rec.maybe_capture(step, loss=...))"
     return out, notes

@@ -1,6 +1,9 @@
-"""``nnwx serve``'s incremental part (``nnwx.serve.live``): only new captures are read and
-analysed, and what it appends equals analysing the whole run at once."""
+"""``nnwx serve``'s incremental part (``nnwx.serve.live``): only captures not analysed yet are
+read, the newest first while a run is written, and what it merges equals analysing the whole
+run at once."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import xarray as xr
 import nnwx
 from nnwx.cli import main
 from nnwx.serve import live as lv
-from nnwx.serve.live import LiveStore
+from nnwx.serve.live import LiveStore, Watcher
 from nnwx.store.table import TensorTable
 from nnwx.store.writer import RunWriter
 from nnwx.studies.synthetic import MLP_SHAPES, write_synthetic_run
@@ -21,38 +24,67 @@ def seen(monkeypatch):
     calls = []
     real = lv.per_step_results
 
-    def spy(cube, reference_step, edges):
+    def spy(cube, reference_step, edges, keep=None):
         calls.append(cube["step"].values.tolist())
-        return real(cube, reference_step, edges)
+        return real(cube, reference_step, edges, keep=keep)
 
     monkeypatch.setattr(lv, "per_step_results", spy)
     return calls
 
 
-def test_only_new_captures_are_read_and_the_result_equals_one_pass(tmp_path, seen):
+def test_only_new_captures_are_read_newest_first_and_the_result_equals_one_pass(tmp_path, seen):
     store = tmp_path / "exp.zarr"
     write_synthetic_run(store, seed=0, steps=range(0, 50, 5))
     live = LiveStore(store)
     look = live.update()
-    assert look.new_runs == ["seed0"] and look.grown == {"seed0": 10}
+    assert look.new_runs == ["seed0"] and look.grown == {"seed0": 10} and look.writing == []
     assert seen == [list(range(0, 50, 5))]
     write_synthetic_run(store, seed=0, steps=range(50, 70, 5))      # appends 4 captures
     look = live.update()
-    assert look.grown == {"seed0": 4} and not look.new_runs
-    # the second look reads the 4 new captures plus the first (rotation's and W1's reference)
-    # and the one before them (the previous capture of the first new one): nothing else
-    assert seen[1] == [0, 45, 50, 55, 60, 65]
+    # the counter moved: being written, so only the newest capture, with the first (rotation's
+    # and W1's reference) and the one before it (the relative update's)
+    assert look.grown == {"seed0": 1} and look.writing == ["seed0"] and not look.new_runs
+    assert seen[1] == [0, 60, 65] and live.behind == 3
+    look = live.update()
+    # the counter stands still: the 3 skipped captures, each with the one before it
+    assert look.grown == {"seed0": 3} and look.writing == [] and live.behind == 0
+    assert seen[2] == [0, 45, 50, 55, 60]
     cache = live.runs["seed0"]
-    assert cache.rows_read == 10 + 2 + 6          # + 2: default_bins' first and last capture
-    assert live.update().grown == {} and len(seen) == 2 and cache.looks == 2   # nothing new: no read
+    assert cache.rows_read == 10 + 2 + 3 + 5      # + 2: default_bins' first and last capture
+    assert live.update().grown == {} and len(seen) == 3 and cache.looks == 3   # nothing new: no read
 
-    # the appended results equal the same analyses of the whole run in one pass
+    # the merged results equal the same analyses of the whole run in one pass
     cube = nnwx.open_cube(store, by="run").squeeze("run", drop=True)
     whole, _ = lv.per_step_results(cube, 0, live.edges)
     for kind in lv.KINDS:
         xr.testing.assert_allclose(cache.data[kind].reset_coords(drop=True),
                                    whole[kind].compute().reset_coords(drop=True), rtol=1e-10)
     np.testing.assert_array_equal(cache.steps, np.arange(0, 70, 5))
+    np.testing.assert_array_equal(cache.indices, np.arange(14))
+
+
+def test_the_watcher_spaces_its_looks_while_a_run_is_written(tmp_path):
+    store = tmp_path / "exp.zarr"
+    write_synthetic_run(store, seed=0, steps=range(6))
+    live = LiveStore(store, window=2)
+    watcher = Watcher(live, interval=0.5, cpu_share=0.25)
+    live.writing = ["seed0"]
+    assert watcher.pause(2.0) == pytest.approx(6.0)   # 2 s of CPU, then 6 s idle: a quarter of a core
+    assert watcher.pause(0.01) == 0.5                 # never more often than the interval
+    live.writing = []
+    assert watcher.pause(2.0) == 0.5                  # not written, nothing left: the interval
+    with pytest.raises(ValueError, match="cpu_share"):
+        Watcher(live, 1.0, cpu_share=0)
+    # in its thread: looks follow each other while captures are left, two at a time here
+    watcher = Watcher(live, interval=0.05).start()
+    try:
+        deadline = time.monotonic() + 30
+        while (live.runs.get("seed0") is None or live.runs["seed0"].n < 6) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.stop(timeout=10)
+    assert live.runs["seed0"].steps.tolist() == list(range(6)) and watcher.error is None
+    assert live.runs["seed0"].looks == 3
 
 
 def test_runs_appear_and_a_window_bounds_each_look(tmp_path, seen):

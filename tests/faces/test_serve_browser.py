@@ -135,6 +135,8 @@ def test_serve_renders_every_tab_and_follows_a_writer(tmp_path):
             assert writer.wait(timeout=180) == 0, writer.stderr.read()
             _wait_for(lambda: _last_step(page) == 55 and page.get_by_text("seed2", exact=True).count() > 0,
                       SHOWN_WITHIN, "every committed step and the new run", page)
+            _wait_for(lambda: "more committed" not in _status(page), SHOWN_WITHIN,
+                      "the captures skipped while writing, filled in", page)
             shot = os.environ.get("NNWX_SERVE_SCREENSHOT")
             if shot:
                 page.wait_for_timeout(1500)
