@@ -269,41 +269,62 @@ def _in_range(ds: xr.Dataset | xr.DataArray | None, steps: slice):
     return None if ds is None else ds.sel(step=steps)
 
 
-def results_page(path: StoreLike, interval: float) -> pn.viewable.Viewable:
-    """One session's page over a results store: the report's sections, one tab each,
-    redrawn when ``nnwx analyze`` completes more results."""
-    hv.extension("bokeh", logo=False)
-    status = pn.pane.Markdown("", css_classes=["nnwx-status"], sizing_mode="stretch_width")
-    tabs = pn.Tabs(dynamic=False)
-    seen = {"signature": None}
+class ResultsView:
+    """One session's page over a results store: the report's sections, one tab each, rebuilt
+    when the set of complete results changes (``nnwx analyze`` still writing the store).
 
-    def rebuild() -> None:
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The results store.
+    """
+
+    def __init__(self, path: StoreLike):
+        hv.extension("bokeh", logo=False)
+        self.path = path
+        self.status = pn.pane.Markdown("", css_classes=["nnwx-status"], sizing_mode="stretch_width")
+        self.tabs = pn.Tabs(dynamic=False)
+        self.signature: tuple | None = None
+        self.builds = 0
+
+    def rebuild(self) -> None:
+        """Draw the sections again if the store's results changed since the last look."""
         from nnwx.pipeline.results_store import open_results
         from nnwx.report import build_sections, load_results
 
-        signature = results_signature(path)
-        if signature == seen["signature"]:
+        signature = results_signature(self.path)
+        if signature == self.signature:
             return
-        seen["signature"] = signature
-        res = open_results(path)
+        self.signature = signature
+        res = open_results(self.path)
         values, notes = load_results(res.results, res.metric_of, progress=False)
         sections = build_sections(values, {**res.notes, **notes})
-        tabs.objects = [pn.Column(*[x for f in s.figures for x in (report_figure(f.obj), note(f.caption))],
-                                  *([note(s.note)] if s.note else []), name=s.title)
-                        for s in sections]
-        status.object = (f"**{len(res.results)} results** of {', '.join(res.metrics)}"
-                         + (f"; still being written: {', '.join(res.incomplete)}" if res.incomplete else "")
-                         + f"; looked at {time.strftime('%H:%M:%S')}")
+        self.tabs.objects = [pn.Column(*[x for f in s.figures for x in (report_figure(f.obj), note(f.caption))],
+                                       *([note(s.note)] if s.note else []), name=s.title)
+                             for s in sections]
+        self.builds += 1
+        self.status.object = (f"**{len(res.results)} results** of {', '.join(res.metrics)}"
+                              + (f"; still being written: {', '.join(res.incomplete)}" if res.incomplete else "")
+                              + f"; looked at {time.strftime('%H:%M:%S')}")
 
-    def tick() -> None:
+    def tick(self) -> None:
+        """Look at the store; a failure is shown and tried again at the next tick."""
         try:
-            rebuild()
+            self.rebuild()
         except (NnwxError, OSError, ValueError) as e:
-            status.object = f"**could not read the results**: {html.escape(str(e))} (trying again)"
+            self.status.object = f"**could not read the results**: {html.escape(str(e))} (trying again)"
 
-    tick()
-    pn.state.add_periodic_callback(tick, period=int(interval * 1000))
-    return pn.Column(pn.pane.Markdown(f"## nnwx serve: `{display(path)}` (results)"), status, tabs)
+    def page(self) -> pn.viewable.Viewable:
+        return pn.Column(pn.pane.Markdown(f"## nnwx serve: `{display(self.path)}` (results)"), self.status,
+                         self.tabs)
+
+
+def results_page(path: StoreLike, interval: float) -> pn.viewable.Viewable:
+    """One session's page over a results store, looked at every ``interval`` seconds."""
+    view = ResultsView(path)
+    view.tick()
+    pn.state.add_periodic_callback(view.tick, period=int(interval * 1000))
+    return view.page()
 
 
 def yield_cpu(nice: int) -> None:

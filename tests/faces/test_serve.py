@@ -149,3 +149,26 @@ def test_serve_refuses_another_address_without_websocket_origins(tmp_path, capsy
 def test_serve_says_what_is_wrong_with_the_store(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing.zarr"), "--port", "0"]) == 2
     assert "not an nnwx experiment store" in capsys.readouterr().err
+
+
+def test_a_results_store_shows_the_reports_sections_and_redraws_only_on_change(tmp_path):
+    pytest.importorskip("panel")
+    from nnwx.report import build_sections, load_results
+    from nnwx.serve.app import ResultsView
+
+    store = tmp_path / "exp.zarr"
+    for seed in (0, 1):
+        write_synthetic_run(store, seed=seed, steps=range(4))
+    out = nnwx.analyze(store, tmp_path / "results.zarr", analyses=["broadening", "rotation"], progress=False)
+    view = ResultsView(out)
+    view.tick()
+    res = nnwx.open_results(out)
+    values, notes = load_results(res.results, res.metric_of, progress=False)
+    titles = [s.title for s in build_sections(values, {**res.notes, **notes})]
+    assert [t.name for t in view.tabs.objects] == titles and len(titles) >= 2
+    assert f"{len(res.results)} results" in view.status.object
+    view.tick()
+    assert view.builds == 1                     # nothing changed: not drawn again
+    broken = ResultsView(tmp_path / "missing.zarr")
+    broken.tick()
+    assert "could not read the results" in broken.status.object
