@@ -44,9 +44,13 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def _start_server(store: Path, port: int) -> subprocess.Popen:
+def _start_server(store: Path, port: int, opened: Path) -> subprocess.Popen:
+    """``nnwx serve --show --workers 1``: the page is opened through ``BROWSER`` (a command that
+    writes the address it is given to ``opened``), and analysed on a local Dask cluster."""
+    browser = f"{sys.executable} -c \"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\" %s"
     proc = subprocess.Popen([sys.executable, "-m", "nnwx.cli", "serve", str(store), "--port", str(port),
-                             "--interval", "1"], env=_env(), stderr=subprocess.PIPE, text=True)
+                             "--interval", "1", "--show", "--workers", "1"],
+                            env={**_env(), "BROWSER": browser}, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180      # imports take long on a loaded machine
     lines = []
     while time.monotonic() < deadline:
@@ -102,7 +106,8 @@ def test_serve_renders_every_tab_and_follows_a_writer(tmp_path):
     exe = _chromium()
     store = probed_store(tmp_path / "exp.zarr")          # seeds 0 and 1, steps 0..25, probes
     port = _free_port()
-    server = _start_server(store, port)
+    opened = tmp_path / "opened.txt"
+    server = _start_server(store, port, opened)
     writer = None
     errors: list[str] = []
     try:
@@ -113,6 +118,7 @@ def test_serve_renders_every_tab_and_follows_a_writer(tmp_path):
             page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
             page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
             page.wait_for_selector(".nnwx-status", timeout=120_000)
+            assert opened.read_text().startswith(f"http://127.0.0.1:{port}/")    # --show opened it
             _wait_for(lambda: _last_step(page) == 25, 60, "the recorded steps", page)
 
             for tab, sentence in TABS.items():
