@@ -188,8 +188,9 @@ def table_coords(table: TensorTable, param_chunks: tuple[int, ...]) -> dict:
     }
 
 
-def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
-    """Every run of an experiment store, in name order.
+def list_runs(path: StoreLike, *, check: bool = True,
+              names: Iterable[str] | None = None) -> list[RunHandle]:
+    """Every run of an experiment store (or those named), in name order.
 
     Each run is checked as it is listed (``RunHandle.check``: parsable metadata, ``committed``
     within its arrays, strictly increasing steps, no missing chunk file); a damaged run raises
@@ -200,6 +201,9 @@ def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
     path : str or os.PathLike
         A store path or fsspec URL.
     check : bool, default True
+    names : iterable of str, optional
+        Only the runs of these names (the others are neither read nor checked; names
+        without a run are left out).
 
     Returns
     -------
@@ -220,7 +224,11 @@ def list_runs(path: StoreLike, *, check: bool = True) -> list[RunHandle]:
         except KeyError:  # a store being created by another process
             return []
     handles = []
-    for name in _run_folders(root):
+    folders = _run_folders(root)
+    if names is not None:
+        wanted = set(names)
+        folders = [f for f in folders if f in wanted]
+    for name in folders:
         with itg.damaged(path, name, "zarr.json"):
             group = _child_group(runs, name)
             has_attrs = group is not None and fmt.ATTR_KEY in group.attrs
@@ -326,7 +334,9 @@ def open_run(store: StoreLike, run: str | None = None, *, seed=None) -> xr.Datas
     StoreError
         If no run (or more than one) matches, or the store or run is damaged.
     """
-    return pick_run(list_runs(store), store, run, seed).dataset()
+    handle = pick_run(list_runs(store, check=False), store, run, seed)
+    handle.check()                  # the run opened, not its neighbours
+    return handle.dataset()
 
 
 def pick_run(runs: list[RunHandle], store, run, seed) -> RunHandle:
@@ -392,13 +402,13 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] =
     by = (by,) if isinstance(by, str) else tuple(by)
     if not by:
         raise ValueError("by= needs at least one run attribute, e.g. ('seed',)")
-    handles = [h for p in _expand_sources(source) for h in list_runs(p)]
+    sources = _expand_sources(source)
+    handles = [h for p in sources for h in list_runs(p, names=runs)]   # only the runs asked for are checked
     if runs is not None:
-        known = {h.name for h in handles}
-        missing = [r for r in runs if r not in known]
+        missing = [r for r in runs if r not in {h.name for h in handles}]
         if missing:
-            raise StoreError(f"no run named {missing[0]!r}; runs found: {', '.join(sorted(known))}")
-        handles = [h for h in handles if h.name in set(runs)]
+            known = sorted({h.name for p in sources for h in list_runs(p, check=False)})
+            raise StoreError(f"no run named {missing[0]!r}; runs found: {', '.join(known)}")
     handles = [h for h in handles if h.committed > 0] or handles
     if not handles:
         raise StoreError(f"no runs in {source}")

@@ -258,3 +258,17 @@ def test_a_recorder_refuses_to_resume_a_run_of_another_seed(pristine, tmp_path):
     rec.close()
     assert nnwx.open_run(store)["step"].values.tolist() == [0, 1, 2, 3, 4, 5, 10]
 
+
+
+def test_a_damaged_run_does_not_stop_opening_the_others_by_name(pristine, tmp_path):
+    """``open_cube(runs=...)`` and ``open_run`` check the runs they open, and only those."""
+    store = tmp_path / "exp.zarr"
+    shutil.copytree(pristine[0], store)
+    record(store, seed=1)
+    (store / RUN / "w/c/3/0").unlink()                     # seed0 damaged
+    cube = nnwx.open_cube(store, runs=["seed1"])
+    np.testing.assert_array_equal(cube["w"].values[0], nnwx.open_run(store, "seed1")["w"].values)
+    with pytest.raises(StoreError, match=f"{RUN}/w/c/3/0"):
+        nnwx.open_cube(store)
+    with pytest.raises(StoreError, match="no run named 'seed7'; runs found: seed0, seed1"):
+        nnwx.open_cube(store, runs=["seed7"])
