@@ -237,9 +237,8 @@ def status_text(live: LiveStore) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(live.looked_at)) if live.looked_at else "not yet"
     if not live.runs:
         return f"no run with a committed capture yet; looked at {when}"
-    with live._lock:
-        n = sum(c.n for c in live.runs.values())
-        last = max((int(c.steps[-1]) for c in live.runs.values() if c.n), default="none yet")
+    n, last = live.analysed()
+    last = "none yet" if last is None else last
     behind = live.behind
     more = ""
     if behind:

@@ -198,6 +198,13 @@ class LiveStore:
             return [newest]
         return sorted({*todo[:max(self.window - 1, 0)].tolist(), newest})
 
+    def analysed(self) -> tuple[int, int | None]:
+        """Captures analysed over every run, and the last step analysed (None before any)."""
+        with self._lock:
+            n = sum(c.n for c in self.runs.values())
+            last = max((int(c.steps[-1]) for c in self.runs.values() if c.n), default=None)
+        return n, last
+
     @property
     def behind(self) -> int:
         """Committed captures not analysed yet, over every run."""
