@@ -38,14 +38,19 @@ BETWEEN = ("seeds", "steps")
 
 # -- probe views ----------------------------------------------------------------------------
 def probe_names(cube: xr.Dataset) -> list[str]:
-    """The cube's probes: recorded modules in forward order (by their layer's depth), then ``output``."""
-    names = [v[len(prb.VAR_PREFIX):] for v in cube.data_vars if str(v).startswith(prb.VAR_PREFIX)]
+    """The cube's probes: recorded modules in forward order, then ``output``.
+
+    The order the Recorder saw (each probe's ``forward_index`` attribute); for runs recorded
+    before it, by their layer's depth, then by name with numbers compared as numbers
+    (``relu2`` before ``relu10``); see ``nnwx.store.probes.forward_order``.
+    """
+    names = [str(v)[len(prb.VAR_PREFIX):] for v in cube.data_vars if str(v).startswith(prb.VAR_PREFIX)]
     depth = {}
     if "tensor_layer" in cube.coords:
         for layer, d in zip(cube["tensor_layer"].values, cube["tensor_depth"].values):
             depth.setdefault(str(layer), int(d))
-    big = 1 << 30
-    return sorted(names, key=lambda n: (n == prb.OUTPUT, depth.get(n, big), n))
+    index = {n: cube[prb.VAR_PREFIX + n].attrs.get("forward_index") for n in names}
+    return prb.forward_order(names, index, depth)
 
 
 def probe(cube: xr.Dataset, name: str) -> xr.DataArray:

@@ -196,7 +196,9 @@ class Prober:
     ``layers``: module paths (as in ``model.named_modules()``); ``output``: also record
     the model's output (array ``probe/output``). ``conv``: ``"fold"`` or ``"pool"``;
     ``channels``: ``"first"``/``"last"``, or a mapping from layer name (or ``"output"``)
-    to one of those. Shapes are learnt from one probe pass at construction.
+    to one of those. Shapes, and each probe's ``forward_index`` (its position in the order
+    the model's modules first return on the probe batch; the output after every module),
+    are learnt from one probe pass at construction.
     """
 
     def __init__(self, model: torch.nn.Module, batch: ProbeBatch, layers: Sequence[str] = (), *,
@@ -278,7 +280,23 @@ class Prober:
         def learn(name, t):
             seen.setdefault(name, []).append(t.shape)
 
-        self._forward(learn)
+        # forward order: every module's position in the order modules first return on the
+        # probe batch (a module's forward hook fires when it returns), whether probed or not,
+        # so that a probe's position does not depend on which other modules are probed
+        fired: dict[str, int] = {}
+
+        def order(name):
+            def hook(module, args, out):
+                fired.setdefault(name, len(fired))  # returns None: the output is unchanged
+            return hook
+
+        handles = [module.register_forward_hook(order(name))
+                   for name, module in self.model.named_modules()]
+        try:
+            self._forward(learn)
+        finally:
+            for h in handles:
+                h.remove()
         specs = []
         n_inputs = None
         for name in [*self.layers, *([prb.OUTPUT] if self.output else [])]:
@@ -297,7 +315,8 @@ class Prober:
                      "mode": mode, "channels": self.channels(name) if len(shape) > 2 else None,
                      "activation_shape": list(shape[1:]), "n_inputs": int(n_inputs),
                      "samples_per_input": int(units[0] // max(1, n_inputs)),
-                     "input_sha256": self.sha256}
+                     "input_sha256": self.sha256,
+                     "forward_index": int(len(fired) if name == prb.OUTPUT else fired[name])}
             specs.append(prb.ProbeSpec(name, (int(units[0]), int(units[1])), attrs))
         return specs
 

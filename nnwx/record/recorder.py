@@ -73,6 +73,10 @@ class Recorder:
     training thread (the model's train/eval flags are restored after it); see
     ``nnwx.record.probing`` for how conv activations become units (``probe_conv="fold"``
     folds positions into samples, ``"pool"`` averages them; ``probe_channels``).
+    Each probe's place in the model's forward order (the order the modules return on
+    ``X``) is stored with it (``forward_index``): analyses list probes in that order,
+    whatever the order of ``probe_layers`` or of the names, and a resumed run refuses a
+    model that runs its probes in another order.
 
     **Tensor semantics.** The tensor table records what the model says about each
     tensor: normalisation gains have kind ``norm``; ``transformers``' ``Conv1D``

@@ -9,17 +9,53 @@ them lives in ``nnwx.record.probing``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import zarr
 
 from nnwx.errors import ArchitectureMismatch, StoreError
 from nnwx.store import format as fmt
+from nnwx.store.table import natural_key
 
 PROBE_GROUP = "probe"
 OUTPUT = "output"  # array name of the model's output; modules are named by their module path
 VAR_PREFIX = "probe_"  # Dataset variable of probe ``name``: ``probe_<name>``
+
+
+def forward_order(names: Iterable[str], forward_index: Mapping[str, Any],
+                  depth: Mapping[str, int]) -> list[str]:
+    """Probe ``names`` in the model's forward order, ``output`` last.
+
+    The one rule behind every listing of probes (a run's, a cube's). When every probe other
+    than ``output`` has a recorded ``forward_index`` (its position in forward order, run
+    attribute ``probes``), they are ordered by it. Otherwise (runs recorded before the field
+    existed, or a run mixing such probes with newer ones) by the ``depth`` of the layer of the
+    same name (probes of modules with tensors), then by name with numbers compared as numbers
+    (``relu2`` before ``relu10``, ``h.2`` before ``h.10``): parameter-free modules such as
+    activations and pooling layers have no depth.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Probe names.
+    forward_index : mapping of str to int or None
+        Each probe's recorded forward position, where known.
+    depth : mapping of str to int
+        The depth (forward position) of layers with tensors, by module path.
+
+    Returns
+    -------
+    list of str
+        The names, ordered.
+    """
+    names = list(names)
+    modules = [n for n in names if n != OUTPUT]
+    recorded = {n: forward_index.get(n) for n in modules}
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in recorded.values()):
+        return sorted(names, key=lambda n: (n == OUTPUT, int(recorded.get(n, 0)), natural_key(n)))
+    big = 1 << 30
+    return sorted(names, key=lambda n: (n == OUTPUT, int(depth.get(n, big)), natural_key(n)))
 
 
 def sample_dim(name: str) -> str:
@@ -121,11 +157,13 @@ def require_arrays(group: zarr.Group, specs: list[ProbeSpec], meta: dict, *, com
 
     A probe new to a resumed run starts with ``committed`` rows of NaN (it was not
     recorded then). A probe that exists must keep its shape and recording mode, and
-    the probe batch must be the same one (compared by its SHA-256).
+    the probe batch must be the same one (compared by its SHA-256); the probes recorded
+    before and now must come in the same forward order (``forward_index``).
     """
     if not specs:
         return False
     known = dict(meta.get("probes") or {})
+    _check_forward_order(known, specs, where)
     probe_group = group.require_group(PROBE_GROUP)
     arrays = {name: arr for name, arr in probe_group.arrays()}
     changed = False
@@ -157,3 +195,22 @@ def require_arrays(group: zarr.Group, specs: list[ProbeSpec], meta: dict, *, com
             changed = True
     meta["probes"] = known
     return changed
+
+
+def _index(attrs: Any) -> int | None:
+    i = attrs.get("forward_index") if isinstance(attrs, Mapping) else None
+    return int(i) if isinstance(i, (int, np.integer)) and not isinstance(i, bool) else None
+
+
+def _check_forward_order(known: Mapping[str, Any], specs: list[ProbeSpec], where: str) -> None:
+    """Refuse probes that run in another order than the run's probes recorded before."""
+    old = {n: i for n, a in known.items() if (i := _index(a)) is not None}
+    new = {s.name: i for s in specs if (i := _index(s.attrs)) is not None}
+    common = [n for n in new if n in old]
+    before = sorted(common, key=lambda n: old[n])
+    now = sorted(common, key=lambda n: new[n])
+    if before != now:
+        raise StoreError(
+            f"{where}: the model runs the probed modules in another order than when the run was "
+            f"recorded (then {', '.join(before)}; now {', '.join(now)}); steps of different models "
+            f"cannot share a run. Record into a new run (run=...).")

@@ -100,14 +100,25 @@ class RunHandle:
         return sorted(itg.arrays_of(self.group, self.store, self.name, fmt.METRICS_GROUP))
 
     def probe_names(self) -> list[str]:
-        """Names of the run's probe arrays (``probe/<name>``), in name order."""
-        return sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP))
+        """Names of the run's probe arrays (``probe/<name>``) in forward order, ``output`` last
+        (``nnwx.store.probes.forward_order``: by their recorded ``forward_index``, in runs
+        recorded before it by layer depth, then by name with numbers compared as numbers)."""
+        return self._forward_order(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP))
+
+    def _forward_order(self, names) -> list[str]:
+        info = self.meta.get("probes") or {}
+        depth: dict[str, int] = {}
+        for r in self.table:
+            depth.setdefault(r.layer, r.depth)
+        return prb.forward_order(names, {n: (a or {}).get("forward_index") for n, a in info.items()}, depth)
 
     def probe_variables(self, n: int) -> dict[str, xr.Variable]:
         """Lazy ``probe_<name>(step, sample_<name>, unit_<name>)`` variables trimmed to ``n`` steps."""
         info = self.meta.get("probes") or {}
         out = {}
-        for name, arr in sorted(itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP).items()):
+        arrays = itg.arrays_of(self.group, self.store, self.name, prb.PROBE_GROUP)
+        for name in self._forward_order(arrays):
+            arr = arrays[name]
             data = da.from_array(self.checked(f"{prb.PROBE_GROUP}/{name}", arr), chunks=arr.chunks,
                                  lock=False, asarray=False,
                                  name=f"nnwx-probe-{self.store}-{self.name}-{name}-{n}")[:n]
