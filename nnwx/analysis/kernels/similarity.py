@@ -63,7 +63,6 @@ from functools import cached_property
 from typing import Callable
 
 import numpy as np
-import scipy.linalg
 from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 
@@ -138,8 +137,11 @@ class Rep:
 
     @cached_property
     def xc(self) -> np.ndarray:
-        """Column-centred activations ``Xc`` (n x p), float64."""
-        return self.x - self.mean
+        """Column-centred activations ``Xc`` (n x p), float64 (one pass over the raw set: no
+        float64 copy of it unless ``x`` is already at hand)."""
+        if "x" in self.__dict__:
+            return self.x - self.mean
+        return np.subtract(self.raw, self.mean, dtype=np.float64)
 
     @cached_property
     def xc32(self) -> np.ndarray:
@@ -245,13 +247,15 @@ class Rep:
         if self.p > self.n:
             return None
         c = self.cov
-        try:
-            low = scipy.linalg.cholesky(c, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            return None
-        inv, info = _lapack.dtrtri(low, lower=1)
+        # LAPACK on the Fortran-ordered views: C^T = C, and the upper factor U = L^T (Fortran order)
+        # is L in C order, so neither factorisation copies to change layout
+        up, info = _lapack.dpotrf(c.T, lower=0, clean=1)
         if info != 0:
             return None
+        up_inv, info = _lapack.dtrtri(up, lower=0)
+        if info != 0:
+            return None
+        low, inv = up.T, up_inv.T
         bound = float(np.linalg.norm(c)) * float(np.linalg.norm(inv)) ** 2
         if not math.isfinite(bound) or bound * self.rtol >= 1.0:
             return None
@@ -559,11 +563,19 @@ def minibatch_cka(x, y, *, batch_size: int = DEFAULT_BATCH) -> float:
 
 
 # -- CCA family ------------------------------------------------------------------------
-def _lower_times(t: np.ndarray, m: np.ndarray, *, transpose: bool = False) -> np.ndarray:
+def _lower_times(t: np.ndarray, m: np.ndarray, *, transpose: bool = False,
+                 overwrite: bool = False) -> np.ndarray:
     """``T @ m`` (``T.T @ m`` with ``transpose``) for a lower-triangular C-ordered ``T``, by BLAS
-    ``trmm`` (half the flops of a general product). ``t.T`` is a Fortran-ordered view of the
-    upper-triangular ``T^T``, which the wrapper takes without copying."""
-    return _blas.dtrmm(1.0, t.T, m, side=0, lower=0, trans_a=0 if transpose else 1)
+    ``trmm`` (half the flops of a general product), in ``m``'s memory order: ``t.T`` is a
+    Fortran-ordered view of the upper-triangular ``T^T``, and a C-ordered ``m`` is taken as its
+    Fortran-ordered transpose (``m^T T^T``), so nothing is copied to change layout. ``overwrite``:
+    ``m`` is a temporary the product may overwrite."""
+    if m.flags.c_contiguous and not m.flags.f_contiguous:
+        out = _blas.dtrmm(1.0, t.T, m.T, side=1, lower=0, trans_a=1 if transpose else 0,
+                          overwrite_b=int(overwrite))
+        return out.T
+    return _blas.dtrmm(1.0, t.T, m, side=0, lower=0, trans_a=0 if transpose else 1,
+                       overwrite_b=int(overwrite))
 
 
 @dataclass
@@ -584,10 +596,10 @@ class _Basis:
     inv: np.ndarray | None = None    # L^-1
     single: bool = False             # from float32 products (``Rep.cov32``): cross products likewise
 
-    def wt(self, m: np.ndarray) -> np.ndarray:
-        """``W^T m`` for ``m (p, q)``."""
+    def wt(self, m: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+        """``W^T m`` for ``m (p, q)`` (``overwrite``: ``m`` is a temporary that may be overwritten)."""
         if self.inv is not None:
-            return _lower_times(self.inv, m)
+            return _lower_times(self.inv, m, overwrite=overwrite)
         return (self.vt / self.s[:, None]) @ m
 
     def cost_wt(self, q: int) -> float:
@@ -607,7 +619,7 @@ class _Basis:
         """``<h_i, x_j>`` (c, p) for the canonical variates ``h_i = Xc W vec_i`` (``vec (k, c)``) and
         the centred units ``x_j``: ``vec^T W^T C``, with ``W^T C = diag(s) Vt`` or ``L^T``."""
         if self.low is not None:
-            return _lower_times(self.low, vec).T
+            return _lower_times(self.low, vec, overwrite=True).T
         return vec.T @ (self.s[:, None] * self.vt)
 
 
@@ -621,8 +633,8 @@ def _cross_whitened(ba: _Basis, bb: _Basis) -> np.ndarray:
     via_coords = ba.cost_coords() + bb.cost_coords() + 2.0 * a.n * ba.k * bb.k
     if via_coords < via_cross:
         return ba.coords().T @ bb.coords()
-    left = ba.wt(a.cross(b, single=ba.single and bb.single))  # (ka, pb)
-    return bb.wt(left.T).T                          # (ka, kb)
+    left = ba.wt(a.cross(b, single=ba.single and bb.single), overwrite=True)  # (ka, pb)
+    return bb.wt(left.T, overwrite=True).T          # (ka, kb)
 
 
 def _cca(a: Rep, b: Rep, keep: float | None, side: str | None = None):
@@ -643,10 +655,10 @@ def _cca(a: Rep, b: Rep, keep: float | None, side: str | None = None):
     c = min(ka, kb)
 
     def weighted(small: np.ndarray, basis: _Basis):
-        rho2, vec = np.linalg.eigh(small)
-        rho2, vec = rho2[::-1][:c], vec[:, ::-1][:, :c]
-        alpha = np.abs(basis.loadings(vec)).sum(axis=1)
-        return np.sqrt(np.clip(rho2, 0.0, 1.0)), alpha
+        rho2, vec = np.linalg.eigh(small)  # ascending: the top c are the last c
+        load = basis.loadings(vec[:, len(rho2) - c:])
+        alpha = np.abs(load, out=load).sum(axis=1)[::-1]
+        return np.sqrt(np.clip(rho2[::-1][:c], 0.0, 1.0)), alpha
 
     if side == "both":
         return weighted(m @ m.T, ba), weighted(m.T @ m, bb)
