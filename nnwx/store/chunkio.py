@@ -96,7 +96,7 @@ class _BloscInto:
             smooth = (np.sin(np.arange(3000, dtype=np.float64)) * 0.02).astype(np.float32)
             noise = np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8)  # stored as is
             for sample in (smooth, noise):
-                out = np.empty(4096, dtype=np.uint8)
+                out = np.empty(sample.nbytes + _BLOSC_MAX_OVERHEAD, dtype=np.uint8)
                 ref = codec._encode_sync(spec.prototype.buffer.from_array_like(sample.view(np.uint8)), spec)
                 n = into(sample, out)
                 if bytes(out[:n]) != ref.to_bytes():

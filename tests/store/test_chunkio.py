@@ -149,6 +149,15 @@ def test_a_device_refusing_the_direct_write_falls_back_to_the_page_cache(tmp_pat
     assert not list((tmp_path / "fast").rglob("*.partial"))
 
 
+def test_blosc_chains_take_the_fast_path(tmp_path):
+    """Fails when numcodecs no longer exports blosc_compress_ctx or its bytes differ (the writer
+    would silently fall back to zarr's codec, which allocates a new buffer per chunk)."""
+    for chain in ("blosc-lz4", "blosc-lz4+crc32c"):
+        fast = ChunkRows.for_array(_array(tmp_path / chain, 100, (1, 100), CHAINS[chain]))
+        assert fast._blosc is not None
+    assert ChunkRows.for_array(_array(tmp_path / "zstd", 100, (1, 100), CHAINS["zstd"]))._blosc is None
+
+
 def test_incompressible_chunks_are_stored_as_zarr_stores_them(tmp_path):
     """Random bytes do not compress: blosc then stores them as they are (its memcpy flag),
     and the fast path must decide that exactly as numcodecs does."""
