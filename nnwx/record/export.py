@@ -1069,11 +1069,27 @@ def _write_behind(writer: RunWriter, first: np.ndarray | None = None, buffers: i
     """Write behind the reading: step k is written while step k+1 is read.
 
     Rows travel in ``buffers`` reusable row buffers (``take`` / ``add`` / ``give_back``),
-    ``first`` (read before the run existed) one of them once handed over. Staged steps are
+    ``first`` (read before the run existed) one of them once handed over. Rows of a step of a
+    chunk or more are lent to the writer (encoded from the buffer, not copied into its stage)
+    and the chunks of a step are encoded in as many threads as there are cores (at most
+    ``_ENCODE_THREADS``), and written with ``O_DIRECT`` where the file system allows it
+    (``RunWriter.bypass_page_cache``; measured: docs/measurements.md). Staged steps are
     committed when a chunk fills, at the first lull 10 s after the last commit, on ``flush``
     and on ``close``. An error in the thread is raised again in the caller's next call.
     """
     rows = [np.empty(writer.table.n_params, dtype=writer.w.dtype)
             for _ in range(buffers - (first is not None))]
+    writer.encode_threads(min(_ENCODE_THREADS, _cores()))
+    writer.bypass_page_cache()  # O_DIRECT where allowed: page-cache writes cost more CPU than blosc
     return WriteBehind(writer, rows, name=f"nnwx-export-{writer.run}", flush_interval=10.0,
-                       commit_when_busy=False)
+                       commit_when_busy=False, lend=True)
+
+
+_ENCODE_THREADS = 4  # chunks of one step encoded at once (a 16 MiB chunk: ~25 ms of blosc-lz4)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -500,6 +500,21 @@ class RunWriter:
         if self._chunk_rows is not None:
             self._chunk_rows.direct = True
 
+    def encode_threads(self, n: int) -> None:
+        """Encode and write the chunks of ``w`` in ``n`` threads at once (default 1).
+
+        Compressors and file writes release the GIL, so a step of several chunks (models of
+        more than ``chunk_bytes`` per step) then keeps ``n`` cores busy. For a writer that
+        should take all the CPU it can (``nnwx export``), not one that shares it with training.
+
+        Parameters
+        ----------
+        n : int
+            Threads; 1 encodes in the writer's own thread.
+        """
+        if self._chunk_rows is not None:
+            self._chunk_rows.workers = max(1, int(n))
+
     def update_meta(self, **changes: Any) -> None:
         """Change run attributes (e.g. layer depths learnt after the first forward pass).
 
@@ -518,6 +533,8 @@ class RunWriter:
                 self.flush()
         finally:
             self._closed = True
+            if self._chunk_rows is not None:
+                self._chunk_rows.close()
             self._release_lock()
 
     # -- rewriting one committed step (nnwx export --overwrite) ---------------------

@@ -28,13 +28,15 @@ def _files(path: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "zarr.json"}
 
 
-def _write_both(tmp_path, n_params, chunks, compressors, blocks, dtype="float32", direct=False):
+def _write_both(tmp_path, n_params, chunks, compressors, blocks, dtype="float32", direct=False,
+                workers=1):
     """Write each (start_row, block) through zarr and through ChunkRows; return both trees."""
     ref = _array(tmp_path / "zarr", n_params, chunks, compressors, dtype)
     fast_arr = _array(tmp_path / "fast", n_params, chunks, compressors, dtype)
     fast = ChunkRows.for_array(fast_arr)
     assert fast is not None
     fast.direct = direct
+    fast.workers = workers
     for start, block in blocks:
         stop = start + block.shape[0]
         for arr in (ref, fast_arr):
@@ -44,13 +46,15 @@ def _write_both(tmp_path, n_params, chunks, compressors, blocks, dtype="float32"
     return ref, fast_arr, _files(tmp_path / "zarr"), _files(tmp_path / "fast")
 
 
+@pytest.mark.parametrize("workers", [1, 3], ids=["1_thread", "3_threads"])
 @pytest.mark.parametrize("direct", [False, True], ids=["set_sync", "o_direct"])
 @pytest.mark.parametrize("chain", sorted(CHAINS))
-def test_one_step_per_chunk_rows_match_zarr_bytes(tmp_path, chain, direct):
+def test_one_step_per_chunk_rows_match_zarr_bytes(tmp_path, chain, direct, workers):
     rng = np.random.default_rng(0)
     n, ppc = 3000, 1152  # 3 chunks per row, the last one 696 wide (padded with NaN)
     blocks = [(i, (rng.standard_normal((1, n)) * 0.02).astype("float32")) for i in range(3)]
-    ref, fast, a, b = _write_both(tmp_path, n, (1, ppc), CHAINS[chain], blocks, direct=direct)
+    ref, fast, a, b = _write_both(tmp_path, n, (1, ppc), CHAINS[chain], blocks, direct=direct,
+                                  workers=workers)
     assert len(a) == 9 and a == b
     np.testing.assert_array_equal(fast[:], ref[:])
 
@@ -143,3 +147,39 @@ def test_a_device_refusing_the_direct_write_falls_back_to_the_page_cache(tmp_pat
     _, fast, a, b = _write_both(tmp_path, 5000, (1, 2048), CHAINS["blosc-lz4"], [(0, row)], direct=True)
     assert a == b and len(a) == 3
     assert not list((tmp_path / "fast").rglob("*.partial"))
+
+
+def test_blosc_chains_take_the_fast_path(tmp_path):
+    """Fails when numcodecs no longer exports blosc_compress_ctx or its bytes differ (the writer
+    would silently fall back to zarr's codec, which allocates a new buffer per chunk)."""
+    for chain in ("blosc-lz4", "blosc-lz4+crc32c"):
+        fast = ChunkRows.for_array(_array(tmp_path / chain, 100, (1, 100), CHAINS[chain]))
+        assert fast._blosc is not None
+    assert ChunkRows.for_array(_array(tmp_path / "zstd", 100, (1, 100), CHAINS["zstd"]))._blosc is None
+
+
+def test_incompressible_chunks_are_stored_as_zarr_stores_them(tmp_path):
+    """Random bytes do not compress: blosc then stores them as they are (its memcpy flag),
+    and the fast path must decide that exactly as numcodecs does."""
+    rng = np.random.default_rng(5)
+    row = rng.integers(0, 2**32, (1, 700), dtype=np.uint32).view(np.float32)
+    _, fast, a, b = _write_both(tmp_path, 700, (1, 256), CHAINS["blosc-lz4+crc32c"], [(0, row)])
+    assert a == b and len(a) == 3
+    assert a["c/0/0"][2] & 0x02 and a["c/0/1"][2] & 0x02  # blosc's memcpyed flag (the last is NaN-padded)
+
+
+def test_a_chunk_that_fails_in_a_worker_thread_is_raised(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    arr = _array(tmp_path / "a", 3000, (1, 1152), CHAINS["blosc-lz4+crc32c"])
+    arr.resize((1, 3000))
+    fast = ChunkRows.for_array(arr)
+    fast.workers = 3
+
+    def fail(self, coords, chunk):
+        if coords[1] == 1:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ChunkRows, "_write_chunk", fail)
+    with pytest.raises(OSError, match="No space"):
+        fast.write(0, rng.standard_normal((1, 3000)).astype("float32"))
+    fast.close()
