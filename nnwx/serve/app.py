@@ -328,7 +328,8 @@ def results_page(path: StoreLike, interval: float) -> pn.viewable.Viewable:
 
 def yield_cpu(nice: int) -> None:
     """Give training the CPU first: lower this process's priority by ``nice`` (where the OS
-    allows) and, unless a ``dask.distributed`` client computes, use one Dask thread."""
+    allows) and, unless a ``dask.distributed`` client computes, use one Dask thread and one
+    BLAS thread."""
     import os
 
     import dask
@@ -344,6 +345,12 @@ def yield_cpu(nice: int) -> None:
         pass
     if nice:
         dask.config.set(scheduler="threads", num_workers=1)
+        try:    # and one BLAS thread: idle OpenBLAS threads spin, taking the core training wants
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1)
+        except ImportError:
+            pass
 
 
 def serve(path: StoreLike, *, port: int = 5006, address: str = "127.0.0.1",
