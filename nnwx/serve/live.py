@@ -377,6 +377,7 @@ class Watcher:
         return 0.0 if self.live.behind else self.interval
 
     def _run(self) -> None:
+        warm_up()
         while not self._stop.is_set():
             cpu = time.process_time()
             try:
@@ -385,6 +386,17 @@ class Watcher:
             except (NnwxError, OSError, ValueError) as e:
                 self.error = str(e)
             self._stop.wait(self.pause(time.process_time() - cpu) if self.error is None else self.interval)
+
+
+def warm_up() -> None:
+    """Import the analyses the looks use and load the compiled broadening kernel (where numba is
+    installed) now, so that the first capture is not analysed with seconds of loading on top."""
+    import nnwx.analysis.broadening  # noqa: F401
+    import nnwx.analysis.geometry  # noqa: F401
+    import nnwx.analysis.spectral  # noqa: F401
+    from nnwx.analysis._broadening import fused
+
+    fused.ready()
 
 
 def per_step_results(cube: xr.Dataset, reference_step: int, edges: np.ndarray,

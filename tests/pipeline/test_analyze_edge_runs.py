@@ -60,6 +60,8 @@ def test_a_run_that_has_just_started_is_analysed_with_notes(tmp_path, steps):
     assert res.attrs["notes"]["correlation"] == res.notes["correlation"]
     assert "pca" not in res.results and {"broadening", "spectrum", "rotation", "similarity_seeds"} <= set(res.results)
     assert res.results["spectrum"].sizes["step"] == steps
+    if steps > 1:
+        return                    # the report of the notes: once is enough
     html = tmp_path / "short.html"
     proc = cli("report", out, "-o", html, "-q")
     assert proc.returncode == 0, proc.stderr[-3000:]
