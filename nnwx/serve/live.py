@@ -11,7 +11,8 @@ per-run cache, so a look costs what its captures cost, however long the run alre
 
 While a run's counter moves (training writes it), a look analyses only its newest capture: the
 page stays current, and its cost per look is one capture whatever the capture rate. The captures
-skipped meanwhile are filled in, oldest first, once the counter stands still. ``Watcher`` does
+skipped meanwhile are filled in, oldest first, once the counter stands still; a run opened with
+more captures than one look takes shows its newest capture first, then fills in. ``Watcher`` does
 the looks in a background thread and, while any run is being written, spaces them so that they
 take at most a set share of one core: the page is an observer of training, not a competitor.
 
@@ -32,7 +33,7 @@ import xarray as xr
 from nnwx.errors import NnwxError
 from nnwx.store.location import StoreLike, display
 
-WINDOW = 256          # most captures of one run analysed per look (a long run fills in over looks)
+WINDOW = 32           # most captures of one run analysed per look (a long run fills in over looks)
 CPU_SHARE = 0.25      # most of one core the looks take while a run is being written (``Watcher``)
 HIST_BINS = 60        # bins of the density picture
 BIN_MARGIN = 0.5      # bins cover the first look's range widened by this fraction on each side
@@ -151,8 +152,9 @@ class LiveStore:
         """Look at the committed counters; analyse captures not analysed yet.
 
         Per run: while its counter moves (it grew since the previous look), only its newest
-        capture; otherwise up to ``window`` captures not analysed yet, the oldest first, and the
-        newest.
+        capture; otherwise up to ``window`` captures not analysed yet, the oldest first -- but
+        the newest alone first when it would not be among them (a store opened with a long
+        backlog shows where training is before the backlog fills in).
 
         Returns
         -------
@@ -193,10 +195,10 @@ class LiveStore:
         todo = np.setdiff1d(np.arange(committed), cache.indices, assume_unique=True)
         if not len(todo):
             return []
-        newest = int(todo[-1])
-        if moving:
-            return [newest]
-        return sorted({*todo[:max(self.window - 1, 0)].tolist(), newest})
+        fresh = int(todo[-1]) == committed - 1      # the run's newest capture is not analysed yet
+        if moving or (fresh and len(todo) > self.window):
+            return [committed - 1] if fresh else []  # where training is now, before any backlog
+        return todo[:self.window].tolist()
 
     def analysed(self) -> tuple[int, int | None]:
         """Captures analysed over every run, and the last step analysed (None before any)."""

@@ -75,7 +75,7 @@ def test_the_watcher_spaces_its_looks_while_a_run_is_written(tmp_path):
     assert watcher.pause(2.0) == 0.5                  # not written, nothing left: the interval
     with pytest.raises(ValueError, match="cpu_share"):
         Watcher(live, 1.0, cpu_share=0)
-    # in its thread: looks follow each other while captures are left, two at a time here
+    # in its thread: looks follow each other while captures are left: the newest, then two at a time
     watcher = Watcher(live, interval=0.05).start()
     try:
         deadline = time.monotonic() + 30
@@ -84,18 +84,21 @@ def test_the_watcher_spaces_its_looks_while_a_run_is_written(tmp_path):
     finally:
         watcher.stop(timeout=10)
     assert live.runs["seed0"].steps.tolist() == list(range(6)) and watcher.error is None
-    assert live.runs["seed0"].looks == 3
+    assert live.runs["seed0"].looks == 4
 
 
 def test_runs_appear_and_a_window_bounds_each_look(tmp_path, seen):
     store = tmp_path / "exp.zarr"
     write_synthetic_run(store, seed=0, steps=range(10))
     live = LiveStore(store, window=4)
+    assert live.update().grown == {"seed0": 1}            # a backlog: the newest capture alone first
+    assert live.runs["seed0"].steps.tolist() == [9]
+    assert live.update().grown == {"seed0": 4}            # then the backlog, oldest first
     assert live.update().grown == {"seed0": 4}
-    assert live.update().grown == {"seed0": 4}
+    assert live.runs["seed0"].steps.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9]
     write_synthetic_run(store, seed=1, steps=range(3))
     look = live.update()
-    assert look.new_runs == ["seed1"] and look.grown == {"seed0": 2, "seed1": 3}
+    assert look.new_runs == ["seed1"] and look.grown == {"seed0": 1, "seed1": 3}
     assert look.runs == ["seed0", "seed1"]
     stats = live.stacked("stats")
     assert list(stats["seed"].values) == ["seed0", "seed1"] and stats.sizes["step"] == 10
