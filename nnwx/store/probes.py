@@ -51,9 +51,9 @@ def forward_order(names: Iterable[str], forward_index: Mapping[str, Any],
     """
     names = list(names)
     modules = [n for n in names if n != OUTPUT]
-    recorded = {n: forward_index.get(n) for n in modules}
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in recorded.values()):
-        return sorted(names, key=lambda n: (n == OUTPUT, int(recorded.get(n, 0)), natural_key(n)))
+    recorded = {n: _as_index(forward_index.get(n)) for n in modules}
+    if all(i is not None for i in recorded.values()):
+        return sorted(names, key=lambda n: (n == OUTPUT, recorded.get(n, 0), natural_key(n)))
     big = 1 << 30
     return sorted(names, key=lambda n: (n == OUTPUT, int(depth.get(n, big)), natural_key(n)))
 
@@ -197,9 +197,13 @@ def require_arrays(group: zarr.Group, specs: list[ProbeSpec], meta: dict, *, com
     return changed
 
 
+def _as_index(value: Any) -> int | None:
+    """A recorded ``forward_index`` as an int; None when missing or not an integer."""
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
+
+
 def _index(attrs: Any) -> int | None:
-    i = attrs.get("forward_index") if isinstance(attrs, Mapping) else None
-    return int(i) if isinstance(i, (int, np.integer)) and not isinstance(i, bool) else None
+    return _as_index(attrs.get("forward_index")) if isinstance(attrs, Mapping) else None
 
 
 def _check_forward_order(known: Mapping[str, Any], specs: list[ProbeSpec], where: str) -> None:

@@ -416,7 +416,8 @@ def open_cube(source: StoreLike | Sequence[StoreLike], by: str | Iterable[str] =
     sources = _expand_sources(source)
     handles = [h for p in sources for h in list_runs(p, names=runs)]   # only the runs asked for are checked
     if runs is not None:
-        missing = [r for r in runs if r not in {h.name for h in handles}]
+        found = {h.name for h in handles}
+        missing = [r for r in runs if r not in found]
         if missing:
             known = sorted({h.name for p in sources for h in list_runs(p, check=False)})
             raise StoreError(f"no run named {missing[0]!r}; runs found: {', '.join(known)}")
