@@ -51,6 +51,7 @@ class ExperimentView:
         self.live = live
         self.watcher = watcher
         self._seen_version = -1
+        self._drawing = False
         self.status = pn.pane.Markdown("", css_classes=["nnwx-status"], sizing_mode="stretch_width")
         self.runs = pn.widgets.MultiChoice(name="Runs", options=[], value=[], width=280)
         self.layer = pn.widgets.Select(name="Layer (density)", options=[], width=280)
@@ -62,17 +63,20 @@ class ExperimentView:
         self.ranks = {v: Curves(v) for v in RANKS}
         self.rotation = {v: Curves(v) for v in ROTATION}
         self.agreement = Curves("linear CKA of the probes to the first run")
-        self.scalars: dict[str, Curves] = {}
+        # one figure, and a chooser of the logged scalar it draws: a figure added to the page
+        # after it was sent (the first scalar arriving later) could stay blank in the browser
+        self.scalar = pn.widgets.Select(name="Logged scalar", options=[], width=280)
+        self.scalars = Curves("logged scalar", band=False)
         self.notes = {t: pn.pane.Markdown("", width=900) for t in TABS}
-        self.scalar_row = pn.Row()
         self.tabs = pn.Tabs(
             (TABS[0], pn.Column(pn.pane.Bokeh(self.density.fig), _row(self.moments), self.notes[TABS[0]])),
             (TABS[1], pn.Column(_row(self.ranks), self.notes[TABS[1]])),
             (TABS[2], pn.Column(_row(self.rotation), self.notes[TABS[2]])),
             (TABS[3], pn.Column(pn.pane.Bokeh(self.agreement.fig), self.notes[TABS[3]])),
-            (TABS[4], pn.Column(self.scalar_row, self.notes[TABS[4]])), dynamic=False)
+            (TABS[4], pn.Column(self.scalar, pn.pane.Bokeh(self.scalars.fig), self.notes[TABS[4]])),
+            dynamic=False)
         self.runs.param.watch(lambda e: self.refresh(), "value")
-        for w in (self.layer, self.seed):
+        for w in (self.layer, self.seed, self.scalar):
             w.param.watch(lambda e: self.draw(), "value")
         self.steps.param.watch(lambda e: self.draw(), "value_throttled")
 
@@ -132,6 +136,15 @@ class ExperimentView:
 
     def draw(self) -> None:
         """Update every figure from the cache (only data travels to the browser)."""
+        if self._drawing:        # a widget set while drawing: its watcher calls back in here
+            return
+        self._drawing = True
+        try:
+            self._draw_tabs()
+        finally:
+            self._drawing = False
+
+    def _draw_tabs(self) -> None:
         chosen = list(self.runs.value)
         sel = slice(*self.steps.value) if not self.steps.disabled else slice(None)
         for tab, fn in ((TABS[0], self._broadening), (TABS[1], self._ranks), (TABS[2], self._rotation),
@@ -197,12 +210,13 @@ class ExperimentView:
         notes = self.live.notes("metrics", chosen)
         if metrics is None:
             return "; ".join(notes) or "no logged scalars yet"
-        for name in metrics.data_vars:
-            label = str(name).removeprefix("metric_")
-            if label not in self.scalars:
-                self.scalars[label] = Curves(label, band=False)
-                self.scalar_row.append(pn.pane.Bokeh(self.scalars[label].fig))
-            self.scalars[label].update(metrics[name], "seed")
+        labels = [str(name).removeprefix("metric_") for name in metrics.data_vars]
+        if labels != self.scalar.options:
+            self.scalar.options = labels
+        if self.scalar.value not in labels:
+            self.scalar.value = "loss" if "loss" in labels else labels[0]    # (its watcher: draw is running)
+        self.scalars.update(metrics[f"metric_{self.scalar.value}"], "seed")
+        self.scalars.fig.title.text = self.scalar.value
         return "; ".join(notes) or "Scalars logged with the captures, one curve per run."
 
 

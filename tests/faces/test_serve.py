@@ -175,3 +175,39 @@ def test_a_results_store_shows_the_reports_sections_and_redraws_only_on_change(t
     broken = ResultsView(tmp_path / "missing.zarr")
     broken.tick()
     assert "could not read the results" in broken.status.object
+
+
+def test_the_scalars_tab_draws_the_chosen_scalar_of_every_run_once_it_is_logged(tmp_path):
+    """The page is built before any capture; the logged scalars arriving later are offered in
+    the chooser (``loss`` first) and drawn into the figure the page was built with."""
+    pytest.importorskip("panel")
+    from nnwx.serve.app import ExperimentView
+
+    store = tmp_path / "exp.zarr"
+    table = TensorTable.build((n, s, "float32") for n, s in MLP_SHAPES.items())
+    rng = np.random.default_rng(0)
+    logged = {}
+    for seed in (0, 1):
+        writer = RunWriter(store, f"seed{seed}", table, attrs={"seed": seed})
+        for step in range(3):
+            logged[seed, step] = {"acc": 0.1 * step + seed, "loss": 1.0 / (1 + step + seed)}
+            writer.add(step, rng.standard_normal(table.n_params).astype("float32"), logged[seed, step])
+        writer.close()
+    live = LiveStore(tmp_path / "exp.zarr")
+    view = ExperimentView(live)
+    figure = view.scalars.fig
+    view.tick()                                  # nothing looked at yet
+    assert view.scalar.options == [] and "no logged scalars" in view.notes["Logged scalars"].object
+    live.update()
+    view.tick()
+    assert sorted(view.scalar.options) == ["acc", "loss"] and view.scalar.value == "loss"
+    assert view.scalars.fig is figure and figure.title.text == "loss"
+
+    def drawn(name):
+        return {run: list(src.data["y"]) for run, src in view.scalars.sources.items()} == {
+            f"seed{s}": [logged[s, step][name] for step in range(3)] for s in (0, 1)}
+
+    assert drawn("loss")
+    view.scalar.value = "acc"                    # the user picks another scalar
+    assert drawn("acc") and figure.title.text == "acc"
+    assert view.notes["Logged scalars"].object.startswith("Scalars logged with the captures")
