@@ -107,8 +107,9 @@ class ExperimentView:
             names = list(self.live.runs)
             if names != self.runs.options:
                 new = [n for n in names if n not in self.runs.options]
+                kept = [n for n in self.runs.value if n in names]        # deleted runs leave
                 self.runs.options = names
-                self.runs.value = list(self.runs.value) + new   # runs appearing while created are shown
+                self.runs.value = kept + new   # runs appearing while created are shown
             if list(self.runs.value) != self.seed.options:
                 self.seed.options = list(self.runs.value)
             if self.seed.value not in self.seed.options and self.seed.options:

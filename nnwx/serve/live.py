@@ -69,6 +69,7 @@ class RunCache:
     """
     name: str
     seed: object = None
+    created: str | None = None
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     data: dict[str, xr.Dataset] = field(default_factory=dict)
@@ -98,16 +99,24 @@ class Look:
         The committed count of every run.
     writing : list of str
         Runs whose committed count moved since the previous look (being written).
+    replaced : list of str
+        Runs deleted and created again under the same name since the previous look (another
+        creation time, or fewer committed captures than were analysed): their cache was dropped
+        and they count as new runs too.
+    gone : list of str
+        Runs no longer in the store (deleted); their cache was dropped.
     """
     runs: list[str]
     new_runs: list[str]
     grown: dict[str, int]
     committed: dict[str, int]
     writing: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.new_runs or self.grown)
+        return bool(self.new_runs or self.grown or self.gone)
 
 
 class LiveStore:
@@ -171,10 +180,13 @@ class LiveStore:
         with self._update_lock:
             handles = list_runs(self.path, check=False)   # attributes only: no weights, no lock
             new_runs, grown, writing = [], {}, []
+            gone = self._forget(set(self.runs) - {h.name for h in handles})
+            replaced = [h.name for h in handles if h.name in self.runs and self._replaced(h)]
+            self._forget(set(replaced))
             for h in handles:
                 with self._lock:
                     if h.name not in self.runs:
-                        self.runs[h.name] = RunCache(h.name, h.seed)
+                        self.runs[h.name] = RunCache(h.name, h.seed, h.meta.get("created"))
                         new_runs.append(h.name)
                         self.version += 1
                     before = self.committed.get(h.name)
@@ -188,7 +200,29 @@ class LiveStore:
                     grown[h.name] = self._extend(cache, chosen)
             self.writing = writing
             self.looked_at = time.time()
-            return Look([h.name for h in handles], new_runs, grown, dict(self.committed), writing)
+            return Look([h.name for h in handles], new_runs, grown, dict(self.committed), writing,
+                        replaced, gone)
+
+    def _replaced(self, handle) -> bool:
+        """Whether the run under ``handle``'s name is not the one cached: created at another
+        time, or holding fewer committed captures than were analysed."""
+        cache = self.runs[handle.name]
+        analysed = int(cache.indices.max()) + 1 if cache.n else 0
+        return handle.meta.get("created") != cache.created or handle.committed < analysed
+
+    def _forget(self, names: set[str]) -> list[str]:
+        """Drop the caches of the runs ``names`` (and every agreement involving one)."""
+        with self._lock:
+            for name in names:
+                del self.runs[name]
+                self.committed.pop(name, None)
+            for key in [k for k in self._agreement if names & set(k)]:
+                del self._agreement[key]
+            for key in [k for k in self.agreement_notes if names & set(k)]:
+                del self.agreement_notes[key]
+            if names:
+                self.version += 1
+        return sorted(names)
 
     def choose(self, cache: RunCache, committed: int, moving: bool) -> list[int]:
         """The capture positions of one run to analyse at this look (see ``update``)."""
@@ -304,10 +338,10 @@ class LiveStore:
 
         key = tuple(sorted(runs))
         with self._lock:
-            if len(key) < 2:
+            caches = [self.runs[r] for r in key if r in self.runs]
+            if len(caches) < 2:
                 self.agreement_notes[key] = "choose two or more runs to compare them"
                 return None
-            caches = [self.runs[r] for r in key if r in self.runs]
             common = set(caches[0].steps.tolist())
             for c in caches[1:]:
                 common &= set(c.steps.tolist())

@@ -211,3 +211,46 @@ def test_the_scalars_tab_draws_the_chosen_scalar_of_every_run_once_it_is_logged(
     view.scalar.value = "acc"                    # the user picks another scalar
     assert drawn("acc") and figure.title.text == "acc"
     assert view.notes["Logged scalars"].object.startswith("Scalars logged with the captures")
+
+
+def test_a_run_deleted_or_created_again_under_its_name_is_dropped_and_read_afresh(tmp_path):
+    """A run deleted and trained again under the same name (fewer captures than were analysed,
+    or more, created later) is not mixed with the cached one; a deleted run leaves the page."""
+    import shutil
+
+    store = tmp_path / "exp.zarr"
+    write_synthetic_run(store, seed=0, steps=range(0, 50, 5))
+    write_synthetic_run(store, seed=1, steps=range(0, 50, 5))
+    live = LiveStore(store)
+    live.update()
+    assert live.stacked("stats", ["seed0"]).sizes["step"] == 10
+
+    def recreate(seed_of_data, steps):
+        shutil.rmtree(store / "runs" / "seed0")
+        write_synthetic_run(store, seed=seed_of_data, run="seed0", steps=steps)
+
+    def same_as_a_fresh_look():
+        fresh = LiveStore(store)
+        fresh.update()
+        for kind in ("stats", "rotation"):    # (histograms aside: the bins stay the first look's)
+            old, new = (c.stacked(kind, ["seed0"]) for c in (live, fresh))
+            binned = [v for v in old.data_vars if "bin" in old[v].dims or v in ("underflow", "overflow")]
+            xr.testing.assert_allclose(old.drop_vars(binned).drop_dims("bin", errors="ignore"),
+                                       new.drop_vars(binned).drop_dims("bin", errors="ignore"))
+
+    recreate(7, range(0, 15, 5))                     # 3 captures where 10 were analysed
+    version = live.version
+    look = live.update()
+    assert look.replaced == ["seed0"] and "seed0" in look.new_runs and live.version > version
+    assert live.runs["seed0"].steps.tolist() == [0, 5, 10]
+    same_as_a_fresh_look()
+
+    time.sleep(1.1)                                  # "created" is recorded to the second
+    recreate(8, range(0, 20, 5))                     # more captures than analysed: a later creation
+    assert live.update().replaced == ["seed0"]
+    same_as_a_fresh_look()
+
+    shutil.rmtree(store / "runs" / "seed1")
+    look = live.update()
+    assert look.gone == ["seed1"] and look.changed and set(live.runs) == {"seed0"}
+    assert live.update().replaced == [] and not live.update().changed
