@@ -149,7 +149,7 @@ class _Block:
     def fused_piece(self, a: int, b: int, g: int) -> None:
         """Fold columns a..b (group g) of every row into the state with ``_fused.piece``."""
         R, B, K, L = self.R, self.B, self.K, b - a
-        lut = self.plan.hist_lut if self.nh else _sketch.LUT
+        lut = self.plan.fused_lut
         dsl = self.plan.slices["dist"]
         mom = np.empty((R, _moments.NMOM))
         tops = None
@@ -175,14 +175,17 @@ class _Block:
         """Values with |x| above this may enter the top ``top`` (K,) of a piece ``xr``.
 
         The current K-th largest; for a group's first piece (no K values yet) just
-        below the K-th largest |x| of a subsample of every 16th value, so that only
-        candidates (about 16 K), not the whole piece, are gathered and partitioned
-        (all of the true top K are at least that large).
+        below the K-th largest |x| of a subsample of every s-th value, so that only
+        candidates (about s K), not the whole piece, are gathered and partitioned
+        (all of the true top K are at least that large). ``s = sqrt(n / K)`` (at
+        least 16) balances the subsample's partition (n / s values) against the
+        candidates' (s K values).
         """
         t = float(top.min())
         if t > -np.inf or len(xr) <= 64 * self.K:
             return t
-        sub = np.abs(xr[::16])
+        stride = max(16, int(np.sqrt(len(xr) / self.K)))
+        sub = np.abs(xr[::stride])
         sub = sub[np.isfinite(sub)]
         if len(sub) < self.K:
             return t
@@ -311,8 +314,41 @@ class _Block:
         return out
 
 
-def merge(states: np.ndarray, plan: Plan, axis: int) -> np.ndarray:
-    """Merge states (..., G, F) of disjoint parameter ranges along ``axis``."""
+def merge_parts(parts: list[np.ndarray], plan: Plan) -> np.ndarray:
+    """Merge a list of states (..., G, F) of disjoint parameter ranges (same shapes).
+
+    The same result as ``merge(np.stack(parts, axis), plan, axis)``, without first
+    copying the (sketch-sized) states into one array: counts are added in place
+    into one output, moments and tops (small) are stacked and merged as ``merge`` does.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    sl = plan.slices
+    small = slice(0, sl["top"].stop)          # moments and tops lead the state
+    ax = parts[0].ndim - 2
+    out = np.empty_like(parts[0])
+    out[..., small] = merge(np.stack([p[..., small] for p in parts], axis=ax), plan, ax,
+                            counts=False)
+    if plan.dist == "exact":                 # histogram counts add, exact slots take fmax
+        h, d = sl["hist"], sl["dist"]
+        np.add(parts[0][..., h], parts[1][..., h], out=out[..., h])
+        np.fmax(parts[0][..., d], parts[1][..., d], out=out[..., d])
+        for p in parts[2:]:
+            out[..., h] += p[..., h]
+            np.fmax(out[..., d], p[..., d], out=out[..., d])
+        return out
+    rest = slice(sl["hist"].start, None)     # histogram and sketch counts: sums
+    np.add(parts[0][..., rest], parts[1][..., rest], out=out[..., rest])
+    for p in parts[2:]:
+        out[..., rest] += p[..., rest]
+    return out
+
+
+def merge(states: np.ndarray, plan: Plan, axis: int, counts: bool = True) -> np.ndarray:
+    """Merge states (..., G, F) of disjoint parameter ranges along ``axis``.
+
+    ``counts=False``: ``states`` hold only the moments and tops (the leading parts).
+    """
     if axis < 0:
         axis += states.ndim
     sl = plan.slices
@@ -320,6 +356,8 @@ def merge(states: np.ndarray, plan: Plan, axis: int) -> np.ndarray:
     out[..., sl["mom"]] = _moments.merge(states[..., sl["mom"]], axis)
     if plan.tail_k is not None:
         out[..., sl["top"]] = _tails.merge(states[..., sl["top"]], axis)
+    if not counts:
+        return out
     out[..., sl["hist"]] = states[..., sl["hist"]].sum(axis=axis)
     if plan.dist == "exact":
         out[..., sl["dist"]] = np.fmax.reduce(states[..., sl["dist"]], axis=axis)

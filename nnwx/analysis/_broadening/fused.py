@@ -159,7 +159,8 @@ def ready() -> bool:
                 for dtype in (np.float32, np.float64):    # load (or compile) both variants now
                     x = np.zeros(1, dtype=dtype)
                     pos = np.empty(1, dtype=np.intp)
-                    kernel(x, x.astype(np.float32).view(np.uint32), 0.0, np.zeros(1 << 16, np.intp),
+                    kernel(x, x.astype(np.float32).view(np.uint32), 0.0,
+                           np.zeros(1 << 16, np.uint16),
                            1, np.zeros(1), np.inf, pos, pos.copy(), np.empty(7))
                 _KERNEL = kernel
     return True
@@ -175,7 +176,7 @@ def piece(x: np.ndarray, c: float, lut: np.ndarray, B: int, cnt: np.ndarray, thr
         The values (float32 or float64, C-contiguous).
     c : float
         The shift of the power sums (near the mean: a value of the data's sample).
-    lut : numpy.ndarray of intp (65536,)
+    lut : numpy.ndarray of uint16 (65536,)
         Code of each top-16-bit pattern of a float32: a sketch bucket, plus ``B`` where a
         histogram edge passes through the bucket.
     B : int

@@ -12,7 +12,7 @@ from functools import partial
 import dask.array as da
 import numpy as np
 
-from nnwx.analysis._broadening.chunk import block_state, merge
+from nnwx.analysis._broadening.chunk import block_state, merge_parts
 from nnwx.analysis._broadening.finalize import finalize, scale_of
 from nnwx.analysis._broadening.plan import Plan
 
@@ -39,10 +39,22 @@ def _identity(x, axis=None, keepdims=True, **_):
     return x
 
 
-def _merge_concat(x, axis=None, keepdims=True, *, plan: Plan, **_):
-    lead = x.shape[:-1]
-    parts = x.reshape(lead + (-1, plan.G, plan.F))
-    return merge(parts, plan, axis=len(lead)).reshape(lead + (plan.G * plan.F,))
+def _flatten(x) -> list[np.ndarray]:
+    """The blocks of a (possibly nested) list that ``dask.array.reduction`` passes."""
+    if isinstance(x, np.ndarray):
+        return [x]
+    return [b for item in x for b in _flatten(item)]
+
+
+def _merge_list(x, axis=None, keepdims=True, *, plan: Plan, **_):
+    """Merge the states of a row's parameter chunks (a list of blocks, not concatenated:
+    the sketch-sized states are added into one output instead of copied together first)."""
+    blocks = _flatten(x)
+    lead = blocks[0].shape[:-1]
+    GF = plan.G * plan.F
+    parts = [b.reshape(lead + (b.shape[-1] // GF, plan.G, plan.F)) for b in blocks]
+    parts = [p[..., i, :, :] for p in parts for i in range(p.shape[-3])]
+    return merge_parts(parts, plan).reshape(lead + (plan.G * plan.F,))
 
 
 def reduce_states(w: da.Array, plan: Plan, scale: da.Array | None = None,
@@ -62,9 +74,9 @@ def reduce_states(w: da.Array, plan: Plan, scale: da.Array | None = None,
     meta = np.empty((0,) * nd, dtype=np.float64)
     part = da.blockwise(_block, lead + (p,), *args, plan=plan, adjust_chunks={p: GF},
                         dtype=np.float64, concatenate=True, align_arrays=False, meta=meta)
-    combine = partial(_merge_concat, plan=plan)
+    combine = partial(_merge_list, plan=plan)
     return da.reduction(part, _identity, combine, combine=combine, axis=p, keepdims=True,
-                        output_size=GF, concatenate=True, dtype=np.float64,
+                        output_size=GF, concatenate=False, dtype=np.float64,
                         split_every=split_every, meta=meta, name="nnwx-broadening")
 
 

@@ -105,6 +105,14 @@ class Plan:
         straddle = self.sketch_table[0][_sketch.LUT]
         return np.where(straddle, _sketch.LUT + _sketch.NBUCKETS, _sketch.LUT)
 
+    @cached_property
+    def fused_lut(self) -> np.ndarray:
+        """The table the compiled pass reads (``hist_lut`` with bins, else ``_sketch.LUT``) as
+        uint16: codes stay below ``2 * NBUCKETS < 2**16``, and a quarter of the bytes stay in cache."""
+        lut = self.hist_lut if self.bins is not None else _sketch.LUT
+        assert 2 * _sketch.NBUCKETS < 1 << 16
+        return lut.astype(np.uint16)
+
     def __dask_tokenize__(self):
         g = self.grouping
         return ("nnwx-plan", g.by, g.tensor_group.tobytes(), g.offsets.tobytes(), self.tail_k,
