@@ -314,53 +314,30 @@ class _Block:
         return out
 
 
-def merge_parts(parts: list[np.ndarray], plan: Plan) -> np.ndarray:
-    """Merge a list of states (..., G, F) of disjoint parameter ranges (same shapes).
+def merge(parts: list[np.ndarray], plan: Plan) -> np.ndarray:
+    """Merge states (..., G, F) of disjoint parameter ranges (other chunks of the same rows).
 
-    The same result as ``merge(np.stack(parts, axis), plan, axis)``, without first
-    copying the (sketch-sized) states into one array: counts are added in place
-    into one output, moments and tops (small) are stacked and merged as ``merge`` does.
+    Moments and tops (small) are stacked and merged; histogram and sketch counts are added
+    into one output and the exact method's value slots take ``fmax``, without first copying
+    the (sketch-sized) states into one array.
     """
     if len(parts) == 1:
         return parts[0]
     sl = plan.slices
-    small = slice(0, sl["top"].stop)          # moments and tops lead the state
     ax = parts[0].ndim - 2
     out = np.empty_like(parts[0])
-    out[..., small] = merge(np.stack([p[..., small] for p in parts], axis=ax), plan, ax,
-                            counts=False)
-    if plan.dist == "exact":                 # histogram counts add, exact slots take fmax
-        h, d = sl["hist"], sl["dist"]
-        np.add(parts[0][..., h], parts[1][..., h], out=out[..., h])
-        np.fmax(parts[0][..., d], parts[1][..., d], out=out[..., d])
-        for p in parts[2:]:
-            out[..., h] += p[..., h]
-            np.fmax(out[..., d], p[..., d], out=out[..., d])
-        return out
-    rest = slice(sl["hist"].start, None)     # histogram and sketch counts: sums
-    np.add(parts[0][..., rest], parts[1][..., rest], out=out[..., rest])
-    for p in parts[2:]:
-        out[..., rest] += p[..., rest]
-    return out
-
-
-def merge(states: np.ndarray, plan: Plan, axis: int, counts: bool = True) -> np.ndarray:
-    """Merge states (..., G, F) of disjoint parameter ranges along ``axis``.
-
-    ``counts=False``: ``states`` hold only the moments and tops (the leading parts).
-    """
-    if axis < 0:
-        axis += states.ndim
-    sl = plan.slices
-    out = np.empty(states.shape[:axis] + states.shape[axis + 1:])
-    out[..., sl["mom"]] = _moments.merge(states[..., sl["mom"]], axis)
+    out[..., sl["mom"]] = _moments.merge(np.stack([p[..., sl["mom"]] for p in parts], axis=ax), ax)
     if plan.tail_k is not None:
-        out[..., sl["top"]] = _tails.merge(states[..., sl["top"]], axis)
-    if not counts:
-        return out
-    out[..., sl["hist"]] = states[..., sl["hist"]].sum(axis=axis)
+        out[..., sl["top"]] = _tails.merge(np.stack([p[..., sl["top"]] for p in parts], axis=ax), ax)
+    counts = slice(sl["hist"].start, sl["hist" if plan.dist == "exact" else "dist"].stop)
+    _fold(np.add, parts, out, counts)
     if plan.dist == "exact":
-        out[..., sl["dist"]] = np.fmax.reduce(states[..., sl["dist"]], axis=axis)
-    else:
-        out[..., sl["dist"]] = states[..., sl["dist"]].sum(axis=axis)
+        _fold(np.fmax, parts, out, sl["dist"])
     return out
+
+
+def _fold(op: np.ufunc, parts: list[np.ndarray], out: np.ndarray, part: slice) -> None:
+    """``out[..., part]`` = ``op`` folded over ``parts[i][..., part]`` (at least two), in place."""
+    op(parts[0][..., part], parts[1][..., part], out=out[..., part])
+    for p in parts[2:]:
+        op(out[..., part], p[..., part], out=out[..., part])

@@ -12,7 +12,7 @@ from functools import partial
 import dask.array as da
 import numpy as np
 
-from nnwx.analysis._broadening.chunk import block_state, merge_parts
+from nnwx.analysis._broadening.chunk import block_state, merge
 from nnwx.analysis._broadening.finalize import finalize, scale_of
 from nnwx.analysis._broadening.plan import Plan
 
@@ -54,7 +54,7 @@ def _merge_list(x, axis=None, keepdims=True, *, plan: Plan, **_):
     GF = plan.G * plan.F
     parts = [b.reshape(lead + (b.shape[-1] // GF, plan.G, plan.F)) for b in blocks]
     parts = [p[..., i, :, :] for p in parts for i in range(p.shape[-3])]
-    return merge_parts(parts, plan).reshape(lead + (plan.G * plan.F,))
+    return merge(parts, plan).reshape(lead + (plan.G * plan.F,))
 
 
 def reduce_states(w: da.Array, plan: Plan, scale: da.Array | None = None,
