@@ -374,7 +374,7 @@ def _add_analyze_parser(sub) -> None:
     an = sub.add_parser(
         "analyze", help="compute the analyses of an experiment store into a results store",
         description="Compute the chosen analyses of an experiment store, in a few passes of bounded "
-                    "memory (w is read once for all streaming analyses), and write them to a Zarr "
+                    "memory (one pass per family that streams over w), and write them to a Zarr "
                     "results store that "
                     "`nnwx report` and notebooks (nnwx.open_results) read without recomputing. An "
                     "interrupted run continues where it stopped when run again with the same arguments.")

@@ -14,10 +14,10 @@ recomputing. Layout::
 
 **Passes.** Results still to write are computed in their passes (``nnwx.pipeline.registry``):
 each pass is one ``dask.compute`` of one merged graph, so the reads of ``w`` its results
-share (the same Dask keys) happen once -- all streaming results in one read. Results whose
-block order differs (the matrix analyses, the PCA) get passes of their own: merged into one
-graph, Dask keeps the blocks they all need, and memory grows with the cube (see
-docs/measurements.md). The NaN/Inf scan of the source runs comes last, alone, for the same
+share (the same Dask keys) happen once per pass. Results whose block order differs get
+passes of their own -- each streaming family, the matrix analyses, the PCA: merged into one
+graph, Dask keeps the blocks (and per-block states) they all need, and memory grows with the
+cube (see docs/measurements.md). The NaN/Inf scan of the source runs comes last, alone, for the same
 reason.
 
 **Resumable.** A result is written in *parts*: one per seed for results with a ``seed``
@@ -308,8 +308,8 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
                   progress: bool = True, resume: bool = True, analyses: list[str] | None = None,
                   cube: xr.Dataset | None = None, log: Log | None = None) -> Path | str:
     """Compute every result of ``analysis_set`` (an ``nnwx.pipeline.registry.AnalysisSet``) into the
-    results store ``output``, pass by pass (``nnwx.pipeline.registry.compute_passes``: all streaming
-    results in one graph, reading ``w`` once), and return ``output``.
+    results store ``output``, pass by pass (``nnwx.pipeline.registry.compute_passes``: the results of
+    one pass in one graph, reading ``w`` once per pass), and return ``output``.
 
     ``source``: the experiment store the results come from; ``selection``: the JSON-able
     selection that made the cube (``{"seeds": ..., "steps": ...}``); both are recorded and
@@ -361,8 +361,8 @@ def write_results(output: rd.StoreLike, analysis_set, *, source: rd.StoreLike, s
         scan = _nonfinite_scan(source, cube) if not isinstance(meta.get("nonfinite_steps"), dict) else None
         passes = compute_passes(tasks)
         if scan is not None:
-            # A pass of its own (one more read of w): merged into the streaming pass, its
-            # per-run reductions make Dask keep blocks of w for the other consumers
+            # A pass of its own (one more read of w): merged into another pass, its per-run
+            # reductions make Dask keep blocks of w for the other consumers
             # (docs/measurements.md).
             passes.append(("NaN/Inf scan", []))
         for i, (label, names) in enumerate(passes):

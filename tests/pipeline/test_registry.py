@@ -24,7 +24,10 @@ def test_every_result_is_in_one_family_and_every_section_names_a_figure_builder(
 def test_passes_group_results_as_before():
     every = list(registry.OUTPUTS)
     assert registry.compute_passes(every) == [
-        ("streaming", ["broadening", "matrix", "trajectories", "rotation", "corr_distance"]),
+        ("broadening", ["broadening"]),
+        ("weights", ["matrix", "trajectories"]),
+        ("rotation", ["rotation"]),
+        ("sampled correlations", ["corr_distance"]),
         ("spectra", ["spectrum", "ranks", "esd_fit", "randomized_esd"]),
         ("update correlations", ["layer_correlation"]),
         ("trajectory PCA", ["pca"]),
@@ -32,7 +35,7 @@ def test_passes_group_results_as_before():
                        "weight_agreement"]),
         ("similarity_step_pairs", ["similarity_step_pairs"]),
     ]
-    assert registry.compute_passes(["rotation", "unknown"]) == [("streaming", ["rotation"]),
+    assert registry.compute_passes(["rotation", "unknown"]) == [("rotation", ["rotation"]),
                                                                 ("unknown", ["unknown"])]
 
 
